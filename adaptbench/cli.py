@@ -1,0 +1,130 @@
+"""The ``adaptbench`` command."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import AdaptbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Which adaptation method should I use, and what does it cost? "
+                       "ICL, context distillation and fine-tuning of decoder LMs, compared on the same samples.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(e: AdaptbenchError) -> None:
+    err.print("[bold red]error:[/] ", end="")
+    err.print(str(e), markup=False, highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    config: Annotated[str, typer.Argument(help="sweep config (YAML)")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. shots=[16,32] "
+                                                                   "model.dtype=bfloat16 seeds=5")] = None,
+    output_dir: Annotated[Optional[str], typer.Option(help="results folder (default: the config's, or results/)")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="local data folder (<dataset>/<split>.jsonl or a GLUE "
+                                                         "download); default $ADAPTBENCH_DATA_DIR, else the hub")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="scoring batch size (default: auto)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs and their ids, run nothing")] = False,
+    force: Annotated[bool, typer.Option("--force", help="rerun runs that already have a record")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="rerun runs recorded as failed")] = False,
+) -> None:
+    """Run the runs of a sweep config; results go to <output_dir>/<name>/."""
+    from .runner import make_plan, pending, run_sweep
+    from .summary import problems, run_table
+
+    try:
+        plan = make_plan(config, overrides or [], output_dir, data_dir, batch_size)
+        todo, done = pending(plan, force, retry_failed)
+        if dry_run:
+            _print_plan(plan, {r.run_id for r in todo})
+            return
+        err.print(f"[bold]{plan.sweep.name}[/]: {len(plan.runs)} runs, {len(done)} already done, "
+                  f"{len(todo)} to run -> {plan.sweep_dir}")
+
+        def on_record(i, n, rec):
+            err.print(f"[{i}/{n}] {rec['run_id']} {rec['spec']['method']} shots={rec['spec']['shots']} "
+                      f"seed={rec['spec']['data_seed']}: {rec['status']}", highlight=False)
+
+        recs = run_sweep(plan, force, retry_failed, on_record)
+    except AdaptbenchError as e:
+        _fail(e)
+    out.print(run_table(recs, title=f"{plan.sweep.name} ({plan.sweep_dir})"))
+    for line in problems(recs):
+        out.print(line, markup=False, highlight=False)
+    if any(r["status"] == "failed" for r in recs):
+        raise typer.Exit(1)
+
+
+def _print_plan(plan, todo_ids: set[str]) -> None:
+    table = Table(title=f"{plan.sweep.name}: {len(plan.runs)} runs", header_style="bold")
+    for col in ("run id", "model", "task", "method", "shots", "data seed", "train seed", "state"):
+        table.add_column(col)
+    for r in plan.runs:
+        table.add_row(r.run_id, r.model.name, r.task_name, r.method, str(r.shots), str(r.data_seed),
+                      str(r.train_seed), "pending" if r.run_id in todo_ids else "done")
+    out.print(table)
+
+
+@app.command()
+def tasks() -> None:
+    """List the built-in tasks and evaluation sets."""
+    from .tasks import EVAL_SETS, TASKS
+
+    table = Table(title="tasks", header_style="bold")
+    for col in ("task", "labels (id order)", "metrics", "default OOD sets", "about"):
+        table.add_column(col)
+    for t in TASKS.values():
+        table.add_row(t.name, ", ".join(t.labels.names), ", ".join(t.metrics), ", ".join(t.ood), t.description)
+    out.print(table)
+    table = Table(title="eval sets (plus 'validation': the task's own)", header_style="bold")
+    for col in ("eval set", "labels (id order)", "metrics", "default rows", "sliced by", "about"):
+        table.add_column(col)
+    for e in EVAL_SETS.values():
+        where = ", ".join(f"{k} in {list(v)}" for k, v in e.default_filter) or "all"
+        table.add_row(e.name, ", ".join(e.labels.names), ", ".join(e.metrics), where,
+                      ", ".join(("label", *e.slice_by)), e.description)
+    out.print(table)
+
+
+@app.command()
+def methods() -> None:
+    """List the adaptation methods."""
+    from .methods import METHODS
+
+    table = Table(title="methods", header_style="bold")
+    table.add_column("method")
+    table.add_column("trains")
+    table.add_column("about")
+    for m in METHODS.values():
+        table.add_row(m.name, "yes" if m.trains else "no", m.description)
+    out.print(table)
+
+
+@app.command()
+def models() -> None:
+    """List the model aliases (any hub id, folder or .gguf file works too)."""
+    from .models import ALIASES
+
+    table = Table(title="model aliases", header_style="bold")
+    table.add_column("alias")
+    table.add_column("resolves to")
+    for name, target in ALIASES.items():
+        table.add_row(name, target if isinstance(target, str) else f"{target[2]} in PyPI package {target[1]}")
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

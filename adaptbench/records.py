@@ -1,0 +1,85 @@
+"""Result records on disk: one folder per run, written atomically; ``results.jsonl`` as the index.
+
+A record file appears complete or not at all (write to a temp file in the same folder, fsync,
+rename), so a sweep killed at any moment never leaves half a record.  ``results.jsonl`` is rebuilt
+from the run folders under a file lock after every run -- one line per finished run, never a partial
+line or a duplicate, whatever was killed when.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import Iterable
+
+RESULT = "result.json"
+PREDICTIONS = "predictions.jsonl"
+INDEX = "results.jsonl"
+FINISHED = ("ok", "failed", "skipped")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str, text: str) -> None:
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; records are meant to be shared
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str)
+
+
+def write_jsonl(path: str, rows: Iterable[dict]) -> None:
+    atomic_write(path, "".join(dumps(r) + "\n" for r in rows))
+
+
+def run_dir(sweep_dir: str, run_id: str) -> str:
+    return os.path.join(sweep_dir, "runs", run_id)
+
+
+def read_record(sweep_dir: str, run_id: str) -> dict | None:
+    """The finished record of a run, or None (never run, or killed before it finished)."""
+    path = os.path.join(run_dir(sweep_dir, run_id), RESULT)
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("status") in FINISHED else None
+
+
+@contextmanager
+def locked(sweep_dir: str):
+    os.makedirs(sweep_dir, exist_ok=True)
+    with open(os.path.join(sweep_dir, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def rebuild_index(sweep_dir: str) -> int:
+    """Rewrite ``results.jsonl`` from every finished run folder; returns the number of lines."""
+    runs = os.path.join(sweep_dir, "runs")
+    with locked(sweep_dir):
+        ids = sorted(os.listdir(runs)) if os.path.isdir(runs) else []
+        records = [r for r in (read_record(sweep_dir, i) for i in ids) if r is not None]
+        records.sort(key=lambda r: (r.get("finished_at", ""), r["run_id"]))
+        write_jsonl(os.path.join(sweep_dir, INDEX), records)
+    return len(records)

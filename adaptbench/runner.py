@@ -1,0 +1,214 @@
+"""Run a sweep: each run goes data -> sample -> model -> method.fit -> predict per eval set -> record.
+
+Every run ends in a record -- ok, skipped (with the reason) or failed (with the error) -- written
+atomically into its own folder; the sweep goes on after a failure.  Re-running a sweep skips runs
+that have a record (``force`` reruns them, ``retry_failed`` reruns failures) and redoes runs whose
+process died before writing one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import transformers
+
+from . import records
+from .config import ModelSpec, RunSpec, RuntimeOptions, SweepConfig, load_sweep
+from .costs import CostTracker
+from .environment import environment
+from .errors import AdaptbenchError, RunSkipped
+from .methods import METHODS, RunContext
+from .metrics import eval_set_metrics
+from .models import LoadedModel, load_model, pick_device
+from .progress import make_progress
+from .prompts import PromptEncoder
+from .resolve import RunInputs, load_inputs
+from .sampling import few_shot_sample
+
+
+@dataclass
+class Plan:
+    sweep: SweepConfig
+    runs: list[RunSpec]
+    config_dir: str
+    runtime: RuntimeOptions
+
+    @property
+    def sweep_dir(self) -> str:
+        return os.path.join(self.sweep.output_dir, self.sweep.name)
+
+
+def make_plan(config: str, overrides: list[str] = (), output_dir: str | None = None,
+              data_dir: str | None = None, batch_size: int | None = None) -> Plan:
+    """Load and expand a config; command-line options override the file's ``runtime``/``output_dir``."""
+    extra = list(overrides)
+    if output_dir is not None:
+        extra.append(f"output_dir={output_dir}")
+    if data_dir is not None:
+        extra.append(f"runtime.data_dir={os.path.abspath(data_dir)}")
+    if batch_size is not None:
+        extra.append(f"runtime.batch_size={batch_size}")
+    sweep, runs = load_sweep(config, extra)
+    return Plan(sweep, runs, os.path.dirname(os.path.abspath(config)), sweep.runtime)
+
+
+class ModelPool:
+    """Keeps the last loaded model, so a sweep over seeds/shots of a non-training method loads it once."""
+
+    def __init__(self):
+        self.spec: ModelSpec | None = None
+        self.loaded: LoadedModel | None = None
+
+    def get(self, spec: ModelSpec, fresh: bool) -> tuple[LoadedModel, bool]:
+        if not fresh and self.spec == spec and self.loaded is not None:
+            return self.loaded, True
+        self.spec = self.loaded = None  # free the old model before loading the next
+        loaded = load_model(spec.name, gguf_file=spec.gguf_file, tokenizer=spec.tokenizer, revision=spec.revision,
+                            dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code)
+        if not fresh:
+            self.spec, self.loaded = spec, loaded
+        return loaded, False
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _floats(row: np.ndarray) -> list[float] | None:
+    return [round(float(x), 6) for x in row] if np.isfinite(row).all() else None
+
+
+@dataclass
+class RunOutcome:
+    record: dict
+    predictions: list[dict] = field(default_factory=list)
+
+
+def execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | None = None) -> RunOutcome:
+    """Do one run and return its record; exceptions become ``failed``/``skipped`` records."""
+    record: dict = {"run_id": run.run_id, "sweep": plan.sweep.name, "status": "running", "spec": run.identity(),
+                    "started_at": _now()}
+    out = RunOutcome(record)
+    costs = CostTracker(pick_device(run.model.device))
+    try:
+        inputs = inputs or load_inputs(run, plan.runtime, plan.config_dir)
+        _execute(run, plan, models, inputs, costs, out)
+        record["status"] = "ok"
+    except RunSkipped as e:
+        record.update(status="skipped", reason=str(e))
+    except AdaptbenchError as e:
+        record.update(status="failed", reason=str(e))
+    except (Exception, torch.cuda.OutOfMemoryError) as e:  # a run's crash must not end the sweep
+        record.update(status="failed", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    record["costs"] = costs.to_dict()
+    record["environment"] = environment(costs.device)
+    record["finished_at"] = _now()
+    return out
+
+
+def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, costs: CostTracker,
+             out: RunOutcome) -> None:
+    record, task = out.record, inputs.task
+    sample = few_shot_sample(inputs.pool, run.shots, run.data_seed, len(task.labels.names), run.balanced)
+    record["task"] = {"name": task.name, "labels": list(task.labels.names), "label_space": task.labels.space}
+    record["sample"] = {"shots": run.shots, "data_seed": run.data_seed, "idx": [ex.idx for ex in sample],
+                        "label_counts": {name: sum(ex.label == i for ex in sample)
+                                         for i, name in enumerate(task.labels.names)}}
+    method = METHODS[run.method]()
+    with costs.phase("load_model") as phase:
+        loaded, reused = models.get(run.model, fresh=method.trains)
+        phase.extra["reused"] = reused
+    costs.device = loaded.device
+    encoder = PromptEncoder(loaded.tokenizer, inputs.prompt, task.labels.names)
+    p = inputs.prompt
+    record["prompt"] = {"pattern": p.pattern, "target_prefix": p.target_prefix, "separator": p.separator,
+                        "verbalizer": list(p.verbalizer), "instruction": p.instruction,
+                        "label_token_ids": encoder.label_token_ids,
+                        "label_tokens": loaded.tokenizer.convert_ids_to_tokens(encoder.label_token_ids)}
+    record["model"] = {"name": run.model.name, "source": loaded.source, "dtype": str(loaded.dtype).replace("torch.", ""),
+                       "device": str(loaded.device), "window": loaded.window, "n_params": loaded.n_params,
+                       "pad_token_from": loaded.pad_token_from, **loaded.info}
+    transformers.set_seed(run.train_seed)
+    ctx = RunContext(run, task, loaded, encoder, sample, inputs.pool, costs, plan.runtime,
+                     make_progress(plan.runtime.progress))
+    record["method_info"] = ctx.info
+    predictor = method.fit(ctx)
+    record["metrics"], record["eval_sets"] = {}, {}
+    for req, examples, origin in inputs.evals:
+        with costs.phase(f"predict:{req.name}") as phase:
+            pred = predictor.predict(examples, req.name)
+            phase.tokens, phase.padded_tokens = pred.tokens, pred.padded_tokens
+        labels = pred.labels
+        record["metrics"][req.name] = eval_set_metrics(req.eval_set, examples, labels)
+        record["eval_sets"][req.name] = {
+            "in_domain": req.name == task.name, "origin": origin, "n": len(examples),
+            "n_unscored": int((labels < 0).sum()), "max_examples": req.max_examples,
+            "where": {k: list(v) for k, v in (req.where if req.where is not None else req.eval_set.default_filter)}}
+        lp = pred.logits - np.logaddexp.reduce(pred.logits, axis=1, keepdims=True)
+        for i, ex in enumerate(examples):
+            out.predictions.append({
+                "eval_set": req.name, "idx": ex.idx, "label": ex.label,
+                "pred": int(labels[i]) if labels[i] >= 0 else None,
+                "label_logprobs": _floats(lp[i]),
+                "vocab_logprobs": _floats(pred.logits[i] - pred.log_norm[i]) if pred.log_norm is not None else None,
+            })
+    if inputs.unavailable:
+        record["eval_sets_unavailable"] = inputs.unavailable
+
+
+def save(plan: Plan, outcome: RunOutcome) -> None:
+    folder = records.run_dir(plan.sweep_dir, outcome.record["run_id"])
+    records.write_jsonl(os.path.join(folder, records.PREDICTIONS), outcome.predictions)
+    records.atomic_write(os.path.join(folder, records.RESULT), records.dumps(outcome.record) + "\n")
+    records.rebuild_index(plan.sweep_dir)
+
+
+def pending(plan: Plan, force: bool = False, retry_failed: bool = False) -> tuple[list[RunSpec], list[dict]]:
+    """Runs still to do, and the records of those already done."""
+    todo, done = [], []
+    for run in plan.runs:
+        rec = None if force else records.read_record(plan.sweep_dir, run.run_id)
+        if rec is None or (retry_failed and rec["status"] == "failed"):
+            todo.append(run)
+        else:
+            done.append(rec)
+    return todo, done
+
+
+def _inputs_key(run: RunSpec) -> str:
+    """Runs with equal task, prompt and eval settings read the same data."""
+    return records.dumps(run.model_dump(mode="json", include={"task", "prompt", "eval"}))
+
+
+def preflight(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
+    """Load and validate every run's data before any model is loaded (bad input fails the sweep now)."""
+    by_key: dict[str, RunInputs] = {}
+    for run in runs:
+        key = _inputs_key(run)
+        if key not in by_key:
+            by_key[key] = load_inputs(run, plan.runtime, plan.config_dir)
+    return {run.run_id: by_key[_inputs_key(run)] for run in runs}
+
+
+def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_record=None) -> list[dict]:
+    """Execute the pending runs of a plan; returns the records of all its runs (done before or now)."""
+    todo, done = pending(plan, force, retry_failed)
+    inputs = preflight(plan, todo)
+    os.makedirs(plan.sweep_dir, exist_ok=True)
+    records.atomic_write(os.path.join(plan.sweep_dir, "sweep.json"),
+                         records.dumps(plan.sweep.model_dump(mode="json")) + "\n")
+    models = ModelPool()
+    fresh = []
+    for i, run in enumerate(todo):
+        outcome = execute(run, plan, models, inputs[run.run_id])
+        save(plan, outcome)
+        fresh.append(outcome.record)
+        if on_record is not None:
+            on_record(i + 1, len(todo), outcome.record)
+    by_id = {r["run_id"]: r for r in done + fresh}
+    return [by_id[run.run_id] for run in plan.runs]

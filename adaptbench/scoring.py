@@ -1,0 +1,279 @@
+"""Verbalizer scores at the answer position, batched, optionally against a cached demonstration prefix.
+
+ICL, PBFT and CD all ask the same question of a causal LM: at the last position of a prompt, how much
+do the verbalizer tokens (" Yes"/" No", ...) score?  Answering it needs the backbone's last hidden state
+at that one position and the LM-head rows of those few tokens -- never full-vocabulary logits at every
+position (50k x sequence length floats per example for nothing).
+
+For ICL the demonstrations of a data seed are the same for every query, so the prefix is encoded once;
+its keys/values are then broadcast to each batch of queries (:class:`PrefixCache`).  Only the query
+tokens run through the model.  The plain full-context path (prefix ids + query ids as one sequence) is
+kept as the reference the cached path is tested against.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+
+@dataclass
+class LMParts:
+    """The pieces of a causal LM that verbalizer scoring needs."""
+
+    backbone: torch.nn.Module  # returns the final (normed) hidden states
+    head_weight: torch.Tensor  # (vocab, hidden): LM-head rows, usually tied to the input embeddings
+    head_bias: torch.Tensor | None
+    cache_kwarg: str  # "cache" in transformers >= 5.2x, "past_key_values" before
+
+    @property
+    def device(self) -> torch.device:
+        return self.head_weight.device
+
+
+def lm_parts(model: torch.nn.Module) -> LMParts:
+    """Split a ``*ForCausalLM`` (or a PEFT wrapper of one) into backbone and LM head."""
+    if hasattr(model, "get_base_model"):  # peft.PeftModel
+        model = model.get_base_model()
+    head = model.get_output_embeddings()
+    if head is None:
+        raise TypeError(f"{type(model).__name__} has no LM head (get_output_embeddings() is None)")
+    backbone = model.base_model
+    params = inspect.signature(backbone.forward).parameters
+    cache_kwarg = "cache" if "cache" in params else "past_key_values"
+    return LMParts(backbone, head.weight, getattr(head, "bias", None), cache_kwarg)
+
+
+def verbalizer_logits(parts: LMParts, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of ``token_ids`` from hidden states (..., hidden): a (..., n_tokens) float32 tensor."""
+    rows = parts.head_weight[token_ids].float()
+    logits = hidden.float() @ rows.T
+    if parts.head_bias is not None:
+        logits = logits + parts.head_bias[token_ids].float()
+    return logits
+
+
+def vocab_logits(parts: LMParts, hidden: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logits from hidden states (..., hidden), in float32."""
+    logits = hidden.float() @ parts.head_weight.float().T
+    if parts.head_bias is not None:
+        logits = logits + parts.head_bias.float()
+    return logits
+
+
+class _PrefixLayer(DynamicLayer):
+    """One layer's prefix keys/values, broadcast to the batch and never grown.
+
+    ``update`` returns prefix + new states without storing them, so a forward over a batch keeps only
+    the layer it is computing expanded in memory -- not every layer's (batch x prefix) copy at once.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, batch_size: int):
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.batch_size = batch_size
+        self.device = keys.device
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        b = key_states.shape[0]
+        keys = torch.cat([self.keys.expand(b, -1, -1, -1), key_states], dim=-2)
+        values = torch.cat([self.values.expand(b, -1, -1, -1), value_states], dim=-2)
+        return keys, values
+
+
+class PrefixCache:
+    """Keys/values of a prefix encoded once (batch 1), reusable for any number of query batches."""
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int):
+        self.layers = layers
+        self.length = length
+
+    @classmethod
+    def encode(cls, parts: LMParts, prefix_ids: Sequence[int]) -> PrefixCache:
+        ids = torch.tensor([list(prefix_ids)], device=parts.device)
+        cache = DynamicCache()
+        with torch.inference_mode():
+            parts.backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                           **{parts.cache_kwarg: cache})
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        return cls(layers, len(prefix_ids))
+
+    def for_batch(self, batch_size: int) -> Cache:
+        return Cache(layers=[_PrefixLayer(k, v, batch_size) for k, v in self.layers])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists into (ids, attention_mask).  Right padding keeps every real token at
+    the same positions it would have alone, so causal attention never sees a pad before a real token."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def answer_hidden(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
+                  prefix: PrefixCache | None = None) -> torch.Tensor:
+    """Final hidden state at the last real token of each sequence, (batch, hidden).
+
+    With ``prefix``, the sequences are continuations of the cached prefix: positions start at the
+    prefix length and the attention mask covers prefix + sequence.
+    """
+    ids, mask = pad_right(seqs, pad_id)
+    ids, mask = ids.to(parts.device), mask.to(parts.device)
+    lengths = mask.sum(dim=1)
+    kwargs = {}
+    if prefix is not None:
+        offset = prefix.length
+        full_mask = torch.cat([mask.new_ones(len(seqs), offset), mask], dim=1)
+        positions = torch.arange(offset, offset + ids.shape[1], device=parts.device).expand(len(seqs), -1)
+        kwargs = {"attention_mask": full_mask, "position_ids": positions,
+                  parts.cache_kwarg: prefix.for_batch(len(seqs)), "use_cache": True}
+    else:
+        kwargs = {"attention_mask": mask, "use_cache": False}
+    hidden = parts.backbone(input_ids=ids, **kwargs).last_hidden_state
+    rows = torch.arange(len(seqs), device=parts.device)
+    return hidden[rows, lengths - 1]
+
+
+@dataclass
+class Scores:
+    """Per-example verbalizer logits, plus what it cost in tokens."""
+
+    logits: np.ndarray  # (n, n_labels) float32, in the order of the queries
+    log_norm: np.ndarray  # (n,) log-sum-exp over the full vocabulary at the answer position
+    tokens: int  # real tokens run through the model (a cached prefix is not counted)
+    padded_tokens: int  # positions computed, padding included
+
+    @property
+    def label_logprobs(self) -> np.ndarray:
+        """log p(label) over the verbalizer tokens only (what the prediction is made from)."""
+        z = self.logits - self.logits.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    @property
+    def vocab_logprobs(self) -> np.ndarray:
+        """log p(verbalizer token) under the full next-token distribution."""
+        return self.logits - self.log_norm[:, None]
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+
+@contextmanager
+def _sdpa_gqa(device: torch.device):
+    """On CPU, let SDPA handle grouped-query attention itself instead of transformers' ``repeat_kv``.
+
+    With an attention mask transformers copies keys/values once per query head before calling SDPA;
+    torch's CPU kernel takes ``enable_gqa`` with a mask, which saves that copy (~20% of the cached-path
+    time on SmolLM2).  On CUDA transformers' own choice is kept (masked GQA may hit the math kernel).
+    """
+    if device.type != "cpu" or os.environ.get(_GQA_ENV) is not None:
+        yield
+        return
+    os.environ[_GQA_ENV] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_GQA_ENV, None)
+
+
+_GQA_ENV = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory trouble shows early)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def score(
+    parts: LMParts,
+    queries: Sequence[Sequence[int]],
+    label_token_ids: Sequence[int],
+    pad_id: int,
+    *,
+    prefix_ids: Sequence[int] = (),
+    prefix_cache: PrefixCache | None = None,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+) -> Scores:
+    """Score every query (a list of token ids ending at the answer position).
+
+    ``prefix_cache`` given: queries run against it (fast path).  Otherwise ``prefix_ids`` is joined to
+    each query as ids and the whole sequence runs (reference path).  ``on_batch(n)`` reports progress.
+    """
+    n_labels = len(label_token_ids)
+    logits = np.zeros((len(queries), n_labels), dtype=np.float32)
+    log_norm = np.zeros(len(queries), dtype=np.float32)
+    token_ids = torch.tensor(list(label_token_ids), device=parts.device)
+    tokens = padded = 0  # the cached prefix is charged where it was encoded, not here
+    with torch.inference_mode(), _sdpa_gqa(parts.device):
+        for batch in length_batches([len(q) for q in queries], batch_size):
+            if prefix_cache is not None:
+                seqs = [queries[i] for i in batch]
+            else:
+                seqs = [list(prefix_ids) + list(queries[i]) for i in batch]
+            hidden = answer_hidden(parts, seqs, pad_id, prefix_cache)
+            logits[batch] = verbalizer_logits(parts, hidden, token_ids).cpu().numpy()
+            log_norm[batch] = torch.logsumexp(vocab_logits(parts, hidden), dim=-1).cpu().numpy()
+            tokens += sum(len(s) for s in seqs)
+            padded += len(seqs) * max(len(s) for s in seqs)
+            if on_batch is not None:
+                on_batch(len(batch))
+    if not np.isfinite(logits).all():
+        bad = int((~np.isfinite(logits)).any(axis=1).sum())
+        raise FloatingPointError(f"{bad} of {len(queries)} examples got non-finite verbalizer logits")
+    return Scores(logits, log_norm, tokens, padded)
+
+
+def auto_batch_size(parts: LMParts, config, prefix_len: int, query_len: int, free_bytes: int,
+                    cap: int = 64) -> int:
+    """Largest batch whose activations fit in a quarter of ``free_bytes`` (a conservative estimate).
+
+    Per example and layer the forward holds the query's hidden states and MLP activations, the
+    attention scores (heads x query x (prefix + query)) and the prefix keys/values expanded to the
+    batch for the layer being computed.  Only one layer is live at a time in inference mode.
+    """
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 768)
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 12)
+    inter = getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None) or 4 * hidden
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = hidden // heads
+    width = parts.head_weight.element_size()
+    kv = prefix_len + query_len
+    per_example = width * (
+        query_len * (4 * hidden + 2 * inter)
+        + heads * query_len * kv
+        + 2 * kv_heads * head_dim * kv
+    ) + 4 * parts.head_weight.shape[0]  # the float32 vocabulary row used for the normaliser
+    budget = free_bytes // 4
+    return int(max(1, min(cap, math.floor(budget / max(per_example, 1)))))
+
+
+def prefix_cache_unsupported(config) -> str | None:
+    """Why the prefix cache cannot serve this model (sliding-window attention), or None."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(cfg, "layer_types", None) or ()
+    if any("sliding" in str(t) for t in layer_types):
+        return "the model has sliding-window attention layers"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        return "the model uses sliding-window attention"
+    return None
