@@ -81,13 +81,13 @@ def tasks() -> None:
 
     table = Table(title="tasks", header_style="bold")
     for col in ("task", "labels (id order)", "metrics", "default OOD sets", "about"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for t in TASKS.values():
         table.add_row(t.name, ", ".join(t.labels.names), ", ".join(t.metrics), ", ".join(t.ood), t.description)
     out.print(table)
     table = Table(title="eval sets (plus 'validation': the task's own)", header_style="bold")
     for col in ("eval set", "labels (id order)", "metrics", "default rows", "sliced by", "about"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for e in EVAL_SETS.values():
         where = ", ".join(f"{k} in {list(v)}" for k, v in e.default_filter) or "all"
         table.add_row(e.name, ", ".join(e.labels.names), ", ".join(e.metrics), where,

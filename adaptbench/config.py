@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -273,6 +274,22 @@ def format_errors(e: ValidationError, source: str, model_cls: type[BaseModel]) -
     return "\n".join(lines)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with the booleans of YAML 1.2 (true/false only).  YAML 1.1 also reads yes/no/on/off as
+    booleans, which silently turns a label or verbalizer key named ``no`` into ``False``."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def yaml_load(text):
+    return yaml.load(text, Loader=_Loader)
+
+
 ALIASES = {"seeds": "data_seeds", "models": "model", "tasks": "task", "methods": "method"}
 
 
@@ -303,7 +320,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. shots=[16,32])")
         try:
-            value = yaml.safe_load(text) if text else ""
+            value = yaml_load(text) if text else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
         out.append((key.strip(), value))
@@ -314,7 +331,7 @@ def load_raw(path: str, overrides: list[str] = ()) -> dict:
     """The YAML file as a dict with ``key=value`` overrides applied."""
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            raw = yaml_load(f)
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
     except yaml.YAMLError as e:

@@ -24,9 +24,15 @@ def resolve_task(run: RunSpec, config_dir: str) -> tuple[TaskDef, dict[str, Eval
 
 
 def resolve_prompt(spec: PromptSpec, task: TaskDef) -> Prompt:
+    """The preset for the task's family, with any field the spec sets replaced (a custom pattern may be
+    used where the family has no preset, if the verbalizer is given too)."""
     n_fields = len(task.dataset.fields)
-    custom = spec.pattern is not None
-    base = Prompt(spec.pattern or "", "", "\n\n") if custom else preset(spec.preset, task.family, n_fields)
+    try:
+        base = preset(spec.preset, task.family, n_fields)
+    except PromptError:
+        if spec.pattern is None:
+            raise
+        base = Prompt("")
     verbalizer = base.verbalizer
     if isinstance(spec.verbalizer, list):
         verbalizer = tuple(spec.verbalizer)
@@ -41,8 +47,8 @@ def resolve_prompt(spec: PromptSpec, task: TaskDef) -> Prompt:
     if not verbalizer:
         raise PromptError(f"task {task.name!r} has no preset verbalizer: set prompt.verbalizer "
                           f"(one single-token word per label {list(task.labels.names)})")
-    prompt = replace(base, verbalizer=verbalizer, instruction=spec.instruction,
-                     **{k: getattr(spec, k) for k in ("target_prefix", "separator") if getattr(spec, k) is not None})
+    given = {k: getattr(spec, k) for k in ("pattern", "target_prefix", "separator") if getattr(spec, k) is not None}
+    prompt = replace(base, verbalizer=verbalizer, instruction=spec.instruction, **given)
     check_prompt(prompt, n_fields, task.labels.names)
     return prompt
 

@@ -149,7 +149,8 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
             "in_domain": req.name == task.name, "origin": origin, "n": len(examples),
             "n_unscored": int((labels < 0).sum()), "max_examples": req.max_examples,
             "where": {k: list(v) for k, v in (req.where if req.where is not None else req.eval_set.default_filter)}}
-        lp = pred.logits - np.logaddexp.reduce(pred.logits, axis=1, keepdims=True)
+        with np.errstate(invalid="ignore"):  # unscored rows are NaN and stay so
+            lp = pred.logits - np.logaddexp.reduce(pred.logits, axis=1, keepdims=True)
         for i, ex in enumerate(examples):
             out.predictions.append({
                 "eval_set": req.name, "idx": ex.idx, "label": ex.label,

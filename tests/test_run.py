@@ -1,0 +1,165 @@
+"""End to end through the CLI: records, predictions, resume, skips and failures, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from adaptbench.cli import app
+
+from .conftest import write_config
+
+runner = CliRunner()
+
+
+def _config(model: str, extra: str = "") -> str:
+    return f"""# adaptbench run sweep.yaml
+name: t
+model: {model}
+task: rte
+method: icl
+shots: 4
+data_seeds: 2
+eval:
+  max_examples: 12
+runtime: {{progress: false}}
+{extra}"""
+
+
+def _run(tmp_path: Path, data_dir: str, text: str, *args: str):
+    path = write_config(tmp_path, text)
+    return runner.invoke(app, ["run", path, "--output-dir", str(tmp_path / "results"), "--data-dir", data_dir, *args])
+
+
+def _records(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "results" / "t" / "results.jsonl").read_text().splitlines()]
+
+
+def test_icl_sweep_writes_records_and_resumes(tmp_path, data_dir, tiny_models):
+    result = _run(tmp_path, data_dir, _config(tiny_models["llama"]))
+    assert result.exit_code == 0, result.output
+    recs = _records(tmp_path)
+    assert len(recs) == 2 and {r["status"] for r in recs} == {"ok"}
+    rec = recs[0]
+    run_dir = tmp_path / "results" / "t" / "runs" / rec["run_id"]
+    assert json.loads((run_dir / "result.json").read_text()) == rec
+    assert set(rec["metrics"]) == {"rte", "hans"}
+    assert rec["eval_sets"]["rte"]["in_domain"] and not rec["eval_sets"]["hans"]["in_domain"]
+    assert rec["eval_sets"]["hans"]["where"] == {"heuristic": ["lexical_overlap"]}
+    hans = rec["metrics"]["hans"]
+    assert hans["all"]["n"] == 12 and hans["label=entailment"]["n"] == 6 and hans["label=non_entailment"]["n"] == 6
+    # accuracy is computed from the written predictions
+    preds = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 24
+    for name in ("rte", "hans"):
+        rows = [p for p in preds if p["eval_set"] == name]
+        assert rec["metrics"][name]["all"]["accuracy"] == pytest.approx(
+            sum(p["pred"] == p["label"] for p in rows) / len(rows))
+    assert rec["sample"]["label_counts"] == {"entailment": 2, "not_entailment": 2}
+    assert recs[0]["sample"]["idx"] != recs[1]["sample"]["idx"]  # two seeds, two samples
+    costs = rec["costs"]
+    assert {"load_model", "encode_context", "predict:rte", "predict:hans"} <= set(costs)
+    assert costs["encode_context"]["tokens"] == rec["method_info"]["context_tokens"] > 0
+    assert all(p["seconds"] > 0 and p["peak_memory_bytes"] > 0 for p in costs.values())
+    assert rec["environment"]["versions"]["transformers"] and rec["model"]["dtype"] == "float32"
+    assert rec["prompt"]["label_tokens"] == ["ĠYes", "ĠNo"]
+    assert "hans acc" in result.output  # the summary table
+
+    again = _run(tmp_path, data_dir, _config(tiny_models["llama"]))
+    assert again.exit_code == 0 and "2 already done, 0 to run" in again.output
+    assert _records(tmp_path) == recs
+    forced = _run(tmp_path, data_dir, _config(tiny_models["llama"]), "--force")
+    assert forced.exit_code == 0 and len(_records(tmp_path)) == 2
+
+
+def test_same_seeds_same_metrics(tmp_path, data_dir, tiny_models):
+    _run(tmp_path, data_dir, _config(tiny_models["opt"]))
+    first = {r["run_id"]: r["metrics"] for r in _records(tmp_path)}
+    _run(tmp_path, data_dir, _config(tiny_models["opt"]), "--force")
+    assert {r["run_id"]: r["metrics"] for r in _records(tmp_path)} == first
+
+
+def test_cached_and_full_context_runs_agree(tmp_path, data_dir, tiny_models):
+    text = _config(tiny_models["gpt2"], "grid: {icl.prefix_cache: [true, false]}\n")
+    assert _run(tmp_path, data_dir, text).exit_code == 0
+    recs = _records(tmp_path)
+    by_cache = {(r["spec"]["icl"]["prefix_cache"], r["spec"]["data_seed"]): r for r in recs}
+    for seed in (0, 1):
+        assert by_cache[(True, seed)]["metrics"] == by_cache[(False, seed)]["metrics"]
+        assert by_cache[(True, seed)]["costs"]["predict:rte"]["tokens"] < by_cache[(False, seed)]["costs"]["predict:rte"]["tokens"]
+
+
+def test_context_overflow_skips_the_run(tmp_path, data_dir, short_window_model):
+    result = _run(tmp_path, data_dir, _config(short_window_model).replace("shots: 4", "shots: 16"))
+    assert result.exit_code == 0, result.output
+    recs = _records(tmp_path)
+    assert {r["status"] for r in recs} == {"skipped"}
+    assert "model's window is 256 tokens" in recs[0]["reason"] and "no truncation" in recs[0]["reason"]
+    assert "skipped" in result.output
+
+
+def test_query_overflow_is_counted_not_cut(tmp_path, data_dir, short_window_model):
+    """With a short context some long RTE queries still do not fit: left unscored and counted."""
+    result = _run(tmp_path, data_dir, _config(short_window_model).replace("shots: 4", "shots: 2")
+                  .replace("max_examples: 12", "max_examples: 100").replace("data_seeds: 2", "data_seeds: [4]"))
+    assert result.exit_code == 0, result.output
+    rec = _records(tmp_path)[0]
+    assert rec["status"] == "ok", rec.get("reason")
+    assert rec["method_info"]["context_tokens"] < 256
+    unscored = rec["eval_sets"]["rte"]["n_unscored"]
+    assert unscored > 0 and rec["metrics"]["rte"]["all"]["n"] == 100 - unscored
+    assert rec["metrics"]["rte"]["all"]["n_unscored"] == unscored
+    preds = [json.loads(line) for line in (tmp_path / "results/t/runs" / rec["run_id"] / "predictions.jsonl").open()]
+    assert sum(p["pred"] is None for p in preds if p["eval_set"] == "rte") == unscored
+
+
+def test_multi_token_verbalizer_fails_the_run_with_reason(tmp_path, data_dir, tiny_models):
+    text = _config(tiny_models["opt"], "prompt: {verbalizer: [' Yes', ' Nevertheless']}\n")
+    result = _run(tmp_path, data_dir, text)
+    assert result.exit_code == 1
+    rec = _records(tmp_path)[0]
+    assert rec["status"] == "failed" and "' Nevertheless'" in rec["reason"] and "not exactly one token" in rec["reason"]
+    assert "traceback" not in rec  # a user error, not a crash
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("task: sst2\n", "unknown task 'sst2'"),
+    ("eval: {sets: [validation, paws-qqp]}\n", "do not line up"),
+    ("icl: {cache: true}\n", "icl.cache: unknown field"),
+    ("prompt: {pattern: '{text1} ?'}\n", "must use exactly"),
+])
+def test_bad_input_exits_2_before_any_model_loads(tmp_path, data_dir, extra, message):
+    result = _run(tmp_path, data_dir, _config("no/such-model", extra))
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "results" / "t" / "runs").exists()
+
+
+def test_dry_run_lists_runs(tmp_path, data_dir):
+    result = _run(tmp_path, data_dir, _config("no/such-model"), "--dry-run")
+    assert result.exit_code == 0 and result.output.count("pending") == 2
+    assert not (tmp_path / "results").exists()
+
+
+def test_user_task_end_to_end(tmp_path, data_dir, tiny_models):
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(
+        f"sentence number {i} is {'good' if i % 2 else 'bad'},{'yes' if i % 2 else 'no'}\n" for i in range(20)))
+    (tmp_path / "dev.csv").write_text("text,label\nthis is good,yes\nthis is bad,no\n")
+    task = ("task: {name: mine, train: train.csv, validation: dev.csv, text_fields: [text], labels: [no, yes]}\n"
+            "prompt: {verbalizer: {no: ' No', yes: ' Yes'}}\n")
+    result = _run(tmp_path, data_dir, _config(tiny_models["opt"], task))
+    assert result.exit_code == 0, result.output
+    rec = _records(tmp_path)[0]
+    assert rec["task"]["name"] == "mine" and rec["metrics"]["mine"]["all"]["n"] == 2
+    assert rec["prompt"]["pattern"] == "{text1} ?"
+
+
+def test_tasks_and_methods_commands():
+    result = runner.invoke(app, ["tasks"])
+    text = result.output.replace("\n", "").replace("│", "").replace(" ", "")
+    assert result.exit_code == 0 and "mnli-original" in text and "lexical_overlap" in text
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0 and "icl" in result.output
