@@ -20,7 +20,7 @@ err = Console(stderr=True)
 
 def _fail(e: AdaptbenchError) -> None:
     err.print("[bold red]error:[/] ", end="")
-    err.print(str(e), markup=False, highlight=False)
+    err.print(str(e), markup=False, highlight=False, soft_wrap=True)  # no hard breaks inside paths
     raise typer.Exit(2)
 
 
@@ -59,19 +59,16 @@ def run(
         _fail(e)
     out.print(run_table(recs, title=f"{plan.sweep.name} ({plan.sweep_dir})"))
     for line in problems(recs):
-        out.print(line, markup=False, highlight=False)
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
     if any(r["status"] == "failed" for r in recs):
         raise typer.Exit(1)
 
 
 def _print_plan(plan, todo_ids: set[str]) -> None:
-    table = Table(title=f"{plan.sweep.name}: {len(plan.runs)} runs", header_style="bold")
-    for col in ("run id", "model", "task", "method", "shots", "data seed", "train seed", "state"):
-        table.add_column(col)
-    for r in plan.runs:
-        table.add_row(r.run_id, r.model.name, r.task_name, r.method, str(r.shots), str(r.data_seed),
-                      str(r.train_seed), "pending" if r.run_id in todo_ids else "done")
-    out.print(table)
+    from .summary import plan_table
+
+    specs = [{"run_id": r.run_id, **r.identity()} for r in plan.runs]
+    out.print(plan_table(specs, todo_ids, f"{plan.sweep.name}: {len(plan.runs)} runs"))
 
 
 @app.command()

@@ -18,16 +18,13 @@ import re
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, NonNegativeInt, PositiveInt, Tag,
+from pydantic import (BaseModel, Discriminator, Field, NonNegativeInt, PositiveInt, Tag,
                       ValidationError, field_validator, model_validator)
 
 from .errors import ConfigError
+from .settings import BitfitSettings, ICLSettings, LoraSettings, Strict, TrainSettings
 
 SPEC_VERSION = 1  # bump when the meaning of a spec field changes, so old run ids are not reused
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelSpec(Strict):
@@ -93,10 +90,6 @@ class EvalSpec(Strict):
     seed: int = Field(0, description="seed of the eval subsample (fixed across runs, so they compare)")
 
 
-class ICLSettings(Strict):
-    prefix_cache: bool = Field(True, description="encode the demonstrations once and reuse their KV cache")
-
-
 class RuntimeOptions(Strict):
     """How runs execute; not part of a run's identity."""
 
@@ -118,6 +111,10 @@ class RunSpec(Strict):
     balanced: bool = True
     prompt: PromptSpec = PromptSpec()
     eval: EvalSpec = EvalSpec()
+    trainable: Literal["full", "head", "bitfit", "lora"] | None = None
+    train: TrainSettings | None = None
+    lora: LoraSettings | None = None
+    bitfit: BitfitSettings | None = None
     icl: ICLSettings | None = None
 
     @property
@@ -158,6 +155,11 @@ class SweepConfig(Strict):
     balanced: bool = Field(True, description="few-shot samples balanced across labels")
     prompt: list[PromptSpec] = Field([PromptSpec()], min_length=1)
     eval: EvalSpec = EvalSpec()
+    trainable: list[Literal["full", "head", "bitfit", "lora"]] = Field(
+        ["full"], min_length=1, description="which parameters fine-tuning methods train")
+    train: TrainSettings = TrainSettings()
+    lora: LoraSettings = LoraSettings()
+    bitfit: BitfitSettings = BitfitSettings()
     icl: ICLSettings = ICLSettings()
     grid: dict[str, list[Any]] = Field(default_factory=dict,
                                        description="dotted setting -> list of values to sweep over")
@@ -173,7 +175,7 @@ class SweepConfig(Strict):
     def _prompts(cls, v):
         return [{"preset": p} if isinstance(p, str) else p for p in _listify(v)]
 
-    @field_validator("task", "method", "shots", mode="before")
+    @field_validator("task", "method", "shots", "trainable", mode="before")
     @classmethod
     def _lists(cls, v):
         return _listify(v)
@@ -194,37 +196,79 @@ class SweepConfig(Strict):
 
 
 def expand(raw: dict, source: str = "<config>") -> tuple[SweepConfig, list[RunSpec]]:
-    """Validate a raw config and expand it into run specs (grid order: as listed, seeds innermost)."""
-    grid = raw.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise ConfigError(f"{source}: grid must be a mapping of dotted settings to lists")
-    variants = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
-    sweep = None
-    runs: list[RunSpec] = []
-    for variant in variants:
-        cfg = copy.deepcopy(raw)
-        for key, value in variant.items():
-            _set_dotted(cfg, key, value, source)
-        cfg.pop("grid", None)
-        sweep_i = _validate(SweepConfig, {**cfg, "grid": grid}, source)
-        sweep = sweep or sweep_i
-        runs += _cells(sweep_i, source)
+    """Validate a raw config and expand it into run specs (order: as listed, seeds innermost).
+
+    ``include:`` lists blocks that each override the top-level settings and expand on their own (e.g.
+    ``{method: pbft, trainable: [full, lora]}`` and ``{method: vanilla, trainable: full}``); the runs of
+    all blocks together form the sweep.  Without it the top level is the one block.
+    """
+    includes = raw.get("include")
+    if includes is None:
+        blocks = [raw]
+    elif not isinstance(includes, list) or not includes or not all(isinstance(b, dict) for b in includes):
+        raise ConfigError(f"{source}: include must be a non-empty list of mappings of settings")
+    else:
+        base = {k: v for k, v in raw.items() if k != "include"}
+        blocks = [_merge(base, block) for block in includes]
+    sweep, runs = None, []
+    for i, block in enumerate(blocks):
+        where = f"{source} (include[{i}])" if includes is not None else source
+        for variant in _grid_variants(block, where):
+            sweep_i = _validate(SweepConfig, variant, where)
+            sweep = sweep or sweep_i
+            runs += _cells(sweep_i, where)
     seen: dict[str, RunSpec] = {}
     for r in runs:
         seen.setdefault(r.run_id, r)
     return sweep, list(seen.values())
 
 
-def _cells(sweep: SweepConfig, source: str) -> list[RunSpec]:
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``; mappings merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _grid_variants(block: dict, source: str) -> list[dict]:
+    grid = block.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
+        raise ConfigError(f"{source}: grid must map dotted settings to lists of values")
     out = []
-    for model, task, method, prompt, shots, train_seed, data_seed in itertools.product(
-            sweep.model, sweep.task, sweep.method, sweep.prompt, sweep.shots, sweep.train_seeds,
-            sweep.data_seeds):
-        spec = {"model": model, "task": task, "method": method, "shots": shots, "data_seed": data_seed,
-                "train_seed": train_seed, "balanced": sweep.balanced, "prompt": prompt, "eval": sweep.eval}
-        if method == "icl":
-            spec["icl"] = sweep.icl
-        out.append(_validate(RunSpec, spec, source))
+    for values in itertools.product(*grid.values()):
+        cfg = copy.deepcopy(block)
+        for key, value in zip(grid, values):
+            _set_dotted(cfg, key, value, source)
+        out.append(cfg)
+    return out
+
+
+def _cells(sweep: SweepConfig, source: str) -> list[RunSpec]:
+    """The product of the axes.  A method's settings blocks join the runs of that method only (ICL runs
+    have no ``train``/``trainable``), so settings of other methods never change a run's id."""
+    from .methods import METHODS
+
+    out = []
+    for model, task, method, prompt, shots in itertools.product(sweep.model, sweep.task, sweep.method,
+                                                               sweep.prompt, sweep.shots):
+        trains = METHODS[method].trains
+        for trainable in (sweep.trainable if trains else [None]):
+            if trainable is not None:
+                METHODS[method].check_trainable(trainable, source)
+            for train_seed, data_seed in itertools.product(sweep.train_seeds if trains else [0], sweep.data_seeds):
+                spec = {"model": model, "task": task, "method": method, "shots": shots, "data_seed": data_seed,
+                        "train_seed": train_seed, "balanced": sweep.balanced, "prompt": prompt,
+                        "eval": sweep.eval, "trainable": trainable}
+                if trains:
+                    spec["train"] = sweep.train
+                if trainable == "lora":
+                    spec["lora"] = sweep.lora
+                if trainable == "bitfit":
+                    spec["bitfit"] = sweep.bitfit
+                if method == "icl":
+                    spec["icl"] = sweep.icl
+                out.append(_validate(RunSpec, spec, source))
     return out
 
 

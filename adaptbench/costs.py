@@ -9,6 +9,8 @@ and the phase says so (``peak_rss_scope: process``).
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import resource
 import time
 from contextlib import contextmanager
@@ -17,7 +19,18 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 
+def _release_freed_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS, so a phase's peak RSS is not inflated by
+    memory an earlier phase freed but glibc kept (it would otherwise be counted as in use)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_rss_peak() -> bool:
+    _release_freed_memory()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

@@ -88,6 +88,14 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 def context_window(config) -> int:
     """The longest sequence the model's position embeddings cover."""
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config

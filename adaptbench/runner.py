@@ -8,6 +8,8 @@ process died before writing one.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime as dt
 import os
 import traceback
@@ -18,13 +20,13 @@ import torch
 import transformers
 
 from . import records
-from .config import ModelSpec, RunSpec, RuntimeOptions, SweepConfig, load_sweep
+from .config import ModelSpec, RunSpec, RuntimeOptions, SweepConfig, expand, load_raw
 from .costs import CostTracker
 from .environment import environment
 from .errors import AdaptbenchError, RunSkipped
 from .methods import METHODS, RunContext
 from .metrics import eval_set_metrics
-from .models import LoadedModel, load_model, pick_device
+from .models import LoadedModel, free_memory_bytes, load_model, pick_device
 from .progress import make_progress
 from .prompts import PromptEncoder
 from .resolve import RunInputs, load_inputs
@@ -37,6 +39,7 @@ class Plan:
     runs: list[RunSpec]
     config_dir: str
     runtime: RuntimeOptions
+    raw: dict = field(default_factory=dict)  # the config as read, overrides applied
 
     @property
     def sweep_dir(self) -> str:
@@ -53,26 +56,38 @@ def make_plan(config: str, overrides: list[str] = (), output_dir: str | None = N
         extra.append(f"runtime.data_dir={os.path.abspath(data_dir)}")
     if batch_size is not None:
         extra.append(f"runtime.batch_size={batch_size}")
-    sweep, runs = load_sweep(config, extra)
-    return Plan(sweep, runs, os.path.dirname(os.path.abspath(config)), sweep.runtime)
+    raw = load_raw(config, extra)
+    sweep, runs = expand(raw, config)
+    return Plan(sweep, runs, os.path.dirname(os.path.abspath(config)), sweep.runtime, raw)
 
 
 class ModelPool:
-    """Keeps the last loaded model, so a sweep over seeds/shots of a non-training method loads it once."""
+    """Keeps the last loaded model clean, so a sweep over seeds/shots loads each model once.
+
+    Methods that only read the model (ICL) use the clean copy itself; methods that train get a deep
+    copy of it.  A model whose copy would not fit in a quarter of the free memory of its device is not
+    kept: training runs then load it again.
+    """
 
     def __init__(self):
         self.spec: ModelSpec | None = None
-        self.loaded: LoadedModel | None = None
+        self.clean: LoadedModel | None = None
 
     def get(self, spec: ModelSpec, fresh: bool) -> tuple[LoadedModel, bool]:
-        if not fresh and self.spec == spec and self.loaded is not None:
-            return self.loaded, True
-        self.spec = self.loaded = None  # free the old model before loading the next
+        """(model, reused).  ``fresh``: the caller will change the weights."""
+        if self.spec == spec and self.clean is not None:
+            return (self._copy() if fresh else self.clean), True
+        self.spec = self.clean = None  # free the old model before loading the next
         loaded = load_model(spec.name, gguf_file=spec.gguf_file, tokenizer=spec.tokenizer, revision=spec.revision,
                             dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code)
-        if not fresh:
-            self.spec, self.loaded = spec, loaded
+        nbytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        if not fresh or nbytes < free_memory_bytes(loaded.device) / 4:
+            self.spec, self.clean = spec, loaded
+            return (self._copy() if fresh else loaded), False
         return loaded, False
+
+    def _copy(self) -> LoadedModel:
+        return dataclasses.replace(self.clean, model=copy.deepcopy(self.clean.model))
 
 
 def _now() -> str:
@@ -135,7 +150,9 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
                        "pad_token_from": loaded.pad_token_from, **loaded.info}
     transformers.set_seed(run.train_seed)
     ctx = RunContext(run, task, loaded, encoder, sample, inputs.pool, costs, plan.runtime,
-                     make_progress(plan.runtime.progress))
+                     make_progress(plan.runtime.progress),
+                     evals=[(req.name, req.eval_set, examples) for req, examples, _ in inputs.evals],
+                     out_dir=records.run_dir(plan.sweep_dir, run.run_id))
     record["method_info"] = ctx.info
     predictor = method.fit(ctx)
     record["metrics"], record["eval_sets"] = {}, {}
@@ -202,7 +219,7 @@ def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_re
     inputs = preflight(plan, todo)
     os.makedirs(plan.sweep_dir, exist_ok=True)
     records.atomic_write(os.path.join(plan.sweep_dir, "sweep.json"),
-                         records.dumps(plan.sweep.model_dump(mode="json")) + "\n")
+                         records.dumps({"config": plan.raw, "runs": [r.run_id for r in plan.runs]}) + "\n")
     models = ModelPool()
     fresh = []
     for i, run in enumerate(todo):

@@ -127,6 +127,19 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
+def last_hidden(parts: LMParts, ids: torch.Tensor, mask: torch.Tensor, ends: torch.Tensor | None = None,
+                **kwargs) -> torch.Tensor:
+    """Final hidden state at the last real token of each sequence, (n, hidden).
+
+    Right-padded rows (2D ``mask``): one sequence per row, ending at ``mask.sum(1) - 1``.  Packed rows
+    (4D ``mask``, see :mod:`adaptbench.packing`): ``ends`` gives (row, column) of each sequence's end.
+    """
+    hidden = parts.backbone(input_ids=ids, attention_mask=kwargs.pop("attention_mask", mask), **kwargs)
+    if ends is None:
+        return hidden.last_hidden_state[torch.arange(ids.shape[0], device=ids.device), mask.sum(dim=1) - 1]
+    return hidden.last_hidden_state[ends[:, 0], ends[:, 1]]
+
+
 def answer_hidden(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
                   prefix: PrefixCache | None = None) -> torch.Tensor:
     """Final hidden state at the last real token of each sequence, (batch, hidden).
@@ -136,19 +149,33 @@ def answer_hidden(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
     """
     ids, mask = pad_right(seqs, pad_id)
     ids, mask = ids.to(parts.device), mask.to(parts.device)
-    lengths = mask.sum(dim=1)
-    kwargs = {}
-    if prefix is not None:
-        offset = prefix.length
-        full_mask = torch.cat([mask.new_ones(len(seqs), offset), mask], dim=1)
-        positions = torch.arange(offset, offset + ids.shape[1], device=parts.device).expand(len(seqs), -1)
-        kwargs = {"attention_mask": full_mask, "position_ids": positions,
-                  parts.cache_kwarg: prefix.for_batch(len(seqs)), "use_cache": True}
-    else:
-        kwargs = {"attention_mask": mask, "use_cache": False}
-    hidden = parts.backbone(input_ids=ids, **kwargs).last_hidden_state
-    rows = torch.arange(len(seqs), device=parts.device)
-    return hidden[rows, lengths - 1]
+    if prefix is None:
+        return last_hidden(parts, ids, mask, use_cache=False)
+    offset = prefix.length
+    full_mask = torch.cat([mask.new_ones(len(seqs), offset), mask], dim=1)
+    positions = torch.arange(offset, offset + ids.shape[1], device=parts.device).expand(len(seqs), -1)
+    return last_hidden(parts, ids, mask, attention_mask=full_mask, position_ids=positions, use_cache=True,
+                       **{parts.cache_kwarg: prefix.for_batch(len(seqs))})
+
+
+def batched_logits(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device,
+                   batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, int, int]:
+    """Logits of a task model (``model(ids, mask) -> (batch, n_labels)``) for every sequence, in order,
+    from length-sorted batches; also returns (real tokens, padded tokens)."""
+    out: np.ndarray | None = None
+    tokens = padded = 0
+    with torch.inference_mode():
+        for batch in length_batches([len(s) for s in seqs], batch_size):
+            ids, mask = pad_right([seqs[i] for i in batch], pad_id)
+            logits = model(ids.to(device), mask.to(device)).float().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(seqs), logits.shape[1]), dtype=np.float32)
+            out[batch] = logits
+            tokens += int(mask.sum())
+            padded += mask.numel()
+            if on_batch is not None:
+                on_batch(len(batch))
+    return out, tokens, padded
 
 
 @dataclass

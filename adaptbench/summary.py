@@ -23,37 +23,54 @@ def _task(spec: dict) -> str:
     return spec["task"] if isinstance(spec["task"], str) else spec["task"]["name"]
 
 
-# Columns shown only when their value differs between runs.
-OPTIONAL = {"model": lambda spec: spec["model"]["name"], "task": _task}
+def _trainable(spec: dict) -> str:
+    return spec.get("trainable") or ""
+
+
+# Columns: (header, value of a spec, shown always?).  The others get a column only when their value
+# differs between runs; a shared value goes into the title instead.
+COLUMNS = [("model", lambda s: s["model"]["name"], False), ("task", _task, False),
+           ("method", lambda s: s["method"], True), ("trainable", _trainable, False),
+           ("k", lambda s: str(s["shots"]), True), ("seed", lambda s: str(s["data_seed"]), True)]
 
 
 def run_table(records: list[dict], title: str = "") -> Table:
-    """Runs as rows; model and task get a column only when they vary (else they go in the title)."""
+    """Runs as rows: metrics of every eval set ('all' slice), total seconds, peak memory."""
     eval_names: list[str] = []
     for r in records:
         for name in r.get("metrics", {}):
             if name not in eval_names:
                 eval_names.append(name)
-    varying = {key: len({get(r["spec"]) for r in records}) > 1 for key, get in OPTIONAL.items()}
-    fixed = [get(records[0]["spec"]) for key, get in OPTIONAL.items() if records and not varying[key]]
+    shown = [(h, get) for h, get, always in COLUMNS if always or len({get(r["spec"]) for r in records}) > 1]
+    fixed = [get(records[0]["spec"]) for h, get, always in COLUMNS
+             if records and (h, get) not in shown and get(records[0]["spec"])]
     table = Table(title=" ".join([title, *fixed]).strip(), header_style="bold", show_lines=False)
-    cols = ["run"] + [k for k, v in varying.items() if v] + ["method", "k", "seed", "status"]
-    for col in cols:
+    for col in ["run"] + [h for h, _ in shown] + ["status"]:
         table.add_column(col, no_wrap=True)
     for name in eval_names:
         table.add_column(f"{name} acc", justify="right")
     table.add_column("s", justify="right")
     table.add_column("GiB", justify="right")
     for r in records:
-        spec = r["spec"]
         costs = r.get("costs", {})
-        status = r["status"]
-        row = [r["run_id"][:8]] + [get(spec) for key, get in OPTIONAL.items() if varying[key]]
-        row += [spec["method"], str(spec["shots"]), str(spec["data_seed"]), f"[{STATUS_STYLE.get(status, '')}]{status}[/]"]
+        row = [r["run_id"][:8]] + [get(r["spec"]) for _, get in shown]
+        row.append(f"[{STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]")
         row += [_metric_text(r["metrics"][n]) if n in r.get("metrics", {}) else "-" for n in eval_names]
         row += [f"{sum(p['seconds'] for p in costs.values()):.1f}",
                 _gib(max((p["peak_memory_bytes"] for p in costs.values()), default=0))]
         table.add_row(*row)
+    return table
+
+
+def plan_table(specs: list[dict], pending: set[str], title: str) -> Table:
+    """The runs of a sweep (identity dicts with ``run_id``) and whether each is still to do."""
+    shown = [(h, get) for h, get, always in COLUMNS if always or len({get(s) for s in specs}) > 1]
+    fixed = [get(specs[0]) for h, get, always in COLUMNS if specs and (h, get) not in shown and get(specs[0])]
+    table = Table(title=" ".join([title, *fixed]), header_style="bold")
+    for col in ["run id"] + [h for h, _ in shown] + ["state"]:
+        table.add_column(col, no_wrap=True)
+    for s in specs:
+        table.add_row(s["run_id"], *[get(s) for _, get in shown], "pending" if s["run_id"] in pending else "done")
     return table
 
 

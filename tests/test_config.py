@@ -97,6 +97,36 @@ def test_yes_and_no_stay_strings(tmp_path):
     assert load_raw(write_config(tmp_path, BASE + "icl: {prefix_cache: false}\n"))["icl"]["prefix_cache"] is False
 
 
+def test_include_blocks_and_method_settings(tmp_path):
+    text = BASE + """include:
+  - {method: icl}
+  - {method: pbft, trainable: [full, lora], lora: {r: 4}}
+  - {method: vanilla, trainable: head, train: {epochs: 2}}
+"""
+    _, runs = load_sweep(write_config(tmp_path, text))
+    by = {}
+    for r in runs:
+        by.setdefault((r.method, r.trainable), []).append(r)
+    assert {k: len(v) for k, v in by.items()} == {("icl", None): 6, ("pbft", "full"): 6, ("pbft", "lora"): 6,
+                                                   ("vanilla", "head"): 6}
+    icl, lora, head = by[("icl", None)][0], by[("pbft", "lora")][0], by[("vanilla", "head")][0]
+    assert icl.train is None and icl.lora is None and icl.icl is not None  # ICL ids ignore training settings
+    assert lora.lora.r == 4 and by[("pbft", "full")][0].lora is None and head.train.epochs == 2
+    plain = load_sweep(write_config(tmp_path, BASE, "plain.yaml"))[1]
+    assert {r.run_id for r in plain} == {r.run_id for r in by[("icl", None)]}
+
+
+def test_train_presets_and_policy_checks(tmp_path):
+    text = BASE.replace("method: icl", "method: pbft") + "train: {preset: reference, epochs: 5}\n"
+    run = load_sweep(write_config(tmp_path, text))[1][0]
+    assert (run.train.lr, run.train.batch_size, run.train.warmup_ratio, run.train.schedule) == (1e-5, 32, 0.1, "linear")
+    assert run.train.epochs == 5 and run.train.eval_every == "epoch" and run.trainable == "full"
+    with pytest.raises(ConfigError, match="pbft adds no head"):
+        load_sweep(write_config(tmp_path, BASE.replace("method: icl", "method: pbft") + "trainable: head\n"))
+    with pytest.raises(ConfigError, match=r"include\[0\]"):
+        load_sweep(write_config(tmp_path, BASE + "include: [{method: pbft, train: {lr: -1}}]\n"))
+
+
 def test_duplicate_cells_collapse():
     _, runs = expand({"name": "t", "model": "m", "task": "rte", "method": "icl", "shots": [4, 4]})
     assert len(runs) == 1

@@ -72,3 +72,30 @@ runtime: {progress: false}
         assert all(max(p["vocab_logprobs"]) < 0 for p in rows)
         assert rec["metrics"][name]["all"]["accuracy"] == pytest.approx(
             np.mean([p["pred"] == p["label"] for p in rows]))
+
+
+def test_pbft_lora_on_smollm2(tmp_path, data_dir):
+    """PBFT + LoRA on the real model: 16 RTE examples, a few steps, then evaluation."""
+    text = """# adaptbench run sweep.yaml
+name: t
+model: smollm2-135m
+task: rte
+method: pbft
+trainable: lora
+shots: 16
+data_seeds: [0]
+train: {max_steps: 3, batch_size: 8, lr: 1e-3, eval_every: end, save: true}
+eval: {max_examples: 10}
+runtime: {progress: false}
+"""
+    result = _run(tmp_path, data_dir, text)
+    assert result.exit_code == 0, result.output
+    rec = _records(tmp_path)[0]
+    info = rec["method_info"]
+    assert rec["status"] == "ok" and info["steps"] == 3 and len(info["train_losses"]) == 3
+    assert info["lora_target_modules"] == ["q_proj", "v_proj"]
+    assert 0 < info["trainable_params"] < 0.01 * info["total_params"]
+    assert rec["costs"]["train"]["tokens"] > 0 and rec["costs"]["train"]["seconds"] > 0
+    for name in ("rte", "hans"):
+        assert rec["metrics"][name]["all"]["n"] == 10
+    assert (tmp_path / "results/t/runs" / rec["run_id"] / "weights/adapter/adapter_model.safetensors").is_file()

@@ -15,7 +15,7 @@ from ..config import RunSpec, RuntimeOptions
 from ..costs import CostTracker
 from ..models import LoadedModel
 from ..prompts import PromptEncoder
-from ..tasks.schema import Example, TaskDef
+from ..tasks.schema import EvalSetDef, Example, TaskDef
 
 
 @dataclass
@@ -31,6 +31,8 @@ class RunContext:
     costs: CostTracker
     runtime: RuntimeOptions
     progress: Callable  # progress(description, total) -> context manager yielding advance(n)
+    evals: list[tuple[str, EvalSetDef, list[Example]]] = field(default_factory=list)  # for evaluation points
+    out_dir: str | None = None  # the run's folder, for saved weights
     info: dict = field(default_factory=dict)
 
 
@@ -64,10 +66,21 @@ class Method:
     name: ClassVar[str]
     description: ClassVar[str]
     trains: ClassVar[bool] = False  # changes the model's weights (so it needs a fresh copy)
+    trainable: ClassVar[tuple[str, ...]] = ()  # the trainable-parameter policies it supports
+
+    @classmethod
+    def check_trainable(cls, policy: str, source: str) -> None:
+        if policy not in cls.trainable:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{source}: method {cls.name!r} cannot use trainable: {policy} "
+                              f"(it supports {', '.join(cls.trainable)})" + TRAINABLE_HINTS.get((cls.name, policy), ""))
 
     def fit(self, ctx: RunContext) -> Predictor:
         raise NotImplementedError
 
+
+TRAINABLE_HINTS = {("pbft", "head"): ": pbft adds no head, it trains through the LM head's verbalizer rows"}
 
 METHODS: dict[str, type[Method]] = {}
 

@@ -10,19 +10,12 @@ counted -- nothing is truncated.
 from __future__ import annotations
 
 import numpy as np
-import psutil
-import torch
 
 from ..errors import RunSkipped
+from ..models import free_memory_bytes
 from ..scoring import PrefixCache, auto_batch_size, lm_parts, prefix_cache_unsupported, score
 from ..tasks.schema import Example
 from .base import Method, Predictions, RunContext, register
-
-
-def free_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return psutil.virtual_memory().available
 
 
 @register

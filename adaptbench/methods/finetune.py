@@ -1,0 +1,113 @@
+"""What PBFT, vanilla fine-tuning and context distillation share: build a task model, apply the
+trainable policy, train with the one loop, evaluate at evaluation points, select one, predict."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..metrics import eval_set_metrics
+from ..saving import save_adapted
+from ..packing import packing_works
+from ..scoring import batched_logits
+from ..trainable import apply_policy
+from ..training import TrainItem, train
+from .base import Method, Predictions, RunContext
+
+
+class FineTuneMethod(Method):
+    """Subclasses say how the task model is built and what the training targets and loss are."""
+
+    trains = True
+    trainable = ("full", "bitfit", "lora")
+
+    def build(self, ctx: RunContext) -> nn.Module:
+        raise NotImplementedError
+
+    def items(self, ctx: RunContext) -> list[TrainItem]:
+        """Default: the run's sample, rendered as queries, with its gold labels."""
+        return [TrainItem(ctx.encoder.query_ids(ex, first=True), torch.tensor(ex.label)) for ex in ctx.sample]
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, target)
+
+    def fit(self, ctx: RunContext) -> FineTunedPredictor:
+        spec, settings = ctx.spec, ctx.spec.train
+        with ctx.costs.phase("setup"):
+            model = self.build(ctx)
+            ctx.info.update(apply_policy(model, spec.trainable, lora=spec.lora, bitfit=spec.bitfit,
+                                         freeze_embeddings=settings.freeze_embeddings))
+            model.to(ctx.loaded.device)
+        items = self.items(ctx)
+        policy_settings = {"lora": spec.lora, "bitfit": spec.bitfit}.get(spec.trainable)
+        if policy_settings is not None and policy_settings.lr is not None:
+            settings = settings.model_copy(update={"lr": policy_settings.lr})
+        ctx.info["lr"] = settings.lr
+        evaluator = Evaluator(ctx, model) if settings.eval_every != "end" else None
+        packed = packing_works(model.lm)
+        ctx.info["packed_batches"] = packed
+        with ctx.costs.phase("train") as phase:
+            log = train(model, items, settings, loss_fn=self.loss, pad_id=ctx.loaded.tokenizer.pad_token_id,
+                        seed=spec.train_seed, device=ctx.loaded.device, evaluate=evaluator, progress=ctx.progress,
+                        packed=packed)
+            phase.tokens, phase.padded_tokens = log.tokens, log.padded_tokens
+            phase.extra.update(steps=log.steps, epochs=log.epochs, eval_seconds=round(log.eval_seconds, 3))
+        ctx.info.update(train_examples=len(items), steps=log.steps, train_losses=[round(x, 5) for x in log.losses],
+                        history=log.history)
+        chosen = None
+        if evaluator is not None:
+            chosen = select(log.history, settings.select, ctx.task.name)
+            ctx.info["selected"] = {"mode": settings.select, "step": log.history[chosen]["step"],
+                                    "epoch": log.history[chosen]["epoch"]}
+        if settings.save and ctx.out_dir:
+            ctx.info["saved"] = save_adapted(model, spec.trainable, ctx.out_dir, ctx.loaded.tokenizer)
+        stored = evaluator.points[chosen] if evaluator is not None else None
+        return FineTunedPredictor(ctx, model, stored)
+
+
+class Evaluator:
+    """Scores every eval set at an evaluation point, keeps the logits, returns overall metrics."""
+
+    def __init__(self, ctx: RunContext, model: nn.Module):
+        self.ctx, self.model = ctx, model
+        self.points: list[dict[str, np.ndarray]] = []
+
+    def __call__(self) -> dict:
+        logits, metrics = {}, {}
+        for name, eval_set, examples in self.ctx.evals:
+            logits[name] = score_examples(self.ctx, self.model, examples)[0]
+            labels = logits[name].argmax(axis=1)
+            metrics[name] = eval_set_metrics(eval_set, examples, labels)["all"]
+        self.points.append(logits)
+        return metrics
+
+
+def select(history: list[dict], mode: str, in_domain: str) -> int:
+    """Index of the reported evaluation point: last, best in-domain accuracy, or best mean OOD accuracy."""
+    if mode == "last" or len(history) == 1:
+        return len(history) - 1
+    if mode == "best":
+        values = [h["metrics"][in_domain]["accuracy"] for h in history]
+    else:
+        values = [np.mean([m["accuracy"] for name, m in h["metrics"].items() if name != in_domain] or [0.0])
+                  for h in history]
+    return int(np.argmax(values))
+
+
+def score_examples(ctx: RunContext, model: nn.Module, examples, on_batch=None):
+    seqs = [ctx.encoder.query_ids(ex, first=True) for ex in examples]
+    bs = ctx.runtime.batch_size if ctx.runtime.batch_size != "auto" else 16
+    return batched_logits(model, seqs, ctx.loaded.tokenizer.pad_token_id, ctx.loaded.device, bs, on_batch)
+
+
+class FineTunedPredictor:
+    def __init__(self, ctx: RunContext, model: nn.Module, stored: dict[str, np.ndarray] | None):
+        self.ctx, self.model, self.stored = ctx, model, stored
+
+    def predict(self, examples, name: str) -> Predictions:
+        if self.stored is not None:  # scored at the selected evaluation point during training
+            return Predictions(self.stored[name])
+        with self.ctx.progress(f"{self.ctx.spec.method} {name}", len(examples)) as advance:
+            logits, tokens, padded = score_examples(self.ctx, self.model, examples, advance)
+        return Predictions(logits, None, tokens, padded)

@@ -1,0 +1,41 @@
+"""Pattern-based fine-tuning (PBFT): train the LM to put its mass on the right verbalizer token.
+
+The input is the task pattern without demonstrations; the loss is cross-entropy over the verbalizer
+tokens' logits at the answer position, computed from the last hidden state and the LM-head rows of
+those tokens only -- no full-vocabulary logits for every position (Schick & Schuetze, 2021; the
+"pattern-verbalizer fine-tuning" of the reference study).  Prediction as in ICL: argmax over the
+verbalizer tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..scoring import last_hidden, lm_parts, verbalizer_logits
+from .base import RunContext, register
+from .finetune import FineTuneMethod
+
+
+class VerbalizerModel(nn.Module):
+    """``forward(ids, mask)`` -> verbalizer-token logits at each row's last real token."""
+
+    def __init__(self, lm: nn.Module, token_ids: list[int]):
+        super().__init__()
+        self.lm = lm
+        self.head = None
+        self.register_buffer("token_ids", torch.tensor(token_ids), persistent=False)
+
+    def forward(self, input_ids, attention_mask, position_ids=None, ends=None) -> torch.Tensor:
+        parts = lm_parts(self.lm)
+        hidden = last_hidden(parts, input_ids, attention_mask, ends, position_ids=position_ids, use_cache=False)
+        return verbalizer_logits(parts, hidden, self.token_ids)
+
+
+@register
+class PBFT(FineTuneMethod):
+    name = "pbft"
+    description = "pattern-based fine-tuning: LM head + verbalizer tokens, loss over the verbalizers only"
+
+    def build(self, ctx: RunContext) -> nn.Module:
+        return VerbalizerModel(ctx.loaded.model, ctx.encoder.label_token_ids)

@@ -1,0 +1,158 @@
+"""The one training loop, on ``accelerate``: device placement, mixed precision, gradient accumulation.
+
+Methods hand it a task model (``model(input_ids, attention_mask) -> (batch, n_labels) logits``),
+tokenised inputs with targets, and a loss; the loop is the same for PBFT, vanilla fine-tuning and
+context distillation, and the same code runs data-parallel under ``accelerate launch``.
+
+AdamW over the trainable parameters only; linear warmup, then constant or linear decay; clipping;
+batches packed without padding where the model allows (see :mod:`adaptbench.packing`), else padded
+to their longest example (never to a fixed length); a non-finite loss stops the run with the step it
+happened at.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .errors import AdaptbenchError
+from .packing import mask_dtype_for, pack
+from .scoring import pad_right
+from .settings import TrainSettings
+
+
+class TrainingDiverged(AdaptbenchError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainItem:
+    input_ids: list[int]
+    target: torch.Tensor  # a label id (long scalar) or a distribution over labels (float vector)
+
+
+def collate(items: list[TrainItem], pad_id: int, packed: bool, mask_dtype: torch.dtype | None) -> dict:
+    """A batch: packed rows (several examples per row) or right-padded rows, and the stacked targets."""
+    seqs = [it.input_ids for it in items]
+    if packed:
+        inputs = pack(seqs, pad_id, mask_dtype)
+        n_tokens = inputs.pop("n_tokens")
+    else:
+        ids, mask = pad_right(seqs, pad_id)
+        inputs, n_tokens = {"input_ids": ids, "attention_mask": mask}, int(mask.sum())
+    return {"inputs": inputs, "target": torch.stack([it.target for it in items]), "n_tokens": n_tokens}
+
+
+@dataclass
+class TrainLog:
+    steps: int = 0
+    epochs: float = 0.0
+    tokens: int = 0  # real (unpadded) tokens of all forward passes
+    padded_tokens: int = 0
+    eval_seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    history: list[dict] = field(default_factory=list)  # evaluation points
+
+
+def make_accelerator(settings: TrainSettings, device: torch.device):
+    """An Accelerator for this run.  Outside a distributed launch each run may use its own mixed
+    precision, so a state left by an earlier run in the same process is reset first."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if PartialState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    if settings.mixed_precision == "fp16" and device.type != "cuda":
+        raise AdaptbenchError("train.mixed_precision: fp16 needs a CUDA device; use bf16 or no on CPU")
+    return Accelerator(mixed_precision=settings.mixed_precision, gradient_accumulation_steps=settings.grad_accum,
+                       cpu=device.type == "cpu")
+
+
+def total_steps(settings: TrainSettings, n_items: int) -> int:
+    per_epoch = math.ceil(math.ceil(n_items / settings.batch_size) / settings.grad_accum)
+    return settings.max_steps or settings.epochs * per_epoch
+
+
+def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, loss_fn: Callable, pad_id: int,
+          seed: int, device: torch.device, evaluate: Callable[[], dict] | None = None,
+          progress=None, packed: bool = False) -> TrainLog:
+    """Train ``model`` in place.  ``evaluate()`` is called at the evaluation points (model in eval mode,
+    no gradients) and returns the metrics to log there."""
+    from transformers import get_scheduler
+
+    acc = make_accelerator(settings, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise AdaptbenchError("nothing to train: the trainable policy left no parameter with requires_grad")
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    steps = total_steps(settings, len(items))
+    sched = get_scheduler("linear" if settings.schedule == "linear" else "constant_with_warmup", opt,
+                          num_warmup_steps=math.ceil(settings.warmup_ratio * steps), num_training_steps=steps)
+    mask_dtype = mask_dtype_for(getattr(model, "lm", model)) if packed else None
+    loader = DataLoader(items, batch_size=settings.batch_size, shuffle=True,
+                        collate_fn=lambda b: collate(b, pad_id, packed, mask_dtype),
+                        generator=torch.Generator().manual_seed(seed))
+    model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    log = TrainLog()
+    every = settings.eval_every if isinstance(settings.eval_every, int) else None
+    last_eval = -1
+    model.train()
+    with progress("train", steps) as advance:
+        epoch = 0
+        while log.steps < steps:
+            epoch += 1
+            for i, batch in enumerate(loader):
+                with acc.accumulate(model):
+                    logits = model(**batch["inputs"])
+                    loss = loss_fn(logits.float(), batch["target"])
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(f"the training loss became {loss.item()} at step {log.steps + 1} "
+                                               f"(epoch {epoch}); try a lower train.lr or mixed_precision: no")
+                    acc.backward(loss)
+                    if acc.sync_gradients and settings.max_grad_norm:
+                        acc.clip_grad_norm_(params, settings.max_grad_norm)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                log.tokens += int(batch["n_tokens"])
+                log.padded_tokens += batch["inputs"]["input_ids"].numel()
+                if not acc.sync_gradients:
+                    continue
+                log.steps += 1
+                log.epochs = epoch - 1 + (i + 1) / len(loader)
+                log.losses.append(float(loss.detach()))
+                advance(1)
+                if evaluate is not None and every and log.steps % every == 0:
+                    last_eval = _evaluate(model, evaluate, log, sched)
+                if log.steps >= steps:
+                    break
+            if evaluate is not None and settings.eval_every == "epoch":
+                last_eval = _evaluate(model, evaluate, log, sched)
+    if evaluate is not None and every and last_eval != log.steps:  # the final model is always a point
+        _evaluate(model, evaluate, log, sched)
+    model = acc.unwrap_model(model)
+    model.eval()
+    acc.free_memory()
+    return log
+
+
+def _evaluate(model: nn.Module, evaluate: Callable[[], dict], log: TrainLog, sched) -> int:
+    """One evaluation point: metrics from ``evaluate()`` plus the mean training loss since the last one."""
+    start = time.perf_counter()
+    since = log.history[-1]["step"] if log.history else 0
+    recent = log.losses[since:]
+    model.eval()
+    with torch.no_grad():
+        metrics = evaluate()
+    model.train()
+    log.history.append({"step": log.steps, "epoch": round(log.epochs, 4),
+                        "train_loss": sum(recent) / len(recent) if recent else None,
+                        "lr": sched.get_last_lr()[0], "metrics": metrics})
+    log.eval_seconds += time.perf_counter() - start
+    return log.steps
