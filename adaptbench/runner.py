@@ -8,9 +8,8 @@ process died before writing one.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import datetime as dt
+import gc
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from .environment import environment
 from .errors import AdaptbenchError, RunSkipped
 from .methods import METHODS, RunContext
 from .metrics import eval_set_metrics
-from .models import LoadedModel, free_memory_bytes, load_model, pick_device
+from .models import GGUFSnapshots, LoadedModel, pick_device
 from .progress import make_progress
 from .prompts import PromptEncoder
 from .resolve import RunInputs, load_inputs
@@ -62,32 +61,30 @@ def make_plan(config: str, overrides: list[str] = (), output_dir: str | None = N
 
 
 class ModelPool:
-    """Keeps the last loaded model clean, so a sweep over seeds/shots loads each model once.
+    """Holds at most one model, so every run's memory is that of one model plus what the run needs.
 
-    Methods that only read the model (ICL) use the clean copy itself; methods that train get a deep
-    copy of it.  A model whose copy would not fit in a quarter of the free memory of its device is not
-    kept: training runs then load it again.
+    Methods that only read the model (ICL) reuse the loaded model across runs.  A method that trains
+    gets a model loaded for it alone (the held one is freed first): keeping a clean copy beside it
+    would add a model's size to the training runs' measured peak memory.  A model read from a GGUF
+    file is dequantized once and snapshotted as safetensors in a temporary folder, so reloading it is
+    quick.
     """
 
     def __init__(self):
         self.spec: ModelSpec | None = None
-        self.clean: LoadedModel | None = None
+        self.held: LoadedModel | None = None
+        self.snapshots = GGUFSnapshots()
 
     def get(self, spec: ModelSpec, fresh: bool) -> tuple[LoadedModel, bool]:
-        """(model, reused).  ``fresh``: the caller will change the weights."""
-        if self.spec == spec and self.clean is not None:
-            return (self._copy() if fresh else self.clean), True
-        self.spec = self.clean = None  # free the old model before loading the next
-        loaded = load_model(spec.name, gguf_file=spec.gguf_file, tokenizer=spec.tokenizer, revision=spec.revision,
-                            dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code)
-        nbytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-        if not fresh or nbytes < free_memory_bytes(loaded.device) / 4:
-            self.spec, self.clean = spec, loaded
-            return (self._copy() if fresh else loaded), False
+        """(model, reused).  ``fresh``: the caller will change the weights, so it gets its own."""
+        if not fresh and self.spec == spec and self.held is not None:
+            return self.held, True
+        self.spec = self.held = None  # free the held model before loading another
+        gc.collect()
+        loaded = self.snapshots.load(spec)
+        if not fresh:
+            self.spec, self.held = spec, loaded
         return loaded, False
-
-    def _copy(self) -> LoadedModel:
-        return dataclasses.replace(self.clean, model=copy.deepcopy(self.clean.model))
 
 
 def _now() -> str:

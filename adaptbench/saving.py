@@ -13,6 +13,8 @@ import os
 from safetensors.torch import save_file
 from torch import nn
 
+from .models import save_plain
+
 
 def save_adapted(model: nn.Module, policy: str, run_dir: str, tokenizer) -> dict:
     folder = os.path.join(run_dir, "weights")
@@ -27,8 +29,7 @@ def save_adapted(model: nn.Module, policy: str, run_dir: str, tokenizer) -> dict
         save_file(biases, path, metadata={"format": "pt", "parameters": json.dumps(sorted(biases))})
         saved["bitfit_biases"] = path
     elif policy == "full":
-        model.lm.save_pretrained(os.path.join(folder, "model"))
-        tokenizer.save_pretrained(os.path.join(folder, "model"))
+        save_plain(model.lm, tokenizer, os.path.join(folder, "model"))
         saved["model"] = os.path.join(folder, "model")
     if getattr(model, "head", None) is not None:
         path = os.path.join(folder, "classifier_head.safetensors")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
 
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "red"}
@@ -44,13 +45,15 @@ def run_table(records: list[dict], title: str = "") -> Table:
     shown = [(h, get) for h, get, always in COLUMNS if always or len({get(r["spec"]) for r in records}) > 1]
     fixed = [get(records[0]["spec"]) for h, get, always in COLUMNS
              if records and (h, get) not in shown and get(records[0]["spec"])]
-    table = Table(title=" ".join([title, *fixed]).strip(), header_style="bold", show_lines=False)
+    table = Table(title=" ".join([title, *fixed]).strip(), header_style="bold underline", box=None,
+                  padding=(0, 1), pad_edge=False)
     for col in ["run"] + [h for h, _ in shown] + ["status"]:
         table.add_column(col, no_wrap=True)
-    for name in eval_names:
-        table.add_column(f"{name} acc", justify="right")
-    table.add_column("s", justify="right")
-    table.add_column("GiB", justify="right")
+    for name in eval_names:  # numbers are never cut: rich shrinks the text columns first
+        table.add_column(name, justify="right", no_wrap=True, min_width=5)
+    table.add_column("s", justify="right", no_wrap=True, min_width=4)
+    table.add_column("GiB", justify="right", no_wrap=True, min_width=4)
+    table.caption = "eval set columns: accuracy ('all' slice; mcc/f1 where the task has them)"
     for r in records:
         costs = r.get("costs", {})
         row = [r["run_id"][:8]] + [get(r["spec"]) for _, get in shown]
@@ -66,7 +69,7 @@ def plan_table(specs: list[dict], pending: set[str], title: str) -> Table:
     """The runs of a sweep (identity dicts with ``run_id``) and whether each is still to do."""
     shown = [(h, get) for h, get, always in COLUMNS if always or len({get(s) for s in specs}) > 1]
     fixed = [get(specs[0]) for h, get, always in COLUMNS if specs and (h, get) not in shown and get(specs[0])]
-    table = Table(title=" ".join([title, *fixed]), header_style="bold")
+    table = Table(title=" ".join([title, *fixed]), header_style="bold", box=box.SIMPLE_HEAD)
     for col in ["run id"] + [h for h, _ in shown] + ["state"]:
         table.add_column(col, no_wrap=True)
     for s in specs:

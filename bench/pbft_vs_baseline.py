@@ -17,7 +17,7 @@ training) and the ratios, and the accuracy of both on the same evaluation exampl
 from __future__ import annotations
 
 import argparse
-import copy
+import gc
 
 import numpy as np
 import torch
@@ -89,6 +89,7 @@ def main() -> None:
     sample = few_shot_sample(train_pool(task, data_dir), args.shots, 0, 2)
     evals_ex, _ = eval_examples(task.validation, data_dir, max_examples=args.eval_examples, seed=0)
     loaded = load_model(args.model)
+    pad_id = loaded.tokenizer.pad_token_id
     enc = PromptEncoder(loaded.tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
     items = [TrainItem(enc.query_ids(ex, first=True), torch.tensor(ex.label)) for ex in sample]
     evals = [(enc.query_ids(ex, first=True), ex.label) for ex in evals_ex]
@@ -101,13 +102,16 @@ def main() -> None:
     costs = CostTracker(loaded.device)
     results = {}
     for name in ("adaptbench", "baseline"):
-        lm = copy.deepcopy(loaded.model)
-        model = (VerbalizerModel(lm, enc.label_token_ids) if name == "adaptbench"
-                 else FullLogitsBaseline(lm, enc.label_token_ids, loaded.tokenizer.pad_token_id))
+        if loaded is None:  # each variant trains a model of its own; never two in memory at once
+            loaded = load_model(args.model)
+        model = (VerbalizerModel(loaded.model, enc.label_token_ids) if name == "adaptbench"
+                 else FullLogitsBaseline(loaded.model, enc.label_token_ids, pad_id))
         apply_policy(model, args.trainable, lora=LoraSettings())
         torch.manual_seed(0)
         results[name] = run(name, model, items, evals, settings, loaded, 0, costs)
-        del model, lm
+        del model
+        loaded = None
+        gc.collect()
     ours, base = results["adaptbench"], results["baseline"]
     print(f"\n{'':12s} {'s/epoch':>9s} {'peak RSS GiB':>13s} {'RSS rise GiB':>13s} {'positions':>10s} "
           f"{'accuracy':>9s} {'final loss':>10s}")

@@ -66,7 +66,7 @@ def test_icl_sweep_writes_records_and_resumes(tmp_path, data_dir, tiny_models):
     assert all(p["seconds"] > 0 and p["peak_memory_bytes"] > 0 for p in costs.values())
     assert rec["environment"]["versions"]["transformers"] and rec["model"]["dtype"] == "float32"
     assert rec["prompt"]["label_tokens"] == ["ĠYes", "ĠNo"]
-    assert "hans acc" in result.output  # the summary table
+    assert "eval set columns" in result.output and f"{rec['metrics']['hans']['all']['accuracy']:.3f}" in result.output
 
     again = _run(tmp_path, data_dir, _config(tiny_models["llama"]))
     assert again.exit_code == 0 and "2 already done, 0 to run" in again.output
