@@ -100,10 +100,10 @@ def methods() -> None:
 
     table = Table(title="methods", header_style="bold")
     table.add_column("method")
-    table.add_column("trains")
+    table.add_column("trainable (policies)")
     table.add_column("about")
     for m in METHODS.values():
-        table.add_row(m.name, "yes" if m.trains else "no", m.description)
+        table.add_row(m.name, ", ".join(m.trainable) if m.trains else "-- (no training)", m.description)
     out.print(table)
 
 

@@ -22,20 +22,9 @@ from pydantic import (BaseModel, Discriminator, Field, NonNegativeInt, PositiveI
                       ValidationError, field_validator, model_validator)
 
 from .errors import ConfigError
-from .settings import BitfitSettings, ICLSettings, LoraSettings, Strict, TrainSettings
+from .settings import BitfitSettings, CDSettings, ICLSettings, LoraSettings, ModelSpec, Strict, TrainSettings
 
 SPEC_VERSION = 1  # bump when the meaning of a spec field changes, so old run ids are not reused
-
-
-class ModelSpec(Strict):
-    name: str = Field(description="hub id, local folder, .gguf file, or an alias (adaptbench models)")
-    gguf_file: str | None = Field(None, description="GGUF file inside a hub repo or folder")
-    tokenizer: str | None = Field(None, description="tokenizer source, if not the model's")
-    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 (or float16) on CUDA, float32 on CPU")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
-    trust_remote_code: bool = False
 
 
 class PromptSpec(Strict):
@@ -116,6 +105,7 @@ class RunSpec(Strict):
     lora: LoraSettings | None = None
     bitfit: BitfitSettings | None = None
     icl: ICLSettings | None = None
+    cd: CDSettings | None = None
 
     @property
     def task_name(self) -> str:
@@ -161,6 +151,7 @@ class SweepConfig(Strict):
     lora: LoraSettings = LoraSettings()
     bitfit: BitfitSettings = BitfitSettings()
     icl: ICLSettings = ICLSettings()
+    cd: CDSettings = CDSettings()
     grid: dict[str, list[Any]] = Field(default_factory=dict,
                                        description="dotted setting -> list of values to sweep over")
     runtime: RuntimeOptions = RuntimeOptions()
@@ -266,8 +257,8 @@ def _cells(sweep: SweepConfig, source: str) -> list[RunSpec]:
                     spec["lora"] = sweep.lora
                 if trainable == "bitfit":
                     spec["bitfit"] = sweep.bitfit
-                if method == "icl":
-                    spec["icl"] = sweep.icl
+                if method in ("icl", "cd"):
+                    spec[method] = getattr(sweep, method)
                 out.append(_validate(RunSpec, spec, source))
     return out
 

@@ -142,9 +142,12 @@ class PromptEncoder:
                 return full[:i]
         return []
 
+    def text_ids(self, text: str, first: bool) -> list[int]:
+        return self.start_ids + self._ids(text) if first else self._ids(text)
+
     def context_ids(self, demonstrations: list[Example]) -> list[int]:
         text = self.prompt.context(demonstrations)
-        return self.start_ids + self._ids(text) if text else []
+        return self.text_ids(text, first=True) if text else []
 
     def query_ids(self, ex: Example, first: bool) -> list[int]:
         ids = self._ids(self.prompt.query(ex))

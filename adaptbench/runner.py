@@ -19,7 +19,8 @@ import torch
 import transformers
 
 from . import records
-from .config import ModelSpec, RunSpec, RuntimeOptions, SweepConfig, expand, load_raw
+from .config import RunSpec, RuntimeOptions, SweepConfig, expand, load_raw
+from .settings import ModelSpec
 from .costs import CostTracker
 from .environment import environment
 from .errors import AdaptbenchError, RunSkipped
@@ -149,7 +150,8 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
     ctx = RunContext(run, task, loaded, encoder, sample, inputs.pool, costs, plan.runtime,
                      make_progress(plan.runtime.progress),
                      evals=[(req.name, req.eval_set, examples) for req, examples, _ in inputs.evals],
-                     out_dir=records.run_dir(plan.sweep_dir, run.run_id))
+                     out_dir=records.run_dir(plan.sweep_dir, run.run_id), config_dir=plan.config_dir,
+                     load_model=models.snapshots.load)
     record["method_info"] = ctx.info
     predictor = method.fit(ctx)
     record["metrics"], record["eval_sets"] = {}, {}
@@ -204,6 +206,7 @@ def preflight(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
     """Load and validate every run's data before any model is loaded (bad input fails the sweep now)."""
     by_key: dict[str, RunInputs] = {}
     for run in runs:
+        METHODS[run.method].preflight(run, plan.config_dir)
         key = _inputs_key(run)
         if key not in by_key:
             by_key[key] = load_inputs(run, plan.runtime, plan.config_dir)

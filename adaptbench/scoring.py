@@ -186,6 +186,7 @@ class Scores:
     log_norm: np.ndarray  # (n,) log-sum-exp over the full vocabulary at the answer position
     tokens: int  # real tokens run through the model (a cached prefix is not counted)
     padded_tokens: int  # positions computed, padding included
+    vocab: np.ndarray | None = None  # (n, vocab) full next-token logits, when asked for
 
     @property
     def label_logprobs(self) -> np.ndarray:
@@ -240,15 +241,18 @@ def score(
     prefix_cache: PrefixCache | None = None,
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
+    full_vocab: bool = False,
 ) -> Scores:
     """Score every query (a list of token ids ending at the answer position).
 
     ``prefix_cache`` given: queries run against it (fast path).  Otherwise ``prefix_ids`` is joined to
-    each query as ids and the whole sequence runs (reference path).  ``on_batch(n)`` reports progress.
+    each query as ids and the whole sequence runs (reference path).  ``on_batch(n)`` reports progress;
+    ``full_vocab`` also returns the full next-token logits at each answer position.
     """
     n_labels = len(label_token_ids)
     logits = np.zeros((len(queries), n_labels), dtype=np.float32)
     log_norm = np.zeros(len(queries), dtype=np.float32)
+    vocab = np.zeros((len(queries), parts.head_weight.shape[0]), dtype=np.float32) if full_vocab else None
     token_ids = torch.tensor(list(label_token_ids), device=parts.device)
     tokens = padded = 0  # the cached prefix is charged where it was encoded, not here
     with torch.inference_mode(), _sdpa_gqa(parts.device):
@@ -259,7 +263,10 @@ def score(
                 seqs = [list(prefix_ids) + list(queries[i]) for i in batch]
             hidden = answer_hidden(parts, seqs, pad_id, prefix_cache)
             logits[batch] = verbalizer_logits(parts, hidden, token_ids).cpu().numpy()
-            log_norm[batch] = torch.logsumexp(vocab_logits(parts, hidden), dim=-1).cpu().numpy()
+            all_logits = vocab_logits(parts, hidden)
+            log_norm[batch] = torch.logsumexp(all_logits, dim=-1).cpu().numpy()
+            if vocab is not None:
+                vocab[batch] = all_logits.cpu().numpy()
             tokens += sum(len(s) for s in seqs)
             padded += len(seqs) * max(len(s) for s in seqs)
             if on_batch is not None:
@@ -267,7 +274,7 @@ def score(
     if not np.isfinite(logits).all():
         bad = int((~np.isfinite(logits)).any(axis=1).sum())
         raise FloatingPointError(f"{bad} of {len(queries)} examples got non-finite verbalizer logits")
-    return Scores(logits, log_norm, tokens, padded)
+    return Scores(logits, log_norm, tokens, padded, vocab)
 
 
 def auto_batch_size(parts: LMParts, config, prefix_len: int, query_len: int, free_bytes: int,

@@ -1,4 +1,4 @@
-"""Per-method settings blocks of a config (``icl:``, ``train:``, ``lora:``, ``bitfit:``), with help text.
+"""Settings blocks of a config (``model``, ``icl:``, ``train:``, ``lora:``, ``bitfit:``, ``cd:``), with help text.
 
 A block becomes part of a run's spec (and id) only for the runs it applies to: changing ``lora.r``
 does not change the id of an ICL run.
@@ -8,11 +8,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                      model_validator)
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Strict):
+    name: str = Field(description="hub id, local folder, .gguf file, or an alias (adaptbench models)")
+    gguf_file: str | None = Field(None, description="GGUF file inside a hub repo or folder")
+    tokenizer: str | None = Field(None, description="tokenizer source, if not the model's")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 (or float16) on CUDA, float32 on CPU")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    trust_remote_code: bool = False
 
 
 class ICLSettings(Strict):
@@ -85,3 +97,23 @@ class BitfitSettings(Strict):
     lr: PositiveFloat | None = Field(None, description="learning rate for BitFit runs; default: train.lr")
     add_biases: bool = Field(False, description="for models without bias terms (Llama): add zero-initialised "
                                                 "biases to the attention and MLP projections and train those")
+
+
+class CDSettings(Strict):
+    """Context distillation: a teacher with the context, a student without it."""
+
+    teacher: ModelSpec | None = Field(None, description="teacher model; default: the student's model. May be "
+                                                        "larger, or of another family with another tokenizer")
+    context: str = Field("demonstrations", description="demonstrations (the data seed's k-shot sample, as "
+                                                       "in ICL) or file:PATH (any text put before every query)")
+    unlabeled: NonNegativeInt = Field(0, description="extra inputs from the train pool (not the context's), "
+                                                      "distilled without gold labels")
+    target: Literal["labels", "vocab"] = Field(
+        "labels", description="labels: the verbalizer distribution (works across tokenizers); vocab: the full "
+                              "next-token distribution at the answer position (same tokenizer only)")
+    alpha: float = Field(1.0, ge=0.0, le=1.0, description="loss = alpha * T^2 * KL + (1 - alpha) * CE(gold)")
+    temperature: PositiveFloat = Field(1.0, description="softens teacher and student distributions in the KL")
+    teacher_cache: bool = Field(True, description="score the teacher once before training (then free it); "
+                                                  "false: score it online in every batch (for comparison)")
+    teacher_eval: bool = Field(False, description="also evaluate the teacher's own ICL accuracy on the eval "
+                                                  "sets, and the student's agreement with it (costs an ICL run)")

@@ -83,11 +83,15 @@ def tiny_config(arch: str, vocab: int, window: int = 2048):
     raise ValueError(arch)
 
 
-def save_tiny_model(arch: str, tokenizer, folder: Path, window: int = 2048, seed: int = 0) -> str:
+def save_tiny_model(arch: str, tokenizer, folder: Path, window: int = 2048, seed: int = 0,
+                    init_std: float | None = None) -> str:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer), window))
+    config = tiny_config(arch, len(tokenizer), window)
+    if init_std is not None:  # larger weights: sharper outputs that depend on the context
+        config.initializer_range = init_std
+    model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)

@@ -99,3 +99,30 @@ runtime: {progress: false}
     for name in ("rte", "hans"):
         assert rec["metrics"][name]["all"]["n"] == 10
     assert (tmp_path / "results/t/runs" / rec["run_id"] / "weights/adapter/adapter_model.safetensors").is_file()
+
+
+def test_cd_lora_on_smollm2(tmp_path, data_dir):
+    """Context distillation + LoRA on the real model: 16 RTE examples plus 32 unlabelled, a few steps."""
+    text = """# adaptbench run sweep.yaml
+name: t
+model: smollm2-135m
+task: rte
+method: cd
+trainable: lora
+shots: 16
+data_seeds: [0]
+cd: {unlabeled: 32}
+train: {max_steps: 2, batch_size: 8, lr: 1.0e-3}
+eval: {max_examples: 10}
+runtime: {progress: false}
+"""
+    result = _run(tmp_path, data_dir, text)
+    assert result.exit_code == 0, result.output
+    rec = _records(tmp_path)[0]
+    info = rec["method_info"]
+    assert rec["status"] == "ok", rec.get("reason")
+    assert info["distill_labelled"] == 16 and info["distill_unlabelled"] == 32 and info["leave_one_out"]
+    assert info["train_examples"] == 48 - info["distill_dropped"] and info["context_tokens"] > 1000
+    assert rec["costs"]["teacher"]["seconds"] > 0 and rec["costs"]["train"]["seconds"] > 0
+    for name in ("rte", "hans"):
+        assert rec["metrics"][name]["all"]["n"] == 10

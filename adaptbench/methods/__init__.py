@@ -1,6 +1,6 @@
 """Adaptation methods, registered by name.  ``adaptbench methods`` prints this registry."""
 
 from .base import METHODS, Method, Predictions, Predictor, RunContext, register
-from . import icl, pbft, vanilla  # noqa: F401  (register themselves)
+from . import icl, pbft, vanilla, cd  # noqa: F401, I001  (register themselves, in this order)
 
 __all__ = ["METHODS", "Method", "Predictions", "Predictor", "RunContext", "register"]

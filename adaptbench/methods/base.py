@@ -33,6 +33,8 @@ class RunContext:
     progress: Callable  # progress(description, total) -> context manager yielding advance(n)
     evals: list[tuple[str, EvalSetDef, list[Example]]] = field(default_factory=list)  # for evaluation points
     out_dir: str | None = None  # the run's folder, for saved weights
+    config_dir: str = "."  # relative paths in the config resolve from here
+    load_model: Callable | None = None  # load_model(ModelSpec) -> LoadedModel: another model (a teacher)
     info: dict = field(default_factory=dict)
 
 
@@ -67,6 +69,10 @@ class Method:
     description: ClassVar[str]
     trains: ClassVar[bool] = False  # changes the model's weights (so it needs a fresh copy)
     trainable: ClassVar[tuple[str, ...]] = ()  # the trainable-parameter policies it supports
+
+    @classmethod
+    def preflight(cls, spec: RunSpec, config_dir: str) -> None:
+        """Check method settings against the world (files, ...) before any model loads."""
 
     @classmethod
     def check_trainable(cls, policy: str, source: str) -> None:

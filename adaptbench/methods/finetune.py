@@ -34,12 +34,12 @@ class FineTuneMethod(Method):
 
     def fit(self, ctx: RunContext) -> FineTunedPredictor:
         spec, settings = ctx.spec, ctx.spec.train
+        items = self.items(ctx)  # before the model is touched (context distillation scores with it)
         with ctx.costs.phase("setup"):
             model = self.build(ctx)
             ctx.info.update(apply_policy(model, spec.trainable, lora=spec.lora, bitfit=spec.bitfit,
                                          freeze_embeddings=settings.freeze_embeddings))
             model.to(ctx.loaded.device)
-        items = self.items(ctx)
         policy_settings = {"lora": spec.lora, "bitfit": spec.bitfit}.get(spec.trainable)
         if policy_settings is not None and policy_settings.lr is not None:
             settings = settings.model_copy(update={"lr": policy_settings.lr})
@@ -63,6 +63,9 @@ class FineTuneMethod(Method):
         if settings.save and ctx.out_dir:
             ctx.info["saved"] = save_adapted(model, spec.trainable, ctx.out_dir, ctx.loaded.tokenizer)
         stored = evaluator.points[chosen] if evaluator is not None else None
+        return self.predictor(ctx, model, stored)
+
+    def predictor(self, ctx: RunContext, model: nn.Module, stored) -> FineTunedPredictor:
         return FineTunedPredictor(ctx, model, stored)
 
 

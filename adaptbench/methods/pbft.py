@@ -12,23 +12,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..scoring import last_hidden, lm_parts, verbalizer_logits
+from ..scoring import last_hidden, lm_parts, verbalizer_logits, vocab_logits
 from .base import RunContext, register
 from .finetune import FineTuneMethod
 
 
 class VerbalizerModel(nn.Module):
-    """``forward(ids, mask)`` -> verbalizer-token logits at each row's last real token."""
+    """``forward(ids, mask)`` -> verbalizer-token logits at each row's last real token.
 
-    def __init__(self, lm: nn.Module, token_ids: list[int]):
+    ``vocab_in_training``: in training mode return the full next-token logits at that position
+    instead (context distillation onto the whole vocabulary); evaluation always scores the verbalizers.
+    """
+
+    def __init__(self, lm: nn.Module, token_ids: list[int], vocab_in_training: bool = False):
         super().__init__()
         self.lm = lm
         self.head = None
+        self.vocab_in_training = vocab_in_training
         self.register_buffer("token_ids", torch.tensor(token_ids), persistent=False)
 
     def forward(self, input_ids, attention_mask, position_ids=None, ends=None) -> torch.Tensor:
         parts = lm_parts(self.lm)
         hidden = last_hidden(parts, input_ids, attention_mask, ends, position_ids=position_ids, use_cache=False)
+        if self.vocab_in_training and self.training:
+            return vocab_logits(parts, hidden)
         return verbalizer_logits(parts, hidden, self.token_ids)
 
 
