@@ -10,11 +10,18 @@ __version__ = "0.1.0"
 
 
 def run(config: str, overrides: list[str] = (), *, output_dir: str | None = None, data_dir: str | None = None,
-        force: bool = False) -> list[dict]:
+        force: bool = False, jobs: int = 1) -> list[dict]:
     """Run a sweep config (as ``adaptbench run``) and return its result records."""
     from .runner import make_plan, run_sweep
 
-    return run_sweep(make_plan(config, list(overrides), output_dir, data_dir), force=force)
+    return run_sweep(make_plan(config, list(overrides), output_dir, data_dir), force=force, jobs=jobs)
 
 
-__all__ = ["__version__", "run"]
+def load_results(path: str):
+    """All result records under ``path`` as a pandas DataFrame (one row per run x eval set x slice)."""
+    from .results import load_results as _load
+
+    return _load(path)
+
+
+__all__ = ["__version__", "load_results", "run"]

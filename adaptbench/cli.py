@@ -37,6 +37,8 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs and their ids, run nothing")] = False,
     force: Annotated[bool, typer.Option("--force", help="rerun runs that already have a record")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="rerun runs recorded as failed")] = False,
+    jobs: Annotated[int, typer.Option(min=1, help="worker processes for independent runs (one GPU each, if "
+                                                   "several)")] = 1,
 ) -> None:
     """Run the runs of a sweep config; results go to <output_dir>/<name>/."""
     from .runner import make_plan, pending, run_sweep
@@ -55,7 +57,7 @@ def run(
             err.print(f"[{i}/{n}] {rec['run_id']} {rec['spec']['method']} shots={rec['spec']['shots']} "
                       f"seed={rec['spec']['data_seed']}: {rec['status']}", highlight=False)
 
-        recs = run_sweep(plan, force, retry_failed, on_record)
+        recs = run_sweep(plan, force, retry_failed, on_record, jobs=jobs)
     except AdaptbenchError as e:
         _fail(e)
     out.print(run_table(recs, title=f"{plan.sweep.name} ({plan.sweep_dir})"))
@@ -70,6 +72,31 @@ def _print_plan(plan, todo_ids: set[str]) -> None:
 
     specs = [{"run_id": r.run_id, **r.identity()} for r in plan.runs]
     out.print(plan_table(specs, todo_ids, f"{plan.sweep.name}: {len(plan.runs)} runs"))
+
+
+@app.command()
+def report(
+    results_dir: Annotated[str, typer.Argument(help="a sweep's results folder (results/<name>) or a folder of them")],
+    out_dir: Annotated[Optional[str], typer.Option("--out", help="where to write (default: RESULTS_DIR/report)")] = None,
+) -> None:
+    """Tables (Markdown, CSV), plots (PNG, SVG) and one offline HTML page from finished runs."""
+    from .report import make_report
+
+    rep = make_report(results_dir, out_dir)
+    if rep.table.empty:
+        err.print(f"no finished runs under {results_dir}")
+    else:
+        table = Table(title=f"{results_dir}: mean ± std over seeds", header_style="bold", box=None,
+                      padding=(0, 1), pad_edge=False)
+        for col in rep.table.columns:
+            table.add_column(str(col), no_wrap=True, justify="left" if col in ("model", "task", "method",
+                                                                              "trainable") else "right")
+        for row in rep.table.itertuples(index=False):
+            table.add_row(*[str(v) for v in row])
+        out.print(table)
+    for line in rep.problems:
+        err.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"wrote {len(rep.files)} files to {rep.out_dir} (open {rep.out_dir}/report.html)")
 
 
 @app.command()

@@ -19,6 +19,7 @@ RESULT = "result.json"
 PREDICTIONS = "predictions.jsonl"
 INDEX = "results.jsonl"
 FINISHED = ("ok", "failed", "skipped")
+TMP_PREFIX = ".tmp-"  # .tmp-<pid>-...: a temp file of a writer that may still be alive
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -26,7 +27,7 @@ os.umask(_UMASK)
 def atomic_write(path: str, text: str) -> None:
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=os.path.basename(path))
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; records are meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -83,3 +84,31 @@ def rebuild_index(sweep_dir: str) -> int:
         records.sort(key=lambda r: (r.get("finished_at", ""), r["run_id"]))
         write_jsonl(os.path.join(sweep_dir, INDEX), records)
     return len(records)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(sweep_dir: str) -> int:
+    """Delete temp files left by writers that were killed mid-write (their pid is gone)."""
+    removed = 0
+    runs = os.path.join(sweep_dir, "runs")
+    folders = [sweep_dir] + ([os.path.join(runs, d) for d in os.listdir(runs)] if os.path.isdir(runs) else [])
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if not name.startswith(TMP_PREFIX):
+                continue
+            pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+    return removed

@@ -213,20 +213,28 @@ def preflight(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
     return {run.run_id: by_key[_inputs_key(run)] for run in runs}
 
 
-def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_record=None) -> list[dict]:
-    """Execute the pending runs of a plan; returns the records of all its runs (done before or now)."""
+def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_record=None,
+              jobs: int = 1) -> list[dict]:
+    """Execute the pending runs of a plan (in ``jobs`` processes); returns the records of all its runs,
+    done before or now, in plan order."""
     todo, done = pending(plan, force, retry_failed)
     inputs = preflight(plan, todo)
     os.makedirs(plan.sweep_dir, exist_ok=True)
+    records.remove_stale_temp_files(plan.sweep_dir)
     records.atomic_write(os.path.join(plan.sweep_dir, "sweep.json"),
                          records.dumps({"config": plan.raw, "runs": [r.run_id for r in plan.runs]}) + "\n")
-    models = ModelPool()
-    fresh = []
-    for i, run in enumerate(todo):
-        outcome = execute(run, plan, models, inputs[run.run_id])
-        save(plan, outcome)
-        fresh.append(outcome.record)
-        if on_record is not None:
-            on_record(i + 1, len(todo), outcome.record)
+    if jobs > 1 and len(todo) > 1:
+        from .parallel import run_parallel
+
+        fresh = run_parallel(plan, todo, jobs, on_record)
+    else:
+        models = ModelPool()
+        fresh = []
+        for i, run in enumerate(todo):
+            outcome = execute(run, plan, models, inputs[run.run_id])
+            save(plan, outcome)
+            fresh.append(outcome.record)
+            if on_record is not None:
+                on_record(i + 1, len(todo), outcome.record)
     by_id = {r["run_id"]: r for r in done + fresh}
     return [by_id[run.run_id] for run in plan.runs]

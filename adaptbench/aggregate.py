@@ -1,0 +1,78 @@
+"""Mean and spread over seeds: the numbers the reference study's tables and plots are made of.
+
+Runs are grouped by everything in their spec except the seeds; the columns that tell groups apart
+are the axes that vary in the results (model, task, method, trainable, shots, and any setting such
+as ``spec.train.lr`` that differs between runs).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+ALWAYS = ["model", "task", "method", "trainable", "shots"]
+SEEDS = {"spec.data_seed", "spec.train_seed"}
+COSTS = ["adapt_seconds", "eval_seconds", "total_seconds", "peak_memory_gib", "trainable_params"]
+METRICS = ["accuracy", "mcc", "f1"]
+
+
+def group_columns(df: pd.DataFrame) -> list[str]:
+    """ALWAYS plus the spec settings that differ between runs (seeds excluded)."""
+    spec_cols = [c for c in df.columns if c.startswith("spec.") and c not in SEEDS]
+    shown = {"spec.model.name", "spec.task", "spec.method", "spec.trainable", "spec.shots"}
+    # a setting counts where it is set: train.lr is absent from ICL runs, which does not make it vary
+    varying = [c for c in spec_cols if c not in shown and df[c].dropna().astype(str).nunique() > 1]
+    return ALWAYS + varying
+
+
+def eval_set_order(df: pd.DataFrame) -> list[str]:
+    """In-domain sets first, then the others, each in order of first appearance."""
+    sets = df.dropna(subset=["eval_set"]).drop_duplicates("eval_set")
+    return list(sets.sort_values("in_domain", ascending=False, kind="stable")["eval_set"])
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per group: n runs, mean and std over seeds of each eval set's overall metrics, costs."""
+    ok = df[df["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    keys = group_columns(ok)
+    overall = ok[ok["slice"] == "all"]
+    per_run = ok.drop_duplicates("run_id").copy()
+    per_run[keys] = per_run[keys].astype(object).where(per_run[keys].notna(), "")
+    out = per_run.groupby(keys, sort=False, dropna=False).agg(
+        n=("run_id", "count"), **{f"{c}": (c, "mean") for c in COSTS}).reset_index()
+    for name in eval_set_order(overall):
+        part = overall[overall["eval_set"] == name].copy()
+        part[keys] = part[keys].astype(object).where(part[keys].notna(), "")
+        for metric in METRICS:
+            if metric not in part or part[metric].isna().all():
+                continue
+            stats = part.groupby(keys, sort=False, dropna=False)[metric].agg(["mean", "std"]).reset_index()
+            stats = stats.rename(columns={"mean": f"{name} {metric}", "std": f"{name} {metric} std"})
+            out = out.merge(stats, on=keys, how="left")
+    return out
+
+
+def metric_columns(summary: pd.DataFrame) -> list[str]:
+    return [c for c in summary.columns if any(c.endswith(f" {m}") for m in METRICS)]
+
+
+def fmt_mean_std(mean: float, std: float) -> str:
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:.3f}" if pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary with 'mean ± std' strings and rounded costs, for Markdown, HTML and the terminal."""
+    keys = [c for c in summary.columns if c in ALWAYS or c.startswith("spec.")]
+    shown = summary[keys].copy()
+    shown.columns = [c.removeprefix("spec.") for c in keys]
+    shown["n"] = summary["n"]
+    for col in metric_columns(summary):
+        shown[col] = [fmt_mean_std(m, s) for m, s in zip(summary[col], summary[f"{col} std"])]
+    shown["adapt s"] = summary["adapt_seconds"].map(lambda v: f"{v:.1f}")
+    shown["eval s"] = summary["eval_seconds"].map(lambda v: f"{v:.1f}")
+    shown["peak GiB"] = summary["peak_memory_gib"].map(lambda v: f"{v:.2f}")
+    shown["trainable params"] = summary["trainable_params"].map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
+    return shown

@@ -1,0 +1,108 @@
+"""``adaptbench report RESULTS_DIR``: tables (Markdown, CSV), plots (PNG, SVG) and one HTML page.
+
+Everything goes to ``<RESULTS_DIR>/report/``.  The HTML page is self-contained (figures embedded as
+data URIs, no script, no external resource), so it opens offline and can be mailed around.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import os
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from . import plots
+from .aggregate import display_frame, summarize
+from .results import read_results, to_frame
+
+
+@dataclass
+class Report:
+    out_dir: str
+    summary: pd.DataFrame
+    table: pd.DataFrame  # the display version ("mean ± std")
+    files: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    n_records: int = 0
+
+
+def make_report(results_dir: str, out_dir: str | None = None) -> Report:
+    results = read_results(results_dir)
+    out_dir = out_dir or os.path.join(results_dir, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    df = to_frame(results.records)
+    summary = summarize(df) if not df.empty else pd.DataFrame()
+    table = display_frame(summary) if not summary.empty else pd.DataFrame()
+    report = Report(out_dir, summary, table, problems=list(results.problems), n_records=len(results.records))
+    failed = [r for r in results.records if r["status"] != "ok"]
+    report.problems += [f"run {r['run_id']} {r['status']}: {r.get('reason', '')}" for r in failed]
+
+    csv_path, md_path = os.path.join(out_dir, "summary.csv"), os.path.join(out_dir, "summary.md")
+    summary.to_csv(csv_path, index=False)
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(markdown(report, results_dir))
+    report.files += [md_path, csv_path]
+    figures = []
+    if not df.empty and (df["status"] == "ok").any():
+        figures += plots.in_vs_out(df, out_dir)
+        figures += plots.accuracy_vs_shots(df, out_dir)
+        figures += plots.accuracy_vs_cost(df, out_dir)
+    figures += plots.learning_curves(results.records, out_dir)
+    for _, paths in figures:
+        report.files += paths
+    html_path = os.path.join(out_dir, "report.html")
+    with open(html_path, "w", encoding="utf-8") as f:
+        f.write(html_page(report, results_dir, figures))
+    report.files.append(html_path)
+    return report
+
+
+def markdown(report: Report, results_dir: str) -> str:
+    lines = [f"# adaptbench report: {results_dir}", "",
+             f"{report.n_records} runs; metrics are mean ± std over data seeds (n runs per row); costs are means "
+             "per run (adapt s: context encoding, teacher scoring or training; eval s: all eval sets).", ""]
+    lines.append(report.table.to_markdown(index=False) if not report.table.empty else "_no finished runs_")
+    if report.problems:
+        lines += ["", "## Not included", ""] + [f"- {p}" for p in report.problems]
+    return "\n".join(lines) + "\n"
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
+color:#1f2328;padding:0 1rem}h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
+table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}th,td{border:1px solid #d0d7de;padding:.3rem .55rem;
+text-align:right}th{background:#f6f8fa}td:nth-child(-n+5){text-align:left}figure{margin:1.5rem 0}
+img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85rem;color:#57606a}
+.problems li{font-family:ui-monospace,monospace;font-size:.8rem}p.meta{color:#57606a;font-size:.85rem}"""
+
+
+def _img(path: str) -> str:
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode()
+    return f'<img alt="{html.escape(os.path.basename(path))}" src="data:image/png;base64,{data}">'
+
+
+def html_page(report: Report, results_dir: str, figures: list[tuple[str, list[str]]]) -> str:
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    table = (report.table.to_html(index=False, border=0, escape=True) if not report.table.empty
+             else "<p>No finished runs.</p>")
+    parts = [
+        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>adaptbench report: {html.escape(results_dir)}</title>", f"<style>{CSS}</style></head><body>",
+        f"<h1>adaptbench report</h1><p class=\"meta\">{html.escape(results_dir)}: {report.n_records} runs; "
+        f"generated {now}. Metrics: mean ± std over data seeds; costs: means per run.</p>",
+        "<h2>Summary</h2>", table,
+    ]
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for caption, paths in figures:
+            png = next(p for p in paths if p.endswith(".png"))
+            parts.append(f"<figure>{_img(png)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if report.problems:
+        parts.append('<h2>Not included</h2><ul class="problems">')
+        parts += [f"<li>{html.escape(p)}</li>" for p in report.problems]
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,87 @@
+"""Sweeps: a killed sweep resumes with every run done exactly once; parallel workers; stale temp files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from adaptbench import records
+
+from .conftest import REPO, write_config
+from .test_run import _run
+
+
+def _config(model: str, seeds: int) -> str:
+    return f"""# adaptbench run sweep.yaml
+name: t
+model: {model}
+task: rte
+method: icl
+shots: 4
+data_seeds: {seeds}
+eval: {{max_examples: 16}}
+runtime: {{progress: false}}
+"""
+
+
+def _index(sweep: Path) -> list[dict]:
+    text = (sweep / "results.jsonl").read_text()
+    assert text == "" or text.endswith("\n")  # never a partial last line
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_sigkill_mid_sweep_then_resume(tmp_path, data_dir, tiny_models):
+    config = write_config(tmp_path, _config(tiny_models["llama"], 6))
+    out = tmp_path / "results"
+    sweep = out / "t"
+    env = {**os.environ, "ADAPTBENCH_DATA_DIR": data_dir}
+    cmd = [sys.executable, "-m", "adaptbench", "run", config, "--output-dir", str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(sweep.glob("runs/*/result.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-way: typically inside the third run
+    proc.wait()
+    done_before = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("runs/*/result.json")}
+    assert 2 <= len(done_before) < 6, "the sweep finished before it could be killed"
+    index = _index(sweep)
+    assert len({r["run_id"] for r in index}) == len(index)  # no duplicates
+    assert {r["run_id"] for r in index} <= set(done_before)
+
+    result = _run(tmp_path, data_dir, _config(tiny_models["llama"], 6))  # the same command again
+    assert result.exit_code == 0, result.output
+    assert f"{len(done_before)} already done, {6 - len(done_before)} to run" in result.output
+    index = _index(sweep)
+    assert len(index) == 6 and len({r["run_id"] for r in index}) == 6 and {r["status"] for r in index} == {"ok"}
+    for run_id, before in done_before.items():  # finished runs were not run again
+        after = json.loads((sweep / "runs" / run_id / "result.json").read_text())
+        assert after["started_at"] == before["started_at"] and after["finished_at"] == before["finished_at"]
+    assert not [p for p in sweep.rglob(".tmp-*")]
+
+
+def test_parallel_jobs(tmp_path, data_dir, tiny_models):
+    result = _run(tmp_path, data_dir, _config(tiny_models["opt"], 4), "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    index = _index(tmp_path / "results" / "t")
+    assert len(index) == 4 and len({r["run_id"] for r in index}) == 4 and {r["status"] for r in index} == {"ok"}
+    serial = tmp_path / "serial"
+    serial.mkdir()
+    assert _run(serial, data_dir, _config(tiny_models["opt"], 4)).exit_code == 0
+    by_id = {r["run_id"]: r["metrics"] for r in _index(serial / "results" / "t")}
+    assert {r["run_id"]: r["metrics"] for r in index} == by_id  # same results as one process
+
+
+def test_stale_temp_files_are_removed(tmp_path):
+    sweep = tmp_path / "s"
+    (sweep / "runs" / "abc").mkdir(parents=True)
+    dead = sweep / "runs" / "abc" / ".tmp-999999999-result.json"
+    alive = sweep / f".tmp-{os.getpid()}-results.jsonl"
+    dead.write_text("{")
+    alive.write_text("x")
+    assert records.remove_stale_temp_files(str(sweep)) == 1
+    assert not dead.exists() and alive.exists()
