@@ -38,12 +38,22 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="rerun runs that already have a record")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="rerun runs recorded as failed")] = False,
     jobs: Annotated[int, typer.Option(min=1, help="worker processes for independent runs (one GPU each, if "
-                                                   "several)")] = 1,
+                                                   "several); with --executor local: jobs at a time")] = 1,
+    executor: Annotated[Optional[str], typer.Option(help="run each pending run as a submitit job: local or slurm")] = None,
+    partition: Annotated[Optional[str], typer.Option(help="slurm: partition")] = None,
+    gpus_per_run: Annotated[int, typer.Option(help="slurm: GPUs per job")] = 1,
+    time_limit: Annotated[Optional[int], typer.Option(help="slurm/local: minutes per job (default 1440)")] = None,
+    array_parallelism: Annotated[Optional[int], typer.Option(help="slurm: jobs of the array running at once")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="slurm: wait for the jobs and print the table")] = False,
 ) -> None:
     """Run the runs of a sweep config; results go to <output_dir>/<name>/."""
+    from . import distributed
     from .runner import make_plan, pending, run_sweep
     from .summary import problems, run_table
 
+    distributed.init()  # under accelerate launch / torchrun: join the process group
+    if not distributed.is_main():  # only rank 0 talks
+        out.quiet = err.quiet = True
     try:
         plan = make_plan(config, overrides or [], output_dir, data_dir, batch_size)
         todo, done = pending(plan, force, retry_failed)
@@ -57,7 +67,13 @@ def run(
             err.print(f"[{i}/{n}] {rec['run_id']} {rec['spec']['method']} shots={rec['spec']['shots']} "
                       f"seed={rec['spec']['data_seed']}: {rec['status']}", highlight=False)
 
-        recs = run_sweep(plan, force, retry_failed, on_record, jobs=jobs)
+        options = {"partition": partition, "gpus": gpus_per_run, "time_limit": time_limit,
+                   "array_parallelism": array_parallelism, "wait": wait}
+        recs = run_sweep(plan, force, retry_failed, on_record, jobs=jobs, executor=executor, executor_options=options)
+        if executor == "slurm" and not wait:
+            err.print(f"submitted; logs in {plan.sweep_dir}/jobs. Check with `adaptbench report {plan.sweep_dir}`, "
+                      "or run the same command again: it submits only runs that are neither done nor in flight")
+            return
     except AdaptbenchError as e:
         _fail(e)
     out.print(run_table(recs, title=f"{plan.sweep.name} ({plan.sweep_dir})"))

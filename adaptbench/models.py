@@ -75,6 +75,9 @@ def resolve(name: str, gguf_file: str | None = None) -> ResolvedModel:
 
 
 def pick_device(device: str) -> torch.device:
+    from .distributed import local_device
+
+    device = local_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -7,7 +7,6 @@ i mod n); on CPU the cores are shared out between workers.  Workers write their 
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -43,7 +42,7 @@ def _run_one(plan, run) -> dict:
 
 def run_parallel(plan, todo: list, jobs: int, on_record=None) -> list[dict]:
     """Execute ``todo`` in ``jobs`` processes; returns the new records in the order they finished."""
-    quiet = dataclasses.replace(plan, runtime=plan.runtime.model_copy(update={"progress": False}))
+    quiet = plan.quiet()
     gpus = torch.cuda.device_count()
     threads = torch.get_num_threads() if gpus else max(1, (os.cpu_count() or 1) // jobs)
     ctx = mp.get_context("spawn")  # fresh interpreters: no CUDA or thread-pool state inherited

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .records import FINISHED, INDEX, RESULT
 
-KNOWN = {INDEX, "sweep.json", ".lock", "runs", "report"}  # what a sweep folder may hold
+KNOWN = {INDEX, "sweep.json", ".lock", "runs", "report", "jobs"}  # what a sweep folder may hold
 
 
 @dataclass

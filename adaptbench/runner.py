@@ -8,6 +8,7 @@ process died before writing one.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gc
 import os
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import transformers
 
-from . import records
+from . import distributed, records
 from .config import RunSpec, RuntimeOptions, SweepConfig, expand, load_raw
 from .settings import ModelSpec
 from .costs import CostTracker
@@ -44,6 +45,10 @@ class Plan:
     @property
     def sweep_dir(self) -> str:
         return os.path.join(self.sweep.output_dir, self.sweep.name)
+
+    def quiet(self) -> Plan:
+        """This plan without progress bars (for worker processes and jobs, whose output interleaves)."""
+        return dataclasses.replace(self, runtime=self.runtime.model_copy(update={"progress": False}))
 
 
 def make_plan(config: str, overrides: list[str] = (), output_dir: str | None = None,
@@ -118,10 +123,23 @@ def execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | Non
         record.update(status="failed", reason=str(e))
     except (Exception, torch.cuda.OutOfMemoryError) as e:  # a run's crash must not end the sweep
         record.update(status="failed", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-    record["costs"] = costs.to_dict()
+    record["costs"] = rank_costs(costs.to_dict())
     record["environment"] = environment(costs.device)
     record["finished_at"] = _now()
     return out
+
+
+def rank_costs(costs: dict) -> dict:
+    """Rank 0's phases; under a multi-process launch each phase also gets every rank's peak memory
+    (max and sum) and the slowest rank's seconds."""
+    ranks = distributed.gather(costs)
+    if len(ranks) == 1:
+        return costs
+    for name, phase in costs.items():
+        peaks = [r[name]["peak_memory_bytes"] for r in ranks if name in r]
+        phase["ranks"] = {"n": len(ranks), "peak_memory_bytes_max": max(peaks), "peak_memory_bytes_sum": sum(peaks),
+                          "seconds_max": max(r[name]["seconds"] for r in ranks if name in r)}
+    return costs
 
 
 def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, costs: CostTracker,
@@ -148,7 +166,7 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
                        "pad_token_from": loaded.pad_token_from, **loaded.info}
     transformers.set_seed(run.train_seed)
     ctx = RunContext(run, task, loaded, encoder, sample, inputs.pool, costs, plan.runtime,
-                     make_progress(plan.runtime.progress),
+                     make_progress(plan.runtime.progress and distributed.is_main()),
                      evals=[(req.name, req.eval_set, examples) for req, examples, _ in inputs.evals],
                      out_dir=records.run_dir(plan.sweep_dir, run.run_id), config_dir=plan.config_dir,
                      load_model=models.snapshots.load)
@@ -179,6 +197,9 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
 
 
 def save(plan: Plan, outcome: RunOutcome) -> None:
+    """Write the run's files (rank 0 only: under a launch the other ranks hold the same record)."""
+    if not distributed.is_main():
+        return
     folder = records.run_dir(plan.sweep_dir, outcome.record["run_id"])
     records.write_jsonl(os.path.join(folder, records.PREDICTIONS), outcome.predictions)
     records.atomic_write(os.path.join(folder, records.RESULT), records.dumps(outcome.record) + "\n")
@@ -214,16 +235,26 @@ def preflight(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
 
 
 def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_record=None,
-              jobs: int = 1) -> list[dict]:
-    """Execute the pending runs of a plan (in ``jobs`` processes); returns the records of all its runs,
-    done before or now, in plan order."""
+              jobs: int = 1, executor: str | None = None, executor_options: dict | None = None) -> list[dict]:
+    """Execute the pending runs of a plan -- here (``jobs`` processes) or as submitit jobs (``executor``:
+    local or slurm); returns the records of its runs that are done, in plan order."""
     todo, done = pending(plan, force, retry_failed)
+    if distributed.active():  # every rank must walk the same runs: rank 0 decides which
+        todo_ids = distributed.broadcast([r.run_id for r in todo])
+        todo = [r for r in plan.runs if r.run_id in set(todo_ids)]
+        if jobs > 1:
+            raise AdaptbenchError("--jobs and a multi-process launch do not mix: use one or the other")
     inputs = preflight(plan, todo)
-    os.makedirs(plan.sweep_dir, exist_ok=True)
-    records.remove_stale_temp_files(plan.sweep_dir)
-    records.atomic_write(os.path.join(plan.sweep_dir, "sweep.json"),
-                         records.dumps({"config": plan.raw, "runs": [r.run_id for r in plan.runs]}) + "\n")
-    if jobs > 1 and len(todo) > 1:
+    if distributed.is_main():
+        os.makedirs(plan.sweep_dir, exist_ok=True)
+        records.remove_stale_temp_files(plan.sweep_dir)
+        records.atomic_write(os.path.join(plan.sweep_dir, "sweep.json"),
+                             records.dumps({"config": plan.raw, "runs": [r.run_id for r in plan.runs]}) + "\n")
+    if executor is not None:
+        from .jobs import submit
+
+        fresh = submit(plan, todo, executor, {"jobs": jobs, **(executor_options or {})}, on_record)
+    elif jobs > 1 and len(todo) > 1:
         from .parallel import run_parallel
 
         fresh = run_parallel(plan, todo, jobs, on_record)
@@ -233,8 +264,9 @@ def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_re
         for i, run in enumerate(todo):
             outcome = execute(run, plan, models, inputs[run.run_id])
             save(plan, outcome)
+            distributed.barrier()  # the record is written before any rank moves on
             fresh.append(outcome.record)
             if on_record is not None:
                 on_record(i + 1, len(todo), outcome.record)
     by_id = {r["run_id"]: r for r in done + fresh}
-    return [by_id[run.run_id] for run in plan.runs]
+    return [by_id[run.run_id] for run in plan.runs if run.run_id in by_id]

@@ -13,7 +13,9 @@ happened at.
 from __future__ import annotations
 
 import math
+import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .errors import AdaptbenchError
 from .packing import mask_dtype_for, pack
 from .scoring import pad_right
@@ -57,6 +60,8 @@ class TrainLog:
     padded_tokens: int = 0
     eval_seconds: float = 0.0
     losses: list[float] = field(default_factory=list)  # one per optimizer step
+    distributed_type: str = "NO"  # accelerate's: NO, MULTI_GPU, MULTI_CPU, FSDP, DEEPSPEED
+    processes: int = 1
     history: list[dict] = field(default_factory=list)  # evaluation points
 
 
@@ -68,10 +73,16 @@ def make_accelerator(settings: TrainSettings, device: torch.device):
 
     if PartialState._shared_state and PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
+    from accelerate.utils import DataLoaderConfiguration
+
     if settings.mixed_precision == "fp16" and device.type != "cuda":
         raise AdaptbenchError("train.mixed_precision: fp16 needs a CUDA device; use bf16 or no on CPU")
+    if settings.batch_size % distributed.world_size():
+        raise AdaptbenchError(f"train.batch_size {settings.batch_size} must be divisible by the number of processes "
+                              f"({distributed.world_size()}): it is the global batch, split across them")
+    # split_batches: train.batch_size is the global batch, whatever the number of processes
     return Accelerator(mixed_precision=settings.mixed_precision, gradient_accumulation_steps=settings.grad_accum,
-                       cpu=device.type == "cpu")
+                       cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def total_steps(settings: TrainSettings, n_items: int) -> int:
@@ -102,7 +113,11 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
                         collate_fn=lambda b: collate(b, pad_id, packed, mask_dtype),
                         generator=torch.Generator().manual_seed(seed))
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
-    log = TrainLog()
+    log = TrainLog(distributed_type=str(acc.distributed_type).rsplit(".", 1)[-1], processes=acc.num_processes)
+    for engine in ("FSDP", "DEEPSPEED"):  # asked for by the launch's accelerate config, but not what runs
+        if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() == "true" and log.distributed_type != engine:
+            warnings.warn(f"the accelerate config asks for {engine} but accelerate runs {log.distributed_type} "
+                          f"here (FSDP and DeepSpeed need GPUs); training is plain data-parallel")
     every = settings.eval_every if isinstance(settings.eval_every, int) else None
     last_eval = -1
     model.train()
@@ -114,7 +129,7 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
                 with acc.accumulate(model):
                     logits = model(**batch["inputs"])
                     loss = loss_fn(logits.float(), batch["target"])
-                    if not torch.isfinite(loss):
+                    if not _finite_everywhere(loss, acc):
                         raise TrainingDiverged(f"the training loss became {loss.item()} at step {log.steps + 1} "
                                                f"(epoch {epoch}); try a lower train.lr or mixed_precision: no")
                     acc.backward(loss)
@@ -129,7 +144,9 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
                     continue
                 log.steps += 1
                 log.epochs = epoch - 1 + (i + 1) / len(loader)
-                log.losses.append(float(loss.detach()))
+                # the global batch's loss: each rank's loss is over its share of the batch
+                log.losses.append(float(acc.reduce(loss.detach(), reduction="mean")) if distributed.active()
+                                  else float(loss.detach()))
                 advance(1)
                 if evaluate is not None and every and log.steps % every == 0:
                     last_eval = _evaluate(model, evaluate, log, sched)
@@ -142,7 +159,18 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
     model = acc.unwrap_model(model)
     model.eval()
     acc.free_memory()
+    counts = distributed.gather((log.tokens, log.padded_tokens))  # every rank's share of the batches
+    log.tokens, log.padded_tokens = sum(c for c, _ in counts), sum(p for _, p in counts)
     return log
+
+
+def _finite_everywhere(loss: torch.Tensor, acc) -> bool:
+    """Whether the loss is finite on every rank (all ranks stop together, none waits in a collective)."""
+    finite = bool(torch.isfinite(loss))
+    if distributed.active():
+        flags = acc.gather(torch.tensor([float(finite)], device=acc.device))
+        return bool(flags.min() > 0)
+    return finite
 
 
 def _evaluate(model: nn.Module, evaluate: Callable[[], dict], log: TrainLog, sched) -> int:

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..metrics import eval_set_metrics
 from ..saving import save_adapted
 from ..packing import packing_works
@@ -54,7 +55,7 @@ class FineTuneMethod(Method):
             phase.tokens, phase.padded_tokens = log.tokens, log.padded_tokens
             phase.extra.update(steps=log.steps, epochs=log.epochs, eval_seconds=round(log.eval_seconds, 3))
         ctx.info.update(train_examples=len(items), steps=log.steps, train_losses=[round(x, 5) for x in log.losses],
-                        history=log.history)
+                        history=log.history, distributed_type=log.distributed_type, processes=log.processes)
         chosen = None
         if evaluator is not None:
             chosen = select(log.history, settings.select, ctx.task.name)
@@ -99,9 +100,15 @@ def select(history: list[dict], mode: str, in_domain: str) -> int:
 
 
 def score_examples(ctx: RunContext, model: nn.Module, examples, on_batch=None):
-    seqs = [ctx.encoder.query_ids(ex, first=True) for ex in examples]
+    """Task-model logits of every example (sharded over ranks under a multi-process launch)."""
+    mine = distributed.shard(len(examples))
+    seqs = [ctx.encoder.query_ids(examples[i], first=True) for i in mine]
     bs = ctx.runtime.batch_size if ctx.runtime.batch_size != "auto" else 16
-    return batched_logits(model, seqs, ctx.loaded.tokenizer.pad_token_id, ctx.loaded.device, bs, on_batch)
+    logits, tokens, padded = batched_logits(model, seqs, ctx.loaded.tokenizer.pad_token_id, ctx.loaded.device, bs,
+                                            on_batch)
+    counts = distributed.gather((tokens, padded))
+    return (distributed.gather_rows(mine, logits, len(examples)), sum(t for t, _ in counts),
+            sum(p for _, p in counts))
 
 
 class FineTunedPredictor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import distributed
 from ..errors import RunSkipped
 from ..models import free_memory_bytes
 from ..scoring import PrefixCache, auto_batch_size, lm_parts, prefix_cache_unsupported, score
@@ -69,10 +70,13 @@ class ICLPredictor:
         log_norm = np.full(len(examples), np.nan, dtype=np.float32)
         if not fits:
             return Predictions(logits, log_norm)
-        todo = [queries[i] for i in fits]
+        mine = distributed.shard(len(fits))  # under a multi-process launch, every rank scores its share
+        todo = [queries[fits[i]] for i in mine]
         bs = self.batch_size(max(len(q) for q in todo))
         with self.ctx.progress(f"icl {name}", len(todo)) as advance:
             s = score(self.parts, todo, encoder.label_token_ids, self.ctx.loaded.tokenizer.pad_token_id,
                       prefix_ids=self.context, prefix_cache=self.cache, batch_size=bs, on_batch=advance)
-        logits[fits], log_norm[fits] = s.logits, s.log_norm
-        return Predictions(logits, log_norm, s.tokens, s.padded_tokens)
+        logits[fits] = distributed.gather_rows(mine, s.logits, len(fits))
+        log_norm[fits] = distributed.gather_rows(mine, s.log_norm, len(fits))
+        tokens = distributed.gather((s.tokens, s.padded_tokens))
+        return Predictions(logits, log_norm, sum(t for t, _ in tokens), sum(p for _, p in tokens))
