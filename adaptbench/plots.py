@@ -64,6 +64,13 @@ def _save(fig, out_dir: str, name: str) -> list[str]:
     return paths
 
 
+def _finish(fig, legend_ax, title: str, caption: str, out_dir: str, name: str) -> tuple[str, list[str]]:
+    """Legend to the right of ``legend_ax``, a title, saved as PNG and SVG: (caption, paths)."""
+    legend_ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(title)
+    return caption, _save(fig, out_dir, name)
+
+
 def _overall(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[(df["status"] == "ok") & (df["slice"] == "all")].copy()
     ok["label"] = _labels(ok)
@@ -98,12 +105,12 @@ def in_vs_out(df: pd.DataFrame, out_dir: str) -> list[tuple[str, list[str]]]:
             hi = max(rows["x"].max(), rows["accuracy"].max(), 0.6) + 0.02
             ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1, label="in = out")
             ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel=f"in-domain accuracy ({task})",
-                   ylabel=f"out-of-domain accuracy ({ood})", title=f"{model}: {task} -> {ood}")
-            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+                   ylabel=f"out-of-domain accuracy ({ood})")
             ax.grid(alpha=0.3)
             caption = (f"{model}, {task}: in-domain vs {ood} accuracy; small markers are single runs (data seeds), "
                        "large ones the means; points above the diagonal generalise better than in-domain.")
-            figures.append((caption, _save(fig, out_dir, _slug("in_vs_ood", model, task, ood))))
+            figures.append(_finish(fig, ax, f"{model}: {task} -> {ood}", caption, out_dir,
+                                   _slug("in_vs_ood", model, task, ood)))
     return figures
 
 
@@ -126,10 +133,8 @@ def accuracy_vs_shots(df: pd.DataFrame, out_dir: str) -> list[tuple[str, list[st
             ax.set_xscale("log", base=2)
             ax.set(xlabel="shots (k)", ylabel="accuracy", title=name)
             ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        fig.suptitle(f"{model}: {task}")
         caption = f"{model}, {task}: accuracy vs number of shots; bands are one standard deviation over seeds."
-        figures.append((caption, _save(fig, out_dir, _slug("shots", model, task))))
+        figures.append(_finish(fig, axes[0][-1], f"{model}: {task}", caption, out_dir, _slug("shots", model, task)))
     return figures
 
 
@@ -153,11 +158,10 @@ def accuracy_vs_cost(df: pd.DataFrame, out_dir: str) -> list[tuple[str, list[str
             ax.set(xlabel=xlabel, ylabel=f"in-domain accuracy ({task})")
             ax.grid(alpha=0.3)
         axes[0].set_xscale("log")
-        axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        fig.suptitle(f"{model}: {task} accuracy vs cost")
         caption = (f"{model}, {task}: in-domain accuracy against what a run costs (means over seeds, bars: one "
                    "standard deviation); time is adaptation plus evaluation, model loading left out.")
-        figures.append((caption, _save(fig, out_dir, _slug("cost", model, task))))
+        figures.append(_finish(fig, axes[1], f"{model}: {task} accuracy vs cost", caption, out_dir,
+                               _slug("cost", model, task)))
     return figures
 
 
@@ -188,8 +192,7 @@ def learning_curves(records: list[dict], out_dir: str) -> list[tuple[str, list[s
                 ax.plot(steps, [np.mean(by_step[s]) for s in steps], marker=".", color=colors[lab], label=lab)
             ax.set(xlabel="optimizer step", ylabel="accuracy", title=name)
             ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        fig.suptitle(f"{model}: {task} fine-tuning")
         caption = f"{model}, {task}: accuracy at each evaluation point of fine-tuning (mean over seeds)."
-        figures.append((caption, _save(fig, out_dir, _slug("curves", model, task))))
+        figures.append(_finish(fig, axes[0][-1], f"{model}: {task} fine-tuning", caption, out_dir,
+                               _slug("curves", model, task)))
     return figures

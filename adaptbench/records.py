@@ -1,9 +1,9 @@
 """Result records on disk: one folder per run, written atomically; ``results.jsonl`` as the index.
 
 A record file appears complete or not at all (write to a temp file in the same folder, fsync,
-rename), so a sweep killed at any moment never leaves half a record.  ``results.jsonl`` is rebuilt
-from the run folders under a file lock after every run -- one line per finished run, never a partial
-line or a duplicate, whatever was killed when.
+rename), so a sweep killed at any moment never leaves half a record.  ``results.jsonl`` is rewritten
+the same way under a file lock after every run, and rebuilt from the run folders when a sweep starts
+-- one line per finished run, never a partial line or a duplicate, whatever was killed when.
 """
 
 from __future__ import annotations
@@ -75,8 +75,26 @@ def locked(sweep_dir: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def add_to_index(sweep_dir: str, record: dict) -> None:
+    """Put one finished record into ``results.jsonl`` (replacing an older one of the same run), by an
+    atomic rewrite of the index under the lock: cost grows with the index, not with the run folders."""
+    path = os.path.join(sweep_dir, INDEX)
+    with locked(sweep_dir):
+        kept = []
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        if json.loads(line).get("run_id") != record["run_id"]:
+                            kept.append(line if line.endswith("\n") else line + "\n")
+                    except json.JSONDecodeError:
+                        continue  # cannot happen with atomic writes; a hand-edited file is repaired here
+        atomic_write(path, "".join(kept) + dumps(record) + "\n")
+
+
 def rebuild_index(sweep_dir: str) -> int:
-    """Rewrite ``results.jsonl`` from every finished run folder; returns the number of lines."""
+    """Rewrite ``results.jsonl`` from every finished run folder (at the start of a sweep: a run killed
+    between writing its record and indexing it gets indexed); returns the number of lines."""
     runs = os.path.join(sweep_dir, "runs")
     with locked(sweep_dir):
         ids = sorted(os.listdir(runs)) if os.path.isdir(runs) else []

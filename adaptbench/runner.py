@@ -203,7 +203,7 @@ def save(plan: Plan, outcome: RunOutcome) -> None:
     folder = records.run_dir(plan.sweep_dir, outcome.record["run_id"])
     records.write_jsonl(os.path.join(folder, records.PREDICTIONS), outcome.predictions)
     records.atomic_write(os.path.join(folder, records.RESULT), records.dumps(outcome.record) + "\n")
-    records.rebuild_index(plan.sweep_dir)
+    records.add_to_index(plan.sweep_dir, outcome.record)
 
 
 def pending(plan: Plan, force: bool = False, retry_failed: bool = False) -> tuple[list[RunSpec], list[dict]]:
@@ -248,6 +248,7 @@ def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_re
     if distributed.is_main():
         os.makedirs(plan.sweep_dir, exist_ok=True)
         records.remove_stale_temp_files(plan.sweep_dir)
+        records.rebuild_index(plan.sweep_dir)
         records.atomic_write(os.path.join(plan.sweep_dir, "sweep.json"),
                              records.dumps({"config": plan.raw, "runs": [r.run_id for r in plan.runs]}) + "\n")
     if executor is not None:

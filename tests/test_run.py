@@ -15,16 +15,16 @@ from .conftest import write_config
 runner = CliRunner()
 
 
-def _config(model: str, extra: str = "") -> str:
+def _config(model: str, extra: str = "", seeds: int = 2, max_examples: int = 12) -> str:
     return f"""# adaptbench run sweep.yaml
 name: t
 model: {model}
 task: rte
 method: icl
 shots: 4
-data_seeds: 2
+data_seeds: {seeds}
 eval:
-  max_examples: 12
+  max_examples: {max_examples}
 runtime: {{progress: false}}
 {extra}"""
 

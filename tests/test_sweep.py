@@ -13,20 +13,12 @@ from pathlib import Path
 from adaptbench import records
 
 from .conftest import REPO, write_config
+from .test_run import _config as _run_config
 from .test_run import _run
 
 
 def _config(model: str, seeds: int) -> str:
-    return f"""# adaptbench run sweep.yaml
-name: t
-model: {model}
-task: rte
-method: icl
-shots: 4
-data_seeds: {seeds}
-eval: {{max_examples: 16}}
-runtime: {{progress: false}}
-"""
+    return _run_config(model, seeds=seeds, max_examples=16)
 
 
 def _index(sweep: Path) -> list[dict]:
