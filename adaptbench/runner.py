@@ -112,7 +112,11 @@ def execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | Non
     record: dict = {"run_id": run.run_id, "sweep": plan.sweep.name, "status": "running", "spec": run.identity(),
                     "started_at": _now()}
     out = RunOutcome(record)
-    costs = CostTracker(pick_device(run.model.device))
+    try:
+        device = pick_device(run.model.device)
+    except AdaptbenchError:  # e.g. cuda asked for on a machine without: loading the model says so, below
+        device = torch.device("cpu")
+    costs = CostTracker(device)
     try:
         inputs = inputs or load_inputs(run, plan.runtime, plan.config_dir)
         _execute(run, plan, models, inputs, costs, out)
