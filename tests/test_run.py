@@ -163,3 +163,15 @@ def test_tasks_and_methods_commands():
     assert result.exit_code == 0 and "mnli-original" in text and "lexical_overlap" in text
     result = runner.invoke(app, ["methods"])
     assert result.exit_code == 0 and "icl" in result.output
+
+
+def test_unavailable_device_fails_the_run_not_the_sweep(tmp_path, data_dir, tiny_models):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    text = _config(tiny_models["opt"]).replace(f"model: {tiny_models['opt']}",
+                                               f"model: {{name: {tiny_models['opt']}, device: cuda}}")
+    result = _run(tmp_path, data_dir, text)
+    assert result.exit_code == 1
+    assert {r["reason"] for r in _records(tmp_path)} == {"model.device is 'cuda' but CUDA is not available on this machine"}
