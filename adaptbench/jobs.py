@@ -45,7 +45,10 @@ def _in_flight(plan, run_id: str, folder: str) -> bool:
 
 
 def make_executor(kind: str, folder: str, options: dict):
-    import submitit
+    try:
+        import submitit
+    except ImportError:
+        raise AdaptbenchError("--executor needs the package submitit: pip install submitit") from None
 
     if kind == "local":
         executor = submitit.LocalExecutor(folder=folder)
