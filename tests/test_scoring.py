@@ -80,12 +80,13 @@ def test_right_padding_leaves_real_positions_alone(tiny_models, rte):
     assert ids.tolist() == [[1, 2, 3], [4, 9, 9]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
-def test_bfloat16_cached_matches_full_predictions(tiny_models, rte):
-    loaded = load_model(tiny_models["opt"], dtype="bfloat16")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_cached_matches_full(tiny_models, rte, dtype):
+    loaded = load_model(tiny_models["opt"], dtype=dtype)
     enc, ctx, queries = _encoded(loaded, rte)
     parts = lm_parts(loaded.model)
     pad = loaded.tokenizer.pad_token_id
     full = score(parts, queries, enc.label_token_ids, pad, prefix_ids=ctx, batch_size=4)
     cached = score(parts, queries, enc.label_token_ids, pad, prefix_cache=PrefixCache.encode(parts, ctx), batch_size=4)
-    # bf16 keeps 8 bits of mantissa: compare log-probs at bf16 resolution
+    # bf16 keeps 8 bits of mantissa (fp16: 11): compare log-probs at that resolution
     assert np.abs(cached.label_logprobs - full.label_logprobs).max() < 5e-2
