@@ -66,6 +66,11 @@ def gather(obj) -> list:
     return out
 
 
+def sum_over_ranks(*counts: int) -> tuple[int, ...]:
+    """Each count summed over all ranks (token counts of sharded work)."""
+    return tuple(int(sum(values)) for values in zip(*gather(counts)))
+
+
 def shard(n: int) -> list[int]:
     """This rank's share of ``range(n)``: every world-th index, padded by repeating the last one so every
     rank runs the same number of forwards (sharded models need all ranks in each forward)."""

@@ -18,11 +18,9 @@ from .errors import AdaptbenchError
 
 def run_job(plan, run) -> dict:
     """A job's body: one run, its record written.  Returns the record (kept by submitit too)."""
-    from .runner import ModelPool, execute, save
+    from .runner import ModelPool, run_and_save
 
-    outcome = execute(run, plan, ModelPool())
-    save(plan, outcome)
-    return outcome.record
+    return run_and_save(run, plan, ModelPool())
 
 
 def _marker(plan, run_id: str) -> str:

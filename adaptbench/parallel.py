@@ -33,11 +33,9 @@ def _init_worker(counter, gpus: int, threads: int) -> None:
 
 
 def _run_one(plan, run) -> dict:
-    from .runner import execute, save
+    from .runner import run_and_save
 
-    outcome = execute(run, plan, _POOL)
-    save(plan, outcome)
-    return outcome.record
+    return run_and_save(run, plan, _POOL)
 
 
 def run_parallel(plan, todo: list, jobs: int, on_record=None) -> list[dict]:

@@ -32,6 +32,7 @@ from .progress import make_progress
 from .prompts import PromptEncoder
 from .resolve import RunInputs, load_inputs
 from .sampling import few_shot_sample
+from .scoring import log_softmax
 
 
 @dataclass
@@ -188,7 +189,7 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
             "n_unscored": int((labels < 0).sum()), "max_examples": req.max_examples,
             "where": {k: list(v) for k, v in (req.where if req.where is not None else req.eval_set.default_filter)}}
         with np.errstate(invalid="ignore"):  # unscored rows are NaN and stay so
-            lp = pred.logits - np.logaddexp.reduce(pred.logits, axis=1, keepdims=True)
+            lp = log_softmax(pred.logits)
         for i, ex in enumerate(examples):
             out.predictions.append({
                 "eval_set": req.name, "idx": ex.idx, "label": ex.label,
@@ -198,6 +199,13 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
             })
     if inputs.unavailable:
         record["eval_sets_unavailable"] = inputs.unavailable
+
+
+def run_and_save(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | None = None) -> dict:
+    """Execute one run and write its record; the unit of every executor (here, workers, jobs)."""
+    outcome = execute(run, plan, models, inputs)
+    save(plan, outcome)
+    return outcome.record
 
 
 def save(plan: Plan, outcome: RunOutcome) -> None:
@@ -230,12 +238,14 @@ def _inputs_key(run: RunSpec) -> str:
 def preflight(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
     """Load and validate every run's data before any model is loaded (bad input fails the sweep now)."""
     by_key: dict[str, RunInputs] = {}
+    out = {}
     for run in runs:
         METHODS[run.method].preflight(run, plan.config_dir)
         key = _inputs_key(run)
         if key not in by_key:
             by_key[key] = load_inputs(run, plan.runtime, plan.config_dir)
-    return {run.run_id: by_key[_inputs_key(run)] for run in runs}
+        out[run.run_id] = by_key[key]
+    return out
 
 
 def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_record=None,
@@ -267,11 +277,9 @@ def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_re
         models = ModelPool()
         fresh = []
         for i, run in enumerate(todo):
-            outcome = execute(run, plan, models, inputs[run.run_id])
-            save(plan, outcome)
+            fresh.append(run_and_save(run, plan, models, inputs[run.run_id]))
             distributed.barrier()  # the record is written before any rank moves on
-            fresh.append(outcome.record)
             if on_record is not None:
-                on_record(i + 1, len(todo), outcome.record)
+                on_record(i + 1, len(todo), fresh[-1])
     by_id = {r["run_id"]: r for r in done + fresh}
     return [by_id[run.run_id] for run in plan.runs if run.run_id in by_id]

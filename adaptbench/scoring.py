@@ -178,6 +178,12 @@ def batched_logits(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id
     return out, tokens, padded
 
 
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of a (n, k) array (NaN rows stay NaN)."""
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
 @dataclass
 class Scores:
     """Per-example verbalizer logits, plus what it cost in tokens."""
@@ -191,8 +197,7 @@ class Scores:
     @property
     def label_logprobs(self) -> np.ndarray:
         """log p(label) over the verbalizer tokens only (what the prediction is made from)."""
-        z = self.logits - self.logits.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return log_softmax(self.logits)
 
     @property
     def vocab_logprobs(self) -> np.ndarray:

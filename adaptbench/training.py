@@ -70,11 +70,10 @@ def make_accelerator(settings: TrainSettings, device: torch.device):
     precision, so a state left by an earlier run in the same process is reset first."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DataLoaderConfiguration
 
     if PartialState._shared_state and PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
-    from accelerate.utils import DataLoaderConfiguration
-
     if settings.mixed_precision == "fp16" and device.type != "cuda":
         raise AdaptbenchError("train.mixed_precision: fp16 needs a CUDA device; use bf16 or no on CPU")
     if settings.batch_size % distributed.world_size():
@@ -145,8 +144,7 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
                 log.steps += 1
                 log.epochs = epoch - 1 + (i + 1) / len(loader)
                 # the global batch's loss: each rank's loss is over its share of the batch
-                log.losses.append(float(acc.reduce(loss.detach(), reduction="mean")) if distributed.active()
-                                  else float(loss.detach()))
+                log.losses.append(float(acc.reduce(loss.detach(), reduction="mean")))
                 advance(1)
                 if evaluate is not None and every and log.steps % every == 0:
                     last_eval = _evaluate(model, evaluate, log, sched)
@@ -159,18 +157,14 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
     model = acc.unwrap_model(model)
     model.eval()
     acc.free_memory()
-    counts = distributed.gather((log.tokens, log.padded_tokens))  # every rank's share of the batches
-    log.tokens, log.padded_tokens = sum(c for c, _ in counts), sum(p for _, p in counts)
+    log.tokens, log.padded_tokens = distributed.sum_over_ranks(log.tokens, log.padded_tokens)  # all ranks' shares
     return log
 
 
 def _finite_everywhere(loss: torch.Tensor, acc) -> bool:
     """Whether the loss is finite on every rank (all ranks stop together, none waits in a collective)."""
-    finite = bool(torch.isfinite(loss))
-    if distributed.active():
-        flags = acc.gather(torch.tensor([float(finite)], device=acc.device))
-        return bool(flags.min() > 0)
-    return finite
+    flags = acc.gather(torch.isfinite(loss.detach()).float().reshape(1))  # one process: this rank's alone
+    return bool(flags.min() > 0)
 
 
 def _evaluate(model: nn.Module, evaluate: Callable[[], dict], log: TrainLog, sched) -> int:

@@ -29,10 +29,11 @@ from ..errors import ConfigError, DataError, RunSkipped
 from ..metrics import eval_set_metrics
 from ..prompts import PromptEncoder
 from ..sampling import unlabeled_sample
-from ..scoring import PrefixCache, lm_parts, score
+from ..scoring import PrefixCache, lm_parts, log_softmax, prefix_cache_unsupported, score
 from ..training import TrainItem
 from .base import Predictions, RunContext, register
 from .finetune import FineTunedPredictor, FineTuneMethod
+from .icl import ICLPredictor
 from .pbft import VerbalizerModel
 
 
@@ -64,6 +65,7 @@ class Teacher:
         self.loaded = loaded
         self.encoder = PromptEncoder(loaded.tokenizer, ctx.encoder.prompt, ctx.task.labels.names)
         self.parts = lm_parts(loaded.model)
+        self.cache_ok = prefix_cache_unsupported(loaded.model.config) is None  # no KV reuse with sliding windows
         self.temperature = settings.temperature
         self.vocab = settings.target == "vocab"
         path = context_file(settings.context, ctx.config_dir)
@@ -87,11 +89,12 @@ class Teacher:
         self.keys = keys
         self.fits = [len(self.contexts[k]) + len(q) <= window for k, q in zip(keys, self.queries)]
 
+    def prefix_cache(self, prefix: list[int]) -> PrefixCache | None:
+        """The prefix's KV cache where the model allows one (else scoring joins prefix and query)."""
+        return PrefixCache.encode(self.parts, prefix) if prefix and self.cache_ok else None
+
     def _distribution(self, s) -> np.ndarray:
-        z = (s.vocab if self.vocab else s.logits) / self.temperature
-        z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        return p / p.sum(axis=1, keepdims=True)
+        return np.exp(log_softmax((s.vocab if self.vocab else s.logits) / self.temperature))
 
     def targets(self, indices: list[int], cached: bool, progress=None) -> np.ndarray:
         """Teacher distributions of the inputs ``indices``, grouped by context (one prefix per group)."""
@@ -104,7 +107,7 @@ class Teacher:
         for key, positions in groups.items():
             prefix = self.contexts[key]
             queries = [self.queries[indices[p]] for p in positions]
-            cache = PrefixCache.encode(self.parts, prefix) if cached and prefix else None
+            cache = self.prefix_cache(prefix) if cached else None
             s = score(self.parts, queries, self.encoder.label_token_ids, pad, prefix_ids=prefix, prefix_cache=cache,
                       batch_size=8, full_vocab=self.vocab, on_batch=progress)
             out[positions] = self._distribution(s)
@@ -211,21 +214,12 @@ class ContextDistillation(FineTuneMethod):
 
     def _teacher_eval(self, ctx: RunContext, teacher: Teacher) -> dict[str, np.ndarray]:
         """The teacher's own ICL predictions (full context) on every eval set: a reference point."""
-        preds, metrics = {}, {}
         context = teacher.contexts[("full", 0)]
-        cache = PrefixCache.encode(teacher.parts, context) if context else None
-        for name, eval_set, examples in ctx.evals:
-            queries = [teacher.encoder.query_ids(ex, first=not context) for ex in examples]
-            fits = [i for i, q in enumerate(queries) if len(context) + len(q) <= teacher.loaded.window]
-            labels = np.full(len(examples), -1)
-            with ctx.progress(f"teacher {name}", len(fits)) as advance:
-                s = score(teacher.parts, [queries[i] for i in fits], teacher.encoder.label_token_ids,
-                          teacher.loaded.tokenizer.pad_token_id, prefix_ids=context, prefix_cache=cache,
-                          on_batch=advance)
-            labels[fits] = s.predictions
-            preds[name] = labels
-            metrics[name] = eval_set_metrics(eval_set, examples, labels)
-        ctx.info["teacher_metrics"] = metrics
+        icl = ICLPredictor(teacher.loaded, teacher.encoder, context, teacher.prefix_cache(context),
+                           ctx.runtime.batch_size, ctx.progress, label="teacher")
+        preds = {name: icl.predict(examples, name).labels for name, _, examples in ctx.evals}
+        ctx.info["teacher_metrics"] = {name: eval_set_metrics(eval_set, examples, preds[name])
+                                       for name, eval_set, examples in ctx.evals}
         return preds
 
     def _save_targets(self, ctx: RunContext, targets: np.ndarray, keep: list[int], gold: list[int]) -> None:

@@ -106,9 +106,7 @@ def score_examples(ctx: RunContext, model: nn.Module, examples, on_batch=None):
     bs = ctx.runtime.batch_size if ctx.runtime.batch_size != "auto" else 16
     logits, tokens, padded = batched_logits(model, seqs, ctx.loaded.tokenizer.pad_token_id, ctx.loaded.device, bs,
                                             on_batch)
-    counts = distributed.gather((tokens, padded))
-    return (distributed.gather_rows(mine, logits, len(examples)), sum(t for t, _ in counts),
-            sum(p for _, p in counts))
+    return (distributed.gather_rows(mine, logits, len(examples)), *distributed.sum_over_ranks(tokens, padded))
 
 
 class FineTunedPredictor:

@@ -44,26 +44,31 @@ class ICL(Method):
             phase.tokens = phase.padded_tokens = len(context) if use_cache else 0
         ctx.info.update(context_tokens=len(context), prefix_cache=use_cache,
                         context_text=ctx.encoder.prompt.context(ctx.sample))
-        return ICLPredictor(ctx, parts, context, cache)
+        return ICLPredictor(loaded, ctx.encoder, context, cache, ctx.runtime.batch_size, ctx.progress)
 
 
 class ICLPredictor:
-    def __init__(self, ctx: RunContext, parts, context: list[int], cache: PrefixCache | None):
-        self.ctx, self.parts, self.context, self.cache = ctx, parts, context, cache
+    """Scores examples after a fixed context (cached or not) with a model and its prompt encoder;
+    also the teacher's own evaluation in context distillation."""
+
+    def __init__(self, loaded, encoder, context: list[int], cache: PrefixCache | None, batch_size, progress,
+                 label: str = "icl"):
+        self.loaded, self.encoder, self.context, self.cache = loaded, encoder, context, cache
+        self.parts = lm_parts(loaded.model)
+        self.requested_batch_size, self.progress, self.label = batch_size, progress, label
 
     def batch_size(self, max_query: int) -> int:
-        requested = self.ctx.runtime.batch_size
-        if requested != "auto":
-            return requested
-        device = self.ctx.loaded.device
+        if self.requested_batch_size != "auto":
+            return self.requested_batch_size
+        device = self.loaded.device
         # On CPU a batch barely beats one example at a time (the matmuls are already large) while
         # padding costs; on GPU batching is what keeps the device busy.
         cap = 64 if device.type == "cuda" else 8
-        return auto_batch_size(self.parts, self.ctx.loaded.model.config, len(self.context), max_query,
+        return auto_batch_size(self.parts, self.loaded.model.config, len(self.context), max_query,
                                free_memory_bytes(device), cap=cap)
 
     def predict(self, examples: list[Example], name: str) -> Predictions:
-        encoder, window = self.ctx.encoder, self.ctx.loaded.window
+        encoder, window = self.encoder, self.loaded.window
         queries = [encoder.query_ids(ex, first=not self.context) for ex in examples]
         fits = [i for i, q in enumerate(queries) if len(self.context) + len(q) <= window]
         logits = np.full((len(examples), len(encoder.label_token_ids)), np.nan, dtype=np.float32)
@@ -73,10 +78,9 @@ class ICLPredictor:
         mine = distributed.shard(len(fits))  # under a multi-process launch, every rank scores its share
         todo = [queries[fits[i]] for i in mine]
         bs = self.batch_size(max(len(q) for q in todo))
-        with self.ctx.progress(f"icl {name}", len(todo)) as advance:
-            s = score(self.parts, todo, encoder.label_token_ids, self.ctx.loaded.tokenizer.pad_token_id,
+        with self.progress(f"{self.label} {name}", len(todo)) as advance:
+            s = score(self.parts, todo, encoder.label_token_ids, self.loaded.tokenizer.pad_token_id,
                       prefix_ids=self.context, prefix_cache=self.cache, batch_size=bs, on_batch=advance)
         logits[fits] = distributed.gather_rows(mine, s.logits, len(fits))
         log_norm[fits] = distributed.gather_rows(mine, s.log_norm, len(fits))
-        tokens = distributed.gather((s.tokens, s.padded_tokens))
-        return Predictions(logits, log_norm, sum(t for t, _ in tokens), sum(p for _, p in tokens))
+        return Predictions(logits, log_norm, *distributed.sum_over_ranks(s.tokens, s.padded_tokens))
