@@ -47,21 +47,26 @@ def test_16_shot_cached_equals_full_context(smollm2, data_dir):
     assert np.abs(cached.label_logprobs - full.label_logprobs).max() < 1e-4
 
 
-def test_icl_run_on_rte_with_smollm2(tmp_path, data_dir):
-    text = """# adaptbench run sweep.yaml
+def _run_smollm2(tmp_path, data_dir, method_lines: str) -> dict:
+    """One run of SmolLM2 on RTE (10 evaluation examples per set) through the CLI; its record."""
+    text = f"""# adaptbench run sweep.yaml
 name: t
 model: smollm2-135m
 task: rte
-method: icl
-shots: 4
 data_seeds: [0]
-eval: {max_examples: 10}
-runtime: {progress: false}
-"""
+eval: {{max_examples: 10}}
+runtime: {{progress: false}}
+{method_lines}"""
     result = _run(tmp_path, data_dir, text)
     assert result.exit_code == 0, result.output
     rec = _records(tmp_path)[0]
-    assert rec["status"] == "ok" and rec["model"]["architecture"] == "LlamaForCausalLM"
+    assert rec["status"] == "ok", rec.get("reason")
+    return rec
+
+
+def test_icl_run_on_rte_with_smollm2(tmp_path, data_dir):
+    rec = _run_smollm2(tmp_path, data_dir, "method: icl\nshots: 4\n")
+    assert rec["model"]["architecture"] == "LlamaForCausalLM"
     assert rec["model"]["source"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert rec["prompt"]["label_tokens"] == ["ĠYes", "ĠNo"]
     preds = [json.loads(line) for line in (tmp_path / "results/t/runs" / rec["run_id"] / "predictions.jsonl").open()]
@@ -76,23 +81,10 @@ runtime: {progress: false}
 
 def test_pbft_lora_on_smollm2(tmp_path, data_dir):
     """PBFT + LoRA on the real model: 16 RTE examples, a few steps, then evaluation."""
-    text = """# adaptbench run sweep.yaml
-name: t
-model: smollm2-135m
-task: rte
-method: pbft
-trainable: lora
-shots: 16
-data_seeds: [0]
-train: {max_steps: 3, batch_size: 8, lr: 1e-3, eval_every: end, save: true}
-eval: {max_examples: 10}
-runtime: {progress: false}
-"""
-    result = _run(tmp_path, data_dir, text)
-    assert result.exit_code == 0, result.output
-    rec = _records(tmp_path)[0]
+    rec = _run_smollm2(tmp_path, data_dir, "method: pbft\ntrainable: lora\nshots: 16\n"
+                       "train: {max_steps: 3, batch_size: 8, lr: 1e-3, eval_every: end, save: true}\n")
     info = rec["method_info"]
-    assert rec["status"] == "ok" and info["steps"] == 3 and len(info["train_losses"]) == 3
+    assert info["steps"] == 3 and len(info["train_losses"]) == 3
     assert info["lora_target_modules"] == ["q_proj", "v_proj"]
     assert 0 < info["trainable_params"] < 0.01 * info["total_params"]
     assert rec["costs"]["train"]["tokens"] > 0 and rec["costs"]["train"]["seconds"] > 0
@@ -103,24 +95,9 @@ runtime: {progress: false}
 
 def test_cd_lora_on_smollm2(tmp_path, data_dir):
     """Context distillation + LoRA on the real model: 16 RTE examples plus 32 unlabelled, a few steps."""
-    text = """# adaptbench run sweep.yaml
-name: t
-model: smollm2-135m
-task: rte
-method: cd
-trainable: lora
-shots: 16
-data_seeds: [0]
-cd: {unlabeled: 32}
-train: {max_steps: 2, batch_size: 8, lr: 1.0e-3}
-eval: {max_examples: 10}
-runtime: {progress: false}
-"""
-    result = _run(tmp_path, data_dir, text)
-    assert result.exit_code == 0, result.output
-    rec = _records(tmp_path)[0]
+    rec = _run_smollm2(tmp_path, data_dir, "method: cd\ntrainable: lora\nshots: 16\ncd: {unlabeled: 32}\n"
+                       "train: {max_steps: 2, batch_size: 8, lr: 1.0e-3}\n")
     info = rec["method_info"]
-    assert rec["status"] == "ok", rec.get("reason")
     assert info["distill_labelled"] == 16 and info["distill_unlabelled"] == 32 and info["leave_one_out"]
     assert info["train_examples"] == 48 - info["distill_dropped"] and info["context_tokens"] > 1000
     assert rec["costs"]["teacher"]["seconds"] > 0 and rec["costs"]["train"]["seconds"] > 0
