@@ -71,7 +71,7 @@ def packing_works(lm: torch.nn.Module) -> bool:
     from .scoring import last_hidden, lm_parts, pad_right
 
     parts = lm_parts(lm)
-    vocab = parts.head_weight.shape[0]
+    vocab = parts.vocab_size
     seqs = [[(7 * k + 3) % vocab for k in range(n)] for n in (5, 2, 3)]
     device = parts.device
     try:

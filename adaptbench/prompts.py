@@ -102,11 +102,14 @@ def check_prompt(prompt: Prompt, n_fields: int, label_names: tuple[str, ...]) ->
 
 
 class PromptEncoder:
-    """A prompt bound to a tokenizer: verbalizer token ids and token ids of contexts and queries.
+    """A prompt bound to a tokenizer: verbalizer token ids, and the token ids of prompt texts.
 
-    Context and query are tokenised separately and joined as ids, so the cached-context path and the
-    full path see identical token sequences.  Only the first segment of a sequence gets the
-    tokenizer's start tokens (BOS).
+    The model always sees the tokens of the prompt *text*: context and query are joined as one string
+    and tokenised together, as the reference study does.  Tokenising them apart and joining the ids
+    gives other tokens at the seam with byte-level BPE (``"\\n\\n"`` at the end of a string is one
+    token ``ĊĊ``, before a word two ``Ċ``) and a spurious dummy prefix with SentencePiece.  For a cached
+    prefix, :meth:`continuations` finds the longest token prefix that every query's full tokenisation
+    shares with the context's; only the rest runs per query.
     """
 
     def __init__(self, tokenizer, prompt: Prompt, label_names: tuple[str, ...]):
@@ -142,13 +145,56 @@ class PromptEncoder:
                 return full[:i]
         return []
 
-    def text_ids(self, text: str, first: bool) -> list[int]:
-        return self.start_ids + self._ids(text) if first else self._ids(text)
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a whole sequence: the start tokens, then the text (== ``tokenizer(text)`` for a
+        decoder's tokenizer, minus any end-of-sequence token: the answer follows the text)."""
+        return self.start_ids + self._ids(text)
 
-    def context_ids(self, demonstrations: list[Example]) -> list[int]:
-        text = self.prompt.context(demonstrations)
-        return self.text_ids(text, first=True) if text else []
+    def context_text(self, demonstrations: list[Example]) -> str:
+        return self.prompt.context(demonstrations)
 
-    def query_ids(self, ex: Example, first: bool) -> list[int]:
-        ids = self._ids(self.prompt.query(ex))
-        return self.start_ids + ids if first else ids
+    def query_ids(self, ex: Example) -> list[int]:
+        """The query alone (PBFT, vanilla, a CD student, zero-shot ICL)."""
+        return self.encode(self.prompt.query(ex))
+
+    def continuations(self, context: str, context_ids: list[int], texts: list[str],
+                      chunk: int = 512) -> tuple[int, list[list[int]]]:
+        """``(m, suffixes)`` such that ``encode(context + texts[i]) == context_ids[:m] + suffixes[i]``.
+
+        ``context_ids`` is ``encode(context)``; ``m`` is the longest prefix of it that every full
+        tokenisation shares (at most one token short of each), so the KV cache of ``context_ids[:m]``
+        serves every text exactly.  An empty context gives ``m = 0`` and the texts encoded alone.
+        """
+        if not context:
+            return 0, [self.encode(t) for t in texts]
+        shared, tails = [], []
+        for start in range(0, len(texts), chunk):  # batched: the tokenizer runs in Rust, in parallel
+            batch = self.tokenizer([context + t for t in texts[start:start + chunk]], add_special_tokens=False)
+            for ids in batch["input_ids"]:
+                full = self.start_ids + ids
+                n = min(common_prefix_length(full, context_ids), len(full) - 1)
+                shared.append(n)
+                tails.append(full[n:])
+        m = min(shared, default=len(context_ids))
+        return m, [context_ids[m:n] + tail for n, tail in zip(shared, tails)]
+
+
+    def icl_inputs(self, demonstrations: list[Example], examples: list[Example]) -> tuple[list[int], list[list[int]]]:
+        """``(prefix, queries)``: ``prefix + queries[i]`` are the tokens of example i's ICL prompt text,
+        and ``prefix`` is what all of them share (the part a KV cache can hold)."""
+        text = self.context_text(demonstrations)
+        ids = self.encode(text) if text else []
+        shared, queries = self.continuations(text, ids, [self.prompt.query(ex) for ex in examples])
+        return ids[:shared], queries
+
+
+def common_prefix_length(a: list[int], b: list[int], near_end: int = 16) -> int:
+    """Length of the common prefix of two id lists.  Sequences that share a context usually agree up
+    to its last few tokens: compare that long slice at C speed first, then walk the rest."""
+    n = min(len(a), len(b))
+    i = max(0, n - near_end)
+    if a[:i] != b[:i]:
+        i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -30,13 +30,44 @@ class LMParts:
     """The pieces of a causal LM that verbalizer scoring needs."""
 
     backbone: torch.nn.Module  # returns the final (normed) hidden states
-    head_weight: torch.Tensor  # (vocab, hidden): LM-head rows, usually tied to the input embeddings
-    head_bias: torch.Tensor | None
+    head: torch.nn.Module  # the model's output layer (a peft LoRA layer when lm_head is adapted)
     cache_kwarg: str  # "cache" in transformers >= 5.2x, "past_key_values" before
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None  # final-logit softcapping / scaling
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """(vocab, hidden): the output layer's (base) weight."""
+        return getattr(self.head, "base_layer", self.head).weight
+
+    @property
+    def plain_head(self) -> bool:
+        """A bare linear layer: its rows can be read directly (no adapter on it)."""
+        return isinstance(self.head, torch.nn.Linear) and not hasattr(self.head, "base_layer")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.head_weight.shape[0]
 
     @property
     def device(self) -> torch.device:
         return self.head_weight.device
+
+
+def logit_transform(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What the model's own forward does to its logits after the LM head, element-wise: final-logit
+    softcapping (Gemma 2/3), ``logit_scale`` (Cohere), ``logits_scaling`` (Granite).  Skipping it would
+    score other logits than the model computes."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if cap:
+        return lambda z: torch.tanh(z / cap) * cap
+    scale = getattr(cfg, "logit_scale", None)
+    if scale is not None and getattr(cfg, "model_type", "") in ("cohere", "cohere2"):
+        return lambda z: z * scale
+    scaling = getattr(cfg, "logits_scaling", None)
+    if scaling:
+        return lambda z: z / scaling
+    return None
 
 
 def lm_parts(model: torch.nn.Module) -> LMParts:
@@ -49,24 +80,33 @@ def lm_parts(model: torch.nn.Module) -> LMParts:
     backbone = model.base_model
     params = inspect.signature(backbone.forward).parameters
     cache_kwarg = "cache" if "cache" in params else "past_key_values"
-    return LMParts(backbone, head.weight, getattr(head, "bias", None), cache_kwarg)
+    return LMParts(backbone, head, cache_kwarg, logit_transform(model.config))
+
+
+def _finish(parts: LMParts, logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return parts.transform(logits) if parts.transform is not None else logits
 
 
 def verbalizer_logits(parts: LMParts, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Logits of ``token_ids`` from hidden states (..., hidden): a (..., n_tokens) float32 tensor."""
-    rows = parts.head_weight[token_ids].float()
+    """Logits of ``token_ids`` from hidden states (..., hidden): a (..., n_tokens) float32 tensor.
+
+    A plain LM head: only the rows of those tokens are multiplied (in float32; they are few).  An
+    adapted head (LoRA on ``lm_head``) runs as the model runs it, then the columns are picked.
+    """
+    if not parts.plain_head:
+        return _finish(parts, parts.head(hidden)[..., token_ids])
+    rows = parts.head.weight[token_ids].float()
     logits = hidden.float() @ rows.T
-    if parts.head_bias is not None:
-        logits = logits + parts.head_bias[token_ids].float()
-    return logits
+    if parts.head.bias is not None:
+        logits = logits + parts.head.bias[token_ids].float()
+    return _finish(parts, logits)
 
 
 def vocab_logits(parts: LMParts, hidden: torch.Tensor) -> torch.Tensor:
-    """Full-vocabulary logits from hidden states (..., hidden), in float32."""
-    logits = hidden.float() @ parts.head_weight.float().T
-    if parts.head_bias is not None:
-        logits = logits + parts.head_bias.float()
-    return logits
+    """Full-vocabulary logits from hidden states (..., hidden) through the model's own head, as float32
+    (only the output row is upcast, never a copy of the head's weight)."""
+    return _finish(parts, parts.head(hidden))
 
 
 class _PrefixLayer(DynamicLayer):
@@ -106,6 +146,13 @@ class PrefixCache:
                            **{parts.cache_kwarg: cache})
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         return cls(layers, len(prefix_ids))
+
+    def truncated(self, length: int) -> PrefixCache:
+        """The cache of the first ``length`` tokens: causal attention makes a position's keys/values
+        depend only on the tokens up to it, so a slice is exactly the shorter prefix's cache."""
+        if length >= self.length:
+            return self
+        return PrefixCache([(k[..., :length, :], v[..., :length, :]) for k, v in self.layers], length)
 
     def for_batch(self, batch_size: int) -> Cache:
         return Cache(layers=[_PrefixLayer(k, v, batch_size) for k, v in self.layers])
@@ -257,7 +304,7 @@ def score(
     n_labels = len(label_token_ids)
     logits = np.zeros((len(queries), n_labels), dtype=np.float32)
     log_norm = np.zeros(len(queries), dtype=np.float32)
-    vocab = np.zeros((len(queries), parts.head_weight.shape[0]), dtype=np.float32) if full_vocab else None
+    vocab = np.zeros((len(queries), parts.vocab_size), dtype=np.float32) if full_vocab else None
     token_ids = torch.tensor(list(label_token_ids), device=parts.device)
     tokens = padded = 0  # the cached prefix is charged where it was encoded, not here
     with torch.inference_mode(), _sdpa_gqa(parts.device):
@@ -288,21 +335,26 @@ def auto_batch_size(parts: LMParts, config, prefix_len: int, query_len: int, fre
 
     Per example and layer the forward holds the query's hidden states and MLP activations, the
     attention scores (heads x query x (prefix + query)) and the prefix keys/values expanded to the
-    batch for the layer being computed.  Only one layer is live at a time in inference mode.
+    batch for the layer being computed -- once per query head where transformers repeats grouped
+    keys/values (GPU; on CPU SDPA groups them itself).  Only one layer is live at a time in inference
+    mode.  At the answer position the head's output row (model dtype) and its float32 copy.
     """
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 768)
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 12)
     inter = getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None) or 4 * hidden
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = hidden // heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    if parts.device.type != "cpu":
+        kv_heads = heads  # repeat_kv copies grouped keys/values per query head
     width = parts.head_weight.element_size()
     kv = prefix_len + query_len
     per_example = width * (
         query_len * (4 * hidden + 2 * inter)
         + heads * query_len * kv
         + 2 * kv_heads * head_dim * kv
-    ) + 4 * parts.head_weight.shape[0]  # the float32 vocabulary row used for the normaliser
+        + 2 * kv_heads * head_dim * query_len  # the query's own keys/values, concatenated
+    ) + (width + 4) * parts.vocab_size  # the output row at the answer position, and its float32 copy
     budget = free_bytes // 4
     return int(max(1, min(cap, math.floor(budget / max(per_example, 1)))))
 

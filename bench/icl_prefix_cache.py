@@ -62,8 +62,7 @@ def main() -> None:
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     device = loaded.device
     enc = PromptEncoder(loaded.tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
-    context = enc.context_ids(sample)
-    queries = [enc.query_ids(ex, first=False) for ex in evals]
+    context, queries = enc.icl_inputs(sample, evals)
     parts, pad = lm_parts(loaded.model), loaded.tokenizer.pad_token_id
     print(f"model {args.model} ({loaded.dtype}, {device}), {args.task} {args.shots}-shot: context "
           f"{len(context)} tokens, {len(queries)} queries of {np.mean([len(q) for q in queries]):.0f} tokens "

@@ -91,8 +91,8 @@ def main() -> None:
     loaded = load_model(args.model)
     pad_id = loaded.tokenizer.pad_token_id
     enc = PromptEncoder(loaded.tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
-    items = [TrainItem(enc.query_ids(ex, first=True), torch.tensor(ex.label)) for ex in sample]
-    evals = [(enc.query_ids(ex, first=True), ex.label) for ex in evals_ex]
+    items = [TrainItem(enc.query_ids(ex), torch.tensor(ex.label)) for ex in sample]
+    evals = [(enc.query_ids(ex), ex.label) for ex in evals_ex]
     longest = max(len(it.input_ids) for it in items)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.1,
                              schedule="constant")

@@ -51,14 +51,19 @@ def test_leave_one_out_contexts_and_cached_equals_online(tiny_models, rte):
     teacher = Teacher(ctx, loaded, inputs, len(sample))
     for i in range(len(sample)):  # no labelled input is scored with itself among the demonstrations
         assert teacher.keys[i] == ("loo", i)
-        assert teacher.contexts[("loo", i)] == ctx.encoder.context_ids(sample[:i] + sample[i + 1:])
+        loo = ctx.encoder.context_text(sample[:i] + sample[i + 1:])
+        assert teacher.contexts[("loo", i)] == ctx.encoder.encode(loo)
+        # the teacher reads the tokens of context + input as one text
+        full = teacher.contexts[("loo", i)][:teacher.shared[("loo", i)]] + teacher.queries[i]
+        assert full == ctx.encoder.encode(loo + ctx.encoder.prompt.query(sample[i]))
     assert teacher.keys[len(sample):] == [("full", 0)] * 3
     idx = list(range(len(inputs)))
     cached, online = teacher.targets(idx, cached=True), teacher.targets(idx, cached=False)
     np.testing.assert_allclose(cached, online, atol=1e-5)
     np.testing.assert_allclose(cached.sum(axis=1), 1.0, atol=1e-5)
     # and they are the ICL distributions of the teacher, with the context
-    s = score(lm_parts(loaded.model), [teacher.contexts[("full", 0)] + teacher.queries[-1]],
+    full = teacher.contexts[("full", 0)][:teacher.shared[("full", 0)]] + teacher.queries[-1]
+    s = score(lm_parts(loaded.model), [full],
               ctx.encoder.label_token_ids, 0)
     np.testing.assert_allclose(cached[-1], np.exp(s.label_logprobs[0]), atol=1e-5)
 
@@ -110,7 +115,7 @@ def test_student_matches_teacher_distribution(tmp_path, data_dir, sharp_llama, r
     inputs = sample + unlabeled_sample(pool, 4, 0, sample)
     loaded = load_model(sharp_llama)
     enc = PromptEncoder(loaded.tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
-    queries = [enc.query_ids(inputs[i], first=True) for i in targets["input"]]
+    queries = [enc.query_ids(inputs[i]) for i in targets["input"]]
     before = _student_distribution(sharp_llama, rec, queries)
     after = _student_distribution(info["saved"]["model"], rec, queries)
     p = targets["targets"]

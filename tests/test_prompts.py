@@ -78,14 +78,13 @@ def test_multi_token_verbalizer_names_its_pieces(tokenizer):
     assert str(pieces) in msg
 
 
-def test_encoder_ids_join_context_and_query(tokenizer):
+def test_encoder_start_tokens_and_verbalizers(tokenizer):
     prompt = resolve_prompt(PromptSpec(), get_task("rte"))
     enc = PromptEncoder(tokenizer, prompt, ("entailment", "not_entailment"))
     bos = tokenizer.bos_token_id
     assert enc.start_ids == [bos]
-    ctx = enc.context_ids([PAIR])
-    assert ctx[0] == bos and ctx.count(bos) == 1
-    assert enc.query_ids(PAIR, first=False)[0] != bos
-    assert enc.query_ids(PAIR, first=True)[0] == bos
+    ids = enc.encode(enc.context_text([PAIR]))
+    assert ids[0] == bos and ids.count(bos) == 1
+    assert enc.query_ids(PAIR)[0] == bos
     assert tokenizer.convert_ids_to_tokens(enc.label_token_ids) == ["ĠYes", "ĠNo"]
-    assert enc.context_ids([]) == []
+    assert enc.icl_inputs([], [PAIR]) == ([], [enc.query_ids(PAIR)])

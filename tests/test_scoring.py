@@ -32,7 +32,7 @@ def rte(data_dir):
 def _encoded(loaded, rte):
     task, sample, evals = rte
     enc = PromptEncoder(loaded.tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
-    return enc, enc.context_ids(sample), [enc.query_ids(ex, first=False) for ex in evals]
+    return (enc, *enc.icl_inputs(sample, evals))
 
 
 @pytest.mark.parametrize("arch", ["opt", "llama", "gpt2"])

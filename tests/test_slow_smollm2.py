@@ -36,8 +36,7 @@ def test_16_shot_cached_equals_full_context(smollm2, data_dir):
     sample = few_shot_sample(train_pool(task, data_dir), 16, seed=0, n_labels=2)
     evals, _ = eval_examples(task.validation, data_dir, max_examples=8, seed=0)
     enc = PromptEncoder(smollm2.tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
-    context = enc.context_ids(sample)
-    queries = [enc.query_ids(ex, first=False) for ex in evals]
+    context, queries = enc.icl_inputs(sample, evals)
     assert len(context) > 1000
     parts, pad = lm_parts(smollm2.model), smollm2.tokenizer.pad_token_id
     full = score(parts, queries, enc.label_token_ids, pad, prefix_ids=context, batch_size=1)
@@ -45,6 +44,22 @@ def test_16_shot_cached_equals_full_context(smollm2, data_dir):
                    batch_size=4)
     np.testing.assert_array_equal(cached.predictions, full.predictions)
     assert np.abs(cached.label_logprobs - full.label_logprobs).max() < 1e-4
+
+
+@pytest.mark.parametrize("task_name,preset", [("rte", "minimal"), ("rte", "gpt-3"), ("rte", "eval-harness"),
+                                             ("qqp", "minimal"), ("qqp", "eval-harness"), ("cola", "minimal"),
+                                             ("cola", "gpt-3")])
+def test_smollm2_sees_the_tokens_of_the_prompt_text(smollm2, data_dir, task_name, preset):
+    """The real tokenizer: the ids the model sees are ``tokenizer(context + query)``, every preset."""
+    task = get_task(task_name)
+    sample = few_shot_sample(train_pool(task, data_dir), 4, seed=0, n_labels=len(task.labels.names))
+    evals, _ = eval_examples(task.validation, data_dir, max_examples=8, seed=0)
+    tok = smollm2.tokenizer
+    enc = PromptEncoder(tok, resolve_prompt(PromptSpec(preset=preset), task), task.labels.names)
+    prefix, queries = enc.icl_inputs(sample, evals)
+    context = enc.context_text(sample)
+    for ex, query in zip(evals, queries):
+        assert prefix + query == tok(context + enc.prompt.query(ex))["input_ids"]
 
 
 def _run_smollm2(tmp_path, data_dir, method_lines: str) -> dict:

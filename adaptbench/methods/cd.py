@@ -71,23 +71,29 @@ class Teacher:
         path = context_file(settings.context, ctx.config_dir)
         if path is None:
             sample = ctx.sample
-            full = self.encoder.context_ids(sample)
             # labelled input i (== sample[i]) gets the context without itself
             keys = [("loo", i) for i in range(n_labelled)] + [("full", 0)] * (len(inputs) - n_labelled)
-            self.contexts = {("full", 0): full}
-            self.contexts.update({("loo", i): self.encoder.context_ids(sample[:i] + sample[i + 1:])
-                                  for i in range(n_labelled)})
+            texts = {("full", 0): self.encoder.context_text(sample)}
+            texts.update({("loo", i): self.encoder.context_text(sample[:i] + sample[i + 1:]) for i in range(n_labelled)})
         else:
-            text = read_context_file(path) + ctx.encoder.prompt.separator
-            self.contexts = {("full", 0): self.encoder.text_ids(text, first=True)}
+            texts = {("full", 0): read_context_file(path) + ctx.encoder.prompt.separator}
             keys = [("full", 0)] * len(inputs)
+        self.texts = texts
+        self.contexts = {key: self.encoder.encode(text) if text else [] for key, text in texts.items()}
         window = loaded.window
         if len(self.contexts[("full", 0)]) >= window:
             raise RunSkipped(f"the teacher's context is {len(self.contexts[('full', 0)])} tokens; its window is "
                              f"{window} tokens (no truncation is done)")
-        self.queries = [self.encoder.query_ids(ex, first=not self.contexts[k]) for ex, k in zip(inputs, keys)]
         self.keys = keys
-        self.fits = [len(self.contexts[k]) + len(q) <= window for k, q in zip(keys, self.queries)]
+        self.queries: list[list[int]] = [[] for _ in inputs]
+        self.shared: dict = {}  # context key -> tokens its inputs share with it (the cacheable prefix)
+        for key, text in texts.items():  # context + input tokenised as one text, per context
+            members = [i for i, k in enumerate(keys) if k == key]
+            self.shared[key], suffixes = self.encoder.continuations(
+                text, self.contexts[key], [self.encoder.prompt.query(inputs[i]) for i in members])
+            for i, suffix in zip(members, suffixes):
+                self.queries[i] = suffix
+        self.fits = [self.shared[k] + len(q) <= window for k, q in zip(keys, self.queries)]
 
     def prefix_cache(self, prefix: list[int]) -> PrefixCache | None:
         """The prefix's KV cache where the model allows one (else scoring joins prefix and query)."""
@@ -98,14 +104,14 @@ class Teacher:
 
     def targets(self, indices: list[int], cached: bool, progress=None) -> np.ndarray:
         """Teacher distributions of the inputs ``indices``, grouped by context (one prefix per group)."""
-        n_out = self.parts.head_weight.shape[0] if self.vocab else len(self.encoder.label_token_ids)
+        n_out = self.parts.vocab_size if self.vocab else len(self.encoder.label_token_ids)
         out = np.zeros((len(indices), n_out), dtype=np.float32)
         groups: dict = {}
         for pos, i in enumerate(indices):
             groups.setdefault(self.keys[i], []).append(pos)
         pad = self.loaded.tokenizer.pad_token_id
         for key, positions in groups.items():
-            prefix = self.contexts[key]
+            prefix = self.contexts[key][:self.shared[key]]
             queries = [self.queries[indices[p]] for p in positions]
             cache = self.prefix_cache(prefix) if cached else None
             s = score(self.parts, queries, self.encoder.label_token_ids, pad, prefix_ids=prefix, prefix_cache=cache,
@@ -142,7 +148,7 @@ class ContextDistillation(FineTuneMethod):
         inputs = list(ctx.sample) + extra
         gold = [ex.label for ex in ctx.sample] + [-1] * len(extra)
         targets, keep = self._teacher(ctx, inputs, gold, n_unlabelled=len(extra))
-        queries = [ctx.encoder.query_ids(ex, first=True) for ex in inputs]
+        queries = [ctx.encoder.query_ids(ex) for ex in inputs]
         if targets is None:  # online: the loss asks the teacher for these inputs when it sees them
             return [TrainItem(queries[i], torch.tensor([float(i), float(gold[i])])) for i in keep]
         return [TrainItem(queries[i], torch.cat([torch.from_numpy(t), torch.tensor([float(gold[i])])]))
@@ -162,7 +168,8 @@ class ContextDistillation(FineTuneMethod):
             check_vocab_target(ctx, loaded.tokenizer)
             teacher = Teacher(ctx, loaded, inputs, len(ctx.sample))
             keep = [i for i, ok in enumerate(teacher.fits) if ok]
-            ctx.info.update(teacher=loaded.source, context_tokens=len(teacher.contexts[("full", 0)]),
+            ctx.info.update(teacher=loaded.source, teacher_dtype=str(loaded.dtype).replace("torch.", ""),
+                            context_tokens=len(teacher.contexts[("full", 0)]),
                             leave_one_out=settings.context == "demonstrations", distill_labelled=len(ctx.sample),
                             distill_unlabelled=n_unlabelled, distill_dropped=len(inputs) - len(keep))
             if settings.teacher_eval:
@@ -215,7 +222,8 @@ class ContextDistillation(FineTuneMethod):
     def _teacher_eval(self, ctx: RunContext, teacher: Teacher) -> dict[str, np.ndarray]:
         """The teacher's own ICL predictions (full context) on every eval set: a reference point."""
         context = teacher.contexts[("full", 0)]
-        icl = ICLPredictor(teacher.loaded, teacher.encoder, context, teacher.prefix_cache(context),
+        icl = ICLPredictor(teacher.loaded, teacher.encoder, teacher.texts[("full", 0)], context,
+                           teacher.prefix_cache(context),
                            ctx.runtime.batch_size, ctx.progress, label="teacher")
         preds = {name: icl.predict(examples, name).labels for name, _, examples in ctx.evals}
         ctx.info["teacher_metrics"] = {name: eval_set_metrics(eval_set, examples, preds[name])
