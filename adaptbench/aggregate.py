@@ -50,7 +50,26 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             stats = part.groupby(keys, sort=False, dropna=False)[metric].agg(["mean", "std"]).reset_index()
             stats = stats.rename(columns={"mean": f"{name} {metric}", "std": f"{name} {metric} std"})
             out = out.merge(stats, on=keys, how="left")
+        if "n_unscored" in part and (part["n_unscored"].fillna(0) > 0).any():
+            out = out.merge(_unscored(part, keys, name), on=keys, how="left")
     return out
+
+
+def _unscored(part: pd.DataFrame, keys: list[str], name: str) -> pd.DataFrame:
+    """Per group, summed over its runs: examples of eval set ``name`` left out of its metrics (they did not
+    fit the model's window) and all its examples -- a mean over fewer examples than it says must show."""
+    unscored = part["n_unscored"].fillna(0).astype(int)
+    counts = part[keys].assign(**{f"{name} unscored": unscored, f"{name} examples": part["n"].astype(int) + unscored})
+    return counts.groupby(keys, sort=False, dropna=False).sum().reset_index()
+
+
+def unscored_sets(summary: pd.DataFrame) -> list[str]:
+    """Eval sets of which some group has unscored examples (they have ``<name> unscored`` columns)."""
+    return [c.removesuffix(" unscored") for c in summary.columns if c.endswith(" unscored")]
+
+
+UNSCORED_NOTE = ("* some examples were not scored (they did not fit the model's window) and are not in the mean; "
+                 "unscored: k/n examples of each such eval set, summed over the row's runs")
 
 
 def metric_columns(summary: pd.DataFrame) -> list[str]:
@@ -71,6 +90,13 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     shown["n"] = summary["n"]
     for col in metric_columns(summary):
         shown[col] = [fmt_mean_std(m, s) for m, s in zip(summary[col], summary[f"{col} std"])]
+        name = col.rsplit(" ", 1)[0]
+        if f"{name} unscored" in summary:
+            shown[col] = [t + "*" if k > 0 else t for t, k in zip(shown[col], summary[f"{name} unscored"].fillna(0))]
+    sets = unscored_sets(summary)
+    if sets:
+        shown["unscored"] = [", ".join(f"{n} {int(row[f'{n} unscored'])}/{int(row[f'{n} examples'])}" for n in sets
+                                       if row[f"{n} unscored"] > 0) for _, row in summary.iterrows()]
     shown["adapt s"] = summary["adapt_seconds"].map(lambda v: f"{v:.1f}")
     shown["eval s"] = summary["eval_seconds"].map(lambda v: f"{v:.1f}")
     shown["peak GiB"] = summary["peak_memory_gib"].map(lambda v: f"{v:.2f}")

@@ -21,8 +21,10 @@ def compute(name: str, labels: np.ndarray, preds: np.ndarray) -> float:
 
 
 def _block(labels: np.ndarray, preds: np.ndarray, metrics: tuple[str, ...]) -> dict:
+    """Metrics of the scored examples; ``None`` when there are none (a mean over nothing is no number,
+    NaN cannot be written as JSON, and sklearn raises on empty input)."""
     out = {"n": int(len(labels))}
-    out.update({m: compute(m, labels, preds) for m in metrics})
+    out.update({m: compute(m, labels, preds) if len(labels) else None for m in metrics})
     return out
 
 
@@ -31,7 +33,8 @@ def eval_set_metrics(eval_set: EvalSetDef, examples: list[Example], preds: np.nd
 
     ``preds`` holds -1 for examples that were not scored (e.g. longer than the model's window); they
     are left out and counted as ``n_unscored``.  Label slices carry accuracy only (the other metrics
-    are degenerate with one gold label).
+    are degenerate with one gold label).  With no example scored, ``all`` has ``n`` 0 and ``None``
+    metrics (the runner skips such a run).
     """
     labels = np.array([ex.label for ex in examples])
     scored = preds >= 0

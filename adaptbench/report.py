@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from . import plots
-from .aggregate import display_frame, summarize
+from .aggregate import UNSCORED_NOTE, display_frame, summarize
 from .results import read_results, to_frame
 
 
@@ -63,8 +63,11 @@ def make_report(results_dir: str, out_dir: str | None = None) -> Report:
 def markdown(report: Report, results_dir: str) -> str:
     lines = [f"# adaptbench report: {results_dir}", "",
              f"{report.n_records} runs; metrics are mean ± std over data seeds (n runs per row); costs are means "
-             "per run (adapt s: context encoding, teacher scoring or training; eval s: all eval sets).", ""]
+             "per run (adapt s: context encoding, teacher scoring or training; eval s: all eval sets, evaluation "
+             "points during training included).", ""]
     lines.append(report.table.to_markdown(index=False) if not report.table.empty else "_no finished runs_")
+    if _has_unscored(report):
+        lines += ["", UNSCORED_NOTE.replace("*", "\\*", 1)]
     if report.problems:
         lines += ["", "## Not included", ""] + [f"- {p}" for p in report.problems]
     return "\n".join(lines) + "\n"
@@ -84,6 +87,11 @@ def _img(path: str) -> str:
     return f'<img alt="{html.escape(os.path.basename(path))}" src="data:image/png;base64,{data}">'
 
 
+def _has_unscored(report: Report) -> bool:
+    """Whether some mean leaves out examples that did not fit: then the tables say so under them."""
+    return "unscored" in report.table.columns
+
+
 def html_page(report: Report, results_dir: str, figures: list[tuple[str, list[str]]]) -> str:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     table = (report.table.to_html(index=False, border=0, escape=True) if not report.table.empty
@@ -95,6 +103,8 @@ def html_page(report: Report, results_dir: str, figures: list[tuple[str, list[st
         f"generated {now}. Metrics: mean ± std over data seeds; costs: means per run.</p>",
         "<h2>Summary</h2>", table,
     ]
+    if _has_unscored(report):
+        parts.append(f'<p class="meta">{html.escape(UNSCORED_NOTE)}</p>')
     if figures:
         parts.append("<h2>Figures</h2>")
         for caption, paths in figures:

@@ -110,6 +110,11 @@ def flatten(spec: dict, prefix: str = "") -> dict:
 
 
 ADAPT_PHASES = ("encode_context", "load_teacher", "teacher", "setup", "train")
+EVAL_POINTS = "eval_points"  # evaluation during training: counted as evaluation, not as adaptation
+
+
+def _is_eval(phase: str) -> bool:
+    return phase.startswith("predict:") or phase == EVAL_POINTS
 
 
 def run_row(rec: dict) -> dict:
@@ -124,9 +129,9 @@ def run_row(rec: dict) -> dict:
         "trainable": spec.get("trainable"), "shots": spec["shots"], "data_seed": spec["data_seed"],
         "train_seed": spec.get("train_seed", 0),
         "adapt_seconds": sum(p["seconds"] for n, p in costs.items() if n in ADAPT_PHASES),
-        "eval_seconds": sum(p["seconds"] for n, p in costs.items() if n.startswith("predict:")),
+        "eval_seconds": sum(p["seconds"] for n, p in costs.items() if _is_eval(n)),
         "total_seconds": sum(p["seconds"] for p in costs.values()),
-        "run_seconds": sum(p["seconds"] for n, p in costs.items() if n in ADAPT_PHASES or n.startswith("predict:")),
+        "run_seconds": sum(p["seconds"] for n, p in costs.items() if n in ADAPT_PHASES or _is_eval(n)),
         "peak_memory_gib": max((p["peak_memory_bytes"] for p in costs.values()), default=0) / 2**30,
         "trainable_params": info.get("trainable_params"), "total_params": info.get("total_params"),
         **{f"spec.{k}": v for k, v in flatten(spec).items()},
@@ -152,9 +157,11 @@ def load_results(path: str) -> pd.DataFrame:
     """All records under ``path`` as a DataFrame: one row per run x eval set x slice.
 
     Columns: run_id, sweep, status, model, task, method, trainable, shots, data_seed, train_seed, costs
-    (adapt_seconds, eval_seconds, run_seconds = their sum, total_seconds = with model loading,
+    (adapt_seconds, eval_seconds -- evaluation points during training included --, run_seconds = their
+    sum, total_seconds = with model loading,
     peak_memory_gib, trainable_params, total_params), the
-    flattened spec (``spec.train.lr``, ...), eval_set, in_domain, slice, n, accuracy, mcc, f1, ...
+    flattened spec (``spec.train.lr``, ...), eval_set, in_domain, slice, n, n_unscored (``all`` slice:
+    examples left out of its metrics because they did not fit the window), accuracy, mcc, f1, ...
     Failed and skipped runs have one row with no eval set.
     """
     return to_frame(read_results(path).records)

@@ -13,11 +13,25 @@ def _gib(n: int | None) -> str:
 
 
 def _metric_text(metrics: dict) -> str:
-    """'acc 0.712 mcc 0.31' from an eval set's ``all`` slice."""
+    """'0.712* mcc 0.31' from an eval set's ``all`` slice; ``*``: some examples were not scored."""
     all_ = metrics.get("all", {})
-    parts = [f"{all_['accuracy']:.3f}"] if "accuracy" in all_ else []
-    parts += [f"{m} {all_[m]:.3f}" for m in ("mcc", "f1") if m in all_]
+    mark = "*" if all_.get("n_unscored") else ""
+    parts = [f"{all_['accuracy']:.3f}{mark}"] if all_.get("accuracy") is not None else []
+    parts += [f"{m} {all_[m]:.3f}" for m in ("mcc", "f1") if all_.get(m) is not None]
     return " ".join(parts) or "-"
+
+
+def _unscored_text(record: dict) -> str:
+    """'rte 3/100' for each eval set of the run with examples left out of its metrics (did not fit)."""
+    parts = []
+    for name, m in record.get("metrics", {}).items():
+        k = m.get("all", {}).get("n_unscored") or 0
+        if k:
+            parts.append(f"{name} {k}/{m['all']['n'] + k}")
+    return ", ".join(parts)
+
+
+UNSCORED_CAPTION = "* mean over fewer examples: k of n examples unscored (did not fit the window), see column unscored"
 
 
 def _task(spec: dict) -> str:
@@ -51,14 +65,20 @@ def run_table(records: list[dict], title: str = "") -> Table:
         table.add_column(col, no_wrap=True)
     for name in eval_names:  # numbers are never cut: rich shrinks the text columns first
         table.add_column(name, justify="right", no_wrap=True, min_width=5)
+    unscored = any(_unscored_text(r) for r in records)
+    if unscored:  # a mean over fewer examples than the eval set has must not pass unnoticed
+        table.add_column("unscored", no_wrap=True)
     table.add_column("s", justify="right", no_wrap=True, min_width=4)
     table.add_column("GiB", justify="right", no_wrap=True, min_width=4)
     table.caption = "eval set columns: accuracy ('all' slice; mcc/f1 where the task has them)"
+    if unscored:
+        table.caption += "\n" + UNSCORED_CAPTION
     for r in records:
         costs = r.get("costs", {})
         row = [r["run_id"][:8]] + [get(r["spec"]) for _, get in shown]
         row.append(f"[{STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]")
         row += [_metric_text(r["metrics"][n]) if n in r.get("metrics", {}) else "-" for n in eval_names]
+        row += [_unscored_text(r)] if unscored else []
         row += [f"{sum(p['seconds'] for p in costs.values()):.1f}",
                 _gib(max((p["peak_memory_bytes"] for p in costs.values()), default=0))]
         table.add_row(*row)

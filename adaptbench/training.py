@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -58,8 +57,7 @@ class TrainLog:
     epochs: float = 0.0
     tokens: int = 0  # real (unpadded) tokens of all forward passes
     padded_tokens: int = 0
-    eval_seconds: float = 0.0
-    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    losses: list[float] = field(default_factory=list)  # one per optimizer step: mean over its micro-batches
     distributed_type: str = "NO"  # accelerate's: NO, MULTI_GPU, MULTI_CPU, FSDP, DEEPSPEED
     processes: int = 1
     history: list[dict] = field(default_factory=list)  # evaluation points
@@ -119,6 +117,7 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
                           f"here (FSDP and DeepSpeed need GPUs); training is plain data-parallel")
     every = settings.eval_every if isinstance(settings.eval_every, int) else None
     last_eval = -1
+    step_loss = [0.0, 0]  # this rank's sum of example losses and examples over the step's micro-batches
     model.train()
     with progress("train", steps) as advance:
         epoch = 0
@@ -137,14 +136,16 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
                     opt.step()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
+                step_loss[0] += float(loss.detach()) * len(batch["target"])
+                step_loss[1] += len(batch["target"])
                 log.tokens += int(batch["n_tokens"])
                 log.padded_tokens += batch["inputs"]["input_ids"].numel()
                 if not acc.sync_gradients:
                     continue
                 log.steps += 1
                 log.epochs = epoch - 1 + (i + 1) / len(loader)
-                # the global batch's loss: each rank's loss is over its share of the batch
-                log.losses.append(float(acc.reduce(loss.detach(), reduction="mean")))
+                log.losses.append(_step_loss(acc, *step_loss))
+                step_loss = [0.0, 0]
                 advance(1)
                 if evaluate is not None and every and log.steps % every == 0:
                     last_eval = _evaluate(model, evaluate, log, sched)
@@ -167,9 +168,16 @@ def _finite_everywhere(loss: torch.Tensor, acc) -> bool:
     return bool(flags.min() > 0)
 
 
+def _step_loss(acc, loss_sum: float, n: int) -> float:
+    """The mean example loss of one optimizer step -- over all its micro-batches (each one's loss is a mean
+    over its examples, so it weighs by its size), not just the last one, and over every rank's share."""
+    total = acc.reduce(torch.tensor([loss_sum, float(n)], device=acc.device), reduction="sum")
+    return float(total[0] / total[1])
+
+
 def _evaluate(model: nn.Module, evaluate: Callable[[], dict], log: TrainLog, sched) -> int:
-    """One evaluation point: metrics from ``evaluate()`` plus the mean training loss since the last one."""
-    start = time.perf_counter()
+    """One evaluation point: metrics from ``evaluate()`` plus the mean training loss since the last one.
+    Its time and memory are not training's: ``evaluate`` accounts for them (see ``CostTracker.interval``)."""
     since = log.history[-1]["step"] if log.history else 0
     recent = log.losses[since:]
     model.eval()
@@ -179,5 +187,4 @@ def _evaluate(model: nn.Module, evaluate: Callable[[], dict], log: TrainLog, sch
     log.history.append({"step": log.steps, "epoch": round(log.epochs, 4),
                         "train_loss": sum(recent) / len(recent) if recent else None,
                         "lr": sched.get_last_lr()[0], "metrics": metrics})
-    log.eval_seconds += time.perf_counter() - start
     return log.steps

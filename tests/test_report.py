@@ -136,3 +136,44 @@ def test_corrupt_results_are_reported_not_fatal(sweep, tmp_path):
     assert "0123456789ab: no result.json" in text
     assert rep.n_records == 12  # the truncated line's run is recovered from its run folder
     assert make_report(str(tmp_path / "nothing-here")).problems
+
+
+def test_unscored_examples_are_shown_where_they_are_not_zero(sweep, tmp_path):
+    """A mean over fewer examples than the eval set has says so -- in summary.csv/.md, the HTML page and
+    the table printed after a run -- and tables without unscored examples stay as they were."""
+    from rich.console import Console
+
+    from adaptbench.summary import run_table
+
+    def text(table) -> str:
+        console = Console(width=250, record=True)
+        console.print(table)
+        return console.export_text()
+
+    copy = tmp_path / "t"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("report"))
+    recs = [json.loads(line) for line in (copy / "results.jsonl").read_text().splitlines()]
+    assert "unscored" not in text(run_table(recs))
+    rec = next(r for r in recs if r["spec"]["method"] == "icl" and r["spec"]["shots"] == 2)
+    rec["metrics"]["rte"]["all"].update(n=9, n_unscored=3)  # 3 of its 12 examples did not fit
+    rec["eval_sets"]["rte"]["n_unscored"] = 3
+    (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (copy / "runs" / rec["run_id"] / "result.json").write_text(json.dumps(rec) + "\n")
+
+    rep = make_report(str(copy))
+    summary = pd.read_csv(Path(rep.out_dir) / "summary.csv")
+    marked = (summary["method"] == "icl") & (summary["shots"] == 2)
+    assert list(summary.loc[marked, ["rte unscored", "rte examples"]].iloc[0]) == [3, 36]  # over its 3 runs
+    assert (summary.loc[~marked, "rte unscored"] == 0).all() and "hans unscored" not in summary
+    shown = rep.table.set_index(["method", "shots"])
+    assert shown.loc[("icl", 2), "unscored"] == "rte 3/36" and shown.loc[("icl", 2), "rte accuracy"].endswith("*")
+    assert shown.loc[("icl", 4), "unscored"] == "" and not shown.loc[("icl", 4), "rte accuracy"].endswith("*")
+    assert not shown.loc[("icl", 2), "hans accuracy"].endswith("*")
+    md = (Path(rep.out_dir) / "summary.md").read_text()
+    assert "rte 3/36" in md and "did not fit the model's window" in md
+    page = (Path(rep.out_dir) / "report.html").read_text()
+    assert "rte 3/36" in page and "did not fit the model&#x27;s window" in page
+
+    printed = text(run_table(recs))
+    accuracy = rec["metrics"]["rte"]["all"]["accuracy"]
+    assert f"{accuracy:.3f}*" in printed and "rte 3/12" in printed and "k of n examples unscored" in printed

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from adaptbench.cli import app
 
-from .conftest import write_config
+from .conftest import save_tiny_model, write_config
 
 runner = CliRunner()
 
@@ -114,6 +114,24 @@ def test_query_overflow_is_counted_not_cut(tmp_path, data_dir, short_window_mode
     assert rec["metrics"]["rte"]["all"]["n_unscored"] == unscored
     preds = [json.loads(line) for line in (tmp_path / "results/t/runs" / rec["run_id"] / "predictions.jsonl").open()]
     assert sum(p["pred"] is None for p in preds if p["eval_set"] == "rte") == unscored
+
+
+def test_no_query_fits_skips_the_run_and_resumes(tmp_path, data_dir, tokenizer, tiny_models):
+    """The context fits with no room for any query: the run is skipped with the reason -- not a NaN
+    accuracy, which the record writer refuses (the sweep crashed, and again on every resume)."""
+    (tmp_path / "measure").mkdir()
+    assert _run(tmp_path / "measure", data_dir, _config(tiny_models["opt"], seeds=1)).exit_code == 0
+    context = _records(tmp_path / "measure")[0]["method_info"]["context_tokens"]
+    tight = save_tiny_model("opt", tokenizer, tmp_path / "opt-tight", window=context + 1)
+    result = _run(tmp_path, data_dir, _config(tight, seeds=1))
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    assert rec["status"] == "skipped" and "skipped" in result.output
+    assert rec["reason"].startswith(f"no example of eval set 'rte' fits the model's window of {context + 1} tokens "
+                                    f"after the context of {context} tokens")
+    again = _run(tmp_path, data_dir, _config(tight, seeds=1))
+    assert again.exit_code == 0 and "1 already done, 0 to run" in again.output
+    assert _records(tmp_path) == [rec]
 
 
 def test_multi_token_verbalizer_fails_the_run_with_reason(tmp_path, data_dir, tiny_models):
