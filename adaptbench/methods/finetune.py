@@ -11,6 +11,7 @@ from .. import distributed
 from ..metrics import eval_set_metrics
 from ..saving import save_adapted
 from ..packing import packing_works
+from ..precision import autocast, check_master_weights
 from ..scoring import batched_logits
 from ..trainable import apply_policy
 from ..training import TrainItem, train
@@ -28,7 +29,7 @@ class FineTuneMethod(Method):
 
     def items(self, ctx: RunContext) -> list[TrainItem]:
         """Default: the run's sample, rendered as queries, with its gold labels."""
-        return [TrainItem(ctx.encoder.query_ids(ex, first=True), torch.tensor(ex.label)) for ex in ctx.sample]
+        return [TrainItem(ctx.encoder.query_ids(ex), torch.tensor(ex.label)) for ex in ctx.sample]
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, target)
@@ -41,6 +42,7 @@ class FineTuneMethod(Method):
             ctx.info.update(apply_policy(model, spec.trainable, lora=spec.lora, bitfit=spec.bitfit,
                                          freeze_embeddings=settings.freeze_embeddings))
             model.to(ctx.loaded.device)
+            check_master_weights(model)
         policy_settings = {"lora": spec.lora, "bitfit": spec.bitfit}.get(spec.trainable)
         if policy_settings is not None and policy_settings.lr is not None:
             settings = settings.model_copy(update={"lr": policy_settings.lr})
@@ -53,7 +55,7 @@ class FineTuneMethod(Method):
                         seed=spec.train_seed, device=ctx.loaded.device, evaluate=evaluator, progress=ctx.progress,
                         packed=packed)
             phase.tokens, phase.padded_tokens = log.tokens, log.padded_tokens
-            phase.extra.update(steps=log.steps, epochs=log.epochs, eval_seconds=round(log.eval_seconds, 3))
+            phase.extra.update(steps=log.steps, epochs=log.epochs)  # evaluation points: costs["eval_points"]
         ctx.info.update(train_examples=len(items), steps=log.steps, train_losses=[round(x, 5) for x in log.losses],
                         history=log.history, distributed_type=log.distributed_type, processes=log.processes)
         chosen = None
@@ -71,7 +73,12 @@ class FineTuneMethod(Method):
 
 
 class Evaluator:
-    """Scores every eval set at an evaluation point, keeps the logits, returns overall metrics."""
+    """Scores every eval set at an evaluation point, keeps the logits, returns overall metrics.
+
+    Evaluation points run in the middle of training; their time, peak memory and tokens go to a phase
+    of their own, ``eval_points``, and are left out of ``train``'s (so training costs are training's)."""
+
+    PHASE = "eval_points"
 
     def __init__(self, ctx: RunContext, model: nn.Module):
         self.ctx, self.model = ctx, model
@@ -79,10 +86,12 @@ class Evaluator:
 
     def __call__(self) -> dict:
         logits, metrics = {}, {}
-        for name, eval_set, examples in self.ctx.evals:
-            logits[name] = score_examples(self.ctx, self.model, examples)[0]
-            labels = logits[name].argmax(axis=1)
-            metrics[name] = eval_set_metrics(eval_set, examples, labels)["all"]
+        with self.ctx.costs.interval(self.PHASE) as phase:
+            phase.tokens = phase.padded_tokens = 0
+            for name, eval_set, examples in self.ctx.evals:
+                logits[name], tokens, padded = score_examples(self.ctx, self.model, examples)
+                phase.tokens, phase.padded_tokens = phase.tokens + tokens, phase.padded_tokens + padded
+                metrics[name] = eval_set_metrics(eval_set, examples, Predictions(logits[name]).labels)["all"]
         self.points.append(logits)
         return metrics
 
@@ -102,7 +111,7 @@ def select(history: list[dict], mode: str, in_domain: str) -> int:
 def score_examples(ctx: RunContext, model: nn.Module, examples, on_batch=None):
     """Task-model logits of every example (sharded over ranks under a multi-process launch)."""
     mine = distributed.shard(len(examples))
-    seqs = [ctx.encoder.query_ids(examples[i], first=True) for i in mine]
+    seqs = [ctx.encoder.query_ids(examples[i]) for i in mine]
     bs = ctx.runtime.batch_size if ctx.runtime.batch_size != "auto" else 16
     logits, tokens, padded = batched_logits(model, seqs, ctx.loaded.tokenizer.pad_token_id, ctx.loaded.device, bs,
                                             on_batch)
@@ -116,6 +125,7 @@ class FineTunedPredictor:
     def predict(self, examples, name: str) -> Predictions:
         if self.stored is not None:  # scored at the selected evaluation point during training
             return Predictions(self.stored[name])
-        with self.ctx.progress(f"{self.ctx.spec.method} {name}", len(examples)) as advance:
+        with self.ctx.progress(f"{self.ctx.spec.method} {name}", len(examples)) as advance, \
+                autocast(self.ctx.loaded.device, self.ctx.spec.train.mixed_precision):  # as in training
             logits, tokens, padded = score_examples(self.ctx, self.model, examples, advance)
         return Predictions(logits, None, tokens, padded)
