@@ -22,9 +22,12 @@ from pydantic import (BaseModel, Discriminator, Field, NonNegativeInt, PositiveI
                       ValidationError, field_validator, model_validator)
 
 from .errors import ConfigError
-from .settings import BitfitSettings, CDSettings, ICLSettings, LoraSettings, ModelSpec, Strict, TrainSettings
+from .settings import (SWEEP_PRESETS, BitfitSettings, CDSettings, ICLSettings, LoraSettings, ModelSpec, PBFTSettings,
+                       Strict, TrainSettings, VanillaSettings)
 
-SPEC_VERSION = 1  # bump when the meaning of a spec field changes, so old run ids are not reused
+# Bump when the meaning of a spec field changes, so old run ids are not reused.
+# 2: prompts tokenised as one text; pbft/vanilla settings blocks; float32 master weights in training.
+SPEC_VERSION = 2
 
 
 class PromptSpec(Strict):
@@ -106,6 +109,8 @@ class RunSpec(Strict):
     bitfit: BitfitSettings | None = None
     icl: ICLSettings | None = None
     cd: CDSettings | None = None
+    pbft: PBFTSettings | None = None
+    vanilla: VanillaSettings | None = None
 
     @property
     def task_name(self) -> str:
@@ -134,6 +139,9 @@ def _seed_list(v: Any) -> Any:
 
 
 class SweepConfig(Strict):
+    preset: Literal["reference", "adaptbench"] | None = Field(
+        None, description="reference: the reference study's choices for every setting left unset (train preset, "
+                          "pbft.loss: vocab, vanilla.head: mlp, minimal prompt); adaptbench: adaptbench's defaults")
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="results go to <output_dir>/<name>/")
     output_dir: str = "results"
     model: list[ModelSpec] = Field(min_length=1)
@@ -152,6 +160,8 @@ class SweepConfig(Strict):
     bitfit: BitfitSettings = BitfitSettings()
     icl: ICLSettings = ICLSettings()
     cd: CDSettings = CDSettings()
+    pbft: PBFTSettings = PBFTSettings()
+    vanilla: VanillaSettings = VanillaSettings()
     grid: dict[str, list[Any]] = Field(default_factory=dict,
                                        description="dotted setting -> list of values to sweep over")
     runtime: RuntimeOptions = RuntimeOptions()
@@ -204,6 +214,7 @@ def expand(raw: dict, source: str = "<config>") -> tuple[SweepConfig, list[RunSp
     sweep, runs = None, []
     for i, block in enumerate(blocks):
         where = f"{source} (include[{i}])" if includes is not None else source
+        block = _with_preset(block, where)
         for variant in _grid_variants(block, where):
             sweep_i = _validate(SweepConfig, variant, where)
             sweep = sweep or sweep_i
@@ -212,6 +223,16 @@ def expand(raw: dict, source: str = "<config>") -> tuple[SweepConfig, list[RunSp
     for r in runs:
         seen.setdefault(r.run_id, r)
     return sweep, list(seen.values())
+
+
+def _with_preset(block: dict, source: str) -> dict:
+    """The block on top of its sweep preset's settings (``preset: reference``): the block's own values win."""
+    name = block.get("preset")
+    if name is None:
+        return block
+    if name not in SWEEP_PRESETS:
+        raise ConfigError(f"{source}: preset {name!r} is unknown (presets: {', '.join(SWEEP_PRESETS)})")
+    return _merge(SWEEP_PRESETS[name], block)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -257,7 +278,7 @@ def _cells(sweep: SweepConfig, source: str) -> list[RunSpec]:
                     spec["lora"] = sweep.lora
                 if trainable == "bitfit":
                     spec["bitfit"] = sweep.bitfit
-                if method in ("icl", "cd"):
+                if method in ("icl", "cd", "pbft", "vanilla"):
                     spec[method] = getattr(sweep, method)
                 out.append(_validate(RunSpec, spec, source))
     return out

@@ -99,6 +99,34 @@ class BitfitSettings(Strict):
                                                 "biases to the attention and MLP projections and train those")
 
 
+class PBFTSettings(Strict):
+    """Pattern-based fine-tuning."""
+
+    loss: Literal["verbalizer", "vocab"] = Field(
+        "verbalizer", description="verbalizer: cross-entropy over the verbalizer tokens' logits (the classes the "
+                                  "prediction chooses between); vocab: over the whole vocabulary with the gold "
+                                  "verbalizer token as target, as the reference study (its OPTWithLMClassifier)")
+
+
+class VanillaSettings(Strict):
+    """Vanilla fine-tuning's new classification head."""
+
+    head: Literal["linear", "mlp"] = Field(
+        "linear", description="linear: one layer on the last token's hidden state; mlp: dense -> ReLU -> dropout "
+                              "-> output, the reference study's default ClassificationHead")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout inside the mlp head (the reference: OPT's 0.1)")
+
+
+# Sweep presets fill the settings a config leaves unset (a config's own values win).  "reference" is the
+# reference study's choices (Mosbach et al., 2023; uds-lsv/llmft) wherever adaptbench offers them; what
+# it cannot reproduce is listed in the README ("Where adaptbench differs from the reference").
+SWEEP_PRESETS: dict[str, dict] = {
+    "reference": {"train": {"preset": "reference"}, "pbft": {"loss": "vocab"}, "vanilla": {"head": "mlp"},
+                  "prompt": "minimal"},
+    "adaptbench": {},
+}
+
+
 class CDSettings(Strict):
     """Context distillation: a teacher with the context, a student without it."""
 

@@ -1,10 +1,16 @@
 """Pattern-based fine-tuning (PBFT): train the LM to put its mass on the right verbalizer token.
 
-The input is the task pattern without demonstrations; the loss is cross-entropy over the verbalizer
-tokens' logits at the answer position, computed from the last hidden state and the LM-head rows of
-those tokens only -- no full-vocabulary logits for every position (Schick & Schuetze, 2021; the
-"pattern-verbalizer fine-tuning" of the reference study).  Prediction as in ICL: argmax over the
-verbalizer tokens.
+The input is the task pattern without demonstrations (Schick & Schuetze, 2021; the "pattern-verbalizer
+fine-tuning" of the reference study).  ``pbft.loss``:
+
+- ``verbalizer`` (default): cross-entropy over the verbalizer tokens' logits at the answer position,
+  from the last hidden state and the LM-head rows of those tokens only.  The loss is over the classes
+  the prediction chooses between, and no gradient is spent pushing down 50k other tokens.
+- ``vocab``: cross-entropy over the whole vocabulary with the gold verbalizer token as target, as the
+  reference code's ``OPTWithLMClassifier``.  Computed at the answer position only: one row of logits per
+  example (hidden state times the whole LM head), never logits for every position.
+
+Prediction either way as in ICL: argmax over the verbalizer tokens.
 """
 
 from __future__ import annotations
@@ -42,7 +48,17 @@ class VerbalizerModel(nn.Module):
 @register
 class PBFT(FineTuneMethod):
     name = "pbft"
-    description = "pattern-based fine-tuning: LM head + verbalizer tokens, loss over the verbalizers only"
+    description = "pattern-based fine-tuning: LM head + verbalizer tokens (loss over the verbalizers or the vocabulary)"
 
     def build(self, ctx: RunContext) -> nn.Module:
-        return VerbalizerModel(ctx.loaded.model, ctx.encoder.label_token_ids)
+        self.vocab_loss = ctx.spec.pbft is not None and ctx.spec.pbft.loss == "vocab"
+        ctx.info["pbft_loss"] = "vocab" if self.vocab_loss else "verbalizer"
+        self.label_ids = torch.tensor(ctx.encoder.label_token_ids, device=ctx.loaded.device)
+        return VerbalizerModel(ctx.loaded.model, ctx.encoder.label_token_ids, vocab_in_training=self.vocab_loss)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy; under ``pbft.loss: vocab`` the logits cover the vocabulary and the target is the
+        gold label's verbalizer token."""
+        if self.vocab_loss:
+            return nn.functional.cross_entropy(logits, self.label_ids.to(logits.device)[target])
+        return nn.functional.cross_entropy(logits, target)
