@@ -193,3 +193,30 @@ def test_unavailable_device_fails_the_run_not_the_sweep(tmp_path, data_dir, tiny
     result = _run(tmp_path, data_dir, text)
     assert result.exit_code == 1
     assert {r["reason"] for r in _records(tmp_path)} == {"model.device is 'cuda' but CUDA is not available on this machine"}
+
+
+def test_fine_tuning_leaves_too_long_inputs_unscored_and_untrained(tmp_path, data_dir, tokenizer):
+    """PBFT on a model whose window only some RTE examples fit: the others are counted (n_unscored,
+    train_dropped_too_long), never truncated and never a crash."""
+    from adaptbench.prompts import PromptEncoder
+    from adaptbench.tasks import eval_examples, get_task, train_pool
+    from adaptbench.resolve import resolve_prompt
+    from adaptbench.config import PromptSpec
+    from adaptbench.sampling import few_shot_sample
+
+    task = get_task("rte")
+    enc = PromptEncoder(tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
+    sample = few_shot_sample(train_pool(task, data_dir), 8, seed=0, n_labels=2)
+    evals, _ = eval_examples(task.validation, data_dir, max_examples=12, seed=0)
+    lengths = sorted(len(enc.query_ids(ex)) for ex in sample + evals)
+    window = lengths[len(lengths) // 2]
+    model = save_tiny_model("opt", tokenizer, tmp_path / "opt-short", window=window)
+    text = _config(model, "method: pbft\ntrainable: full\ntrain: {max_steps: 2, batch_size: 4}\n", seeds=1)
+    result = _run(tmp_path, data_dir, text.replace("shots: 4", "shots: 8"))
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    assert rec["status"] == "ok", rec.get("reason")
+    too_long = sum(len(enc.query_ids(ex)) > window for ex in evals)
+    assert 0 < too_long < len(evals)
+    assert rec["metrics"]["rte"]["all"]["n_unscored"] == too_long == rec["eval_sets"]["rte"]["n_unscored"]
+    assert rec["method_info"]["train_dropped_too_long"] == sum(len(enc.query_ids(ex)) > window for ex in sample)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import distributed
+from ..errors import RunSkipped
 from ..metrics import eval_set_metrics
 from ..saving import save_adapted
 from ..packing import packing_works
@@ -37,6 +38,7 @@ class FineTuneMethod(Method):
     def fit(self, ctx: RunContext) -> FineTunedPredictor:
         spec, settings = ctx.spec, ctx.spec.train
         items = self.items(ctx)  # before the model is touched (context distillation scores with it)
+        items = self._fitting(ctx, items)
         with ctx.costs.phase("setup"):
             model = self.build(ctx)
             ctx.info.update(apply_policy(model, spec.trainable, lora=spec.lora, bitfit=spec.bitfit,
@@ -67,6 +69,16 @@ class FineTuneMethod(Method):
             ctx.info["saved"] = save_adapted(model, spec.trainable, ctx.out_dir, ctx.loaded.tokenizer)
         stored = evaluator.points[chosen] if evaluator is not None else None
         return self.predictor(ctx, model, stored)
+
+    @staticmethod
+    def _fitting(ctx: RunContext, items: list[TrainItem]) -> list[TrainItem]:
+        """The training inputs that fit the model's window (the others are counted, never truncated)."""
+        kept = [it for it in items if len(it.input_ids) <= ctx.loaded.window]
+        ctx.info["train_dropped_too_long"] = len(items) - len(kept)
+        if not kept:
+            raise RunSkipped(f"none of the {len(items)} training inputs fits the model's window of "
+                             f"{ctx.loaded.window} tokens (no truncation is done)")
+        return kept
 
     def predictor(self, ctx: RunContext, model: nn.Module, stored) -> FineTunedPredictor:
         return FineTunedPredictor(ctx, model, stored)
@@ -109,12 +121,17 @@ def select(history: list[dict], mode: str, in_domain: str) -> int:
 
 
 def score_examples(ctx: RunContext, model: nn.Module, examples, on_batch=None):
-    """Task-model logits of every example (sharded over ranks under a multi-process launch)."""
+    """Task-model logits of every example (sharded over ranks under a multi-process launch); an example
+    longer than the model's window is left unscored (NaN row, counted as ``n_unscored``), never cut."""
     mine = distributed.shard(len(examples))
     seqs = [ctx.encoder.query_ids(examples[i]) for i in mine]
-    bs = ctx.runtime.batch_size if ctx.runtime.batch_size != "auto" else 16
-    logits, tokens, padded = batched_logits(model, seqs, ctx.loaded.tokenizer.pad_token_id, ctx.loaded.device, bs,
-                                            on_batch)
+    fits = [j for j, seq in enumerate(seqs) if len(seq) <= ctx.loaded.window]
+    logits = np.full((len(mine), len(ctx.task.labels.names)), np.nan, dtype=np.float32)
+    tokens = padded = 0
+    if fits:
+        bs = ctx.runtime.batch_size if ctx.runtime.batch_size != "auto" else 16
+        logits[fits], tokens, padded = batched_logits(model, [seqs[j] for j in fits], ctx.loaded.tokenizer.pad_token_id,
+                                                      ctx.loaded.device, bs, on_batch)
     return (distributed.gather_rows(mine, logits, len(examples)), *distributed.sum_over_ranks(tokens, padded))
 
 
