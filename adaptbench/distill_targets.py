@@ -95,6 +95,18 @@ class CompactTargets:
         return (self.k * (self.ids.element_size() + self.logprobs.element_size())
                 + self.rest.element_size())
 
+    def rows(self, start: int, stop: int) -> CompactTargets:
+        """Positions ``start:stop`` (one input's block of a concatenation)."""
+        return CompactTargets(self.ids[start:stop], self.logprobs[start:stop], self.rest[start:stop],
+                              self.vocab_size, self.requested_k, self.metadata)
+
+    @classmethod
+    def cat(cls, parts: list[CompactTargets]) -> CompactTargets:
+        """The positions of several target blocks, one after the other."""
+        first = parts[0]
+        return cls(torch.cat([p.ids for p in parts]), torch.cat([p.logprobs for p in parts]),
+                   torch.cat([p.rest for p in parts]), first.vocab_size, first.requested_k, first.metadata)
+
     def save(self, path: str, metadata: dict | None = None) -> None:
         """Write the targets to a safetensors file, atomically (a killed run leaves no half file).
 

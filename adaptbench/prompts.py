@@ -145,6 +145,10 @@ class PromptEncoder:
                 return full[:i]
         return []
 
+    def text_ids(self, text: str) -> list[int]:
+        """The text's tokens alone, without start tokens (an input appended to a context's tokens)."""
+        return self._ids(text)
+
     def encode(self, text: str) -> list[int]:
         """Token ids of a whole sequence: the start tokens, then the text (== ``tokenizer(text)`` for a
         decoder's tokenizer, minus any end-of-sequence token: the answer follows the text)."""

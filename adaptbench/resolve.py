@@ -12,7 +12,7 @@ from .config import EvalSetSpec, PromptSpec, RunSpec, RuntimeOptions
 from .errors import DataError, PromptError
 from .prompts import Prompt, check_prompt, preset
 from .tasks import build_user_task, eval_examples, get_eval_set, get_task, resolve_data_dir, train_pool
-from .tasks.schema import EvalSetDef, Example, TaskDef
+from .tasks.schema import DatasetDef, EvalSetDef, Example, LabelScheme, TaskDef
 
 
 def resolve_task(run: RunSpec, config_dir: str) -> tuple[TaskDef, dict[str, EvalSetDef]]:
@@ -94,7 +94,18 @@ class RunInputs:
     unavailable: dict[str, str]  # default eval sets that could not be loaded -> why
 
 
+# ``task: none``: a run with no classification data -- context distillation onto a file of inputs
+# (cd.inputs), judged by what the student recovered of the context's effect, not by accuracy.
+NO_TASK = TaskDef("none", DatasetDef("none", ("text",), (), ()), "train", "validation",
+                  LabelScheme((), (), "none"), "text", metrics=(), description="no task: text inputs only")
+
+
 def load_inputs(run: RunSpec, runtime: RuntimeOptions, config_dir: str) -> RunInputs:
+    if run.task == "none":
+        if run.method != "cd" or run.cd is None or run.cd.target != "sequence":
+            raise DataError("task: none is for context distillation onto text inputs (method: cd, cd.target: "
+                            "sequence, cd.inputs: FILE); every other method needs a task")
+        return RunInputs(NO_TASK, Prompt("", separator="\n\n"), [], [], {})
     task, extra = resolve_task(run, config_dir)
     prompt = resolve_prompt(run.prompt, task)
     data_dir = resolve_data_dir(runtime.data_dir)

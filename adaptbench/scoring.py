@@ -133,26 +133,28 @@ class _PrefixLayer(DynamicLayer):
 class PrefixCache:
     """Keys/values of a prefix encoded once (batch 1), reusable for any number of query batches."""
 
-    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int):
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int,
+                 last_hidden: torch.Tensor | None = None):
         self.layers = layers
         self.length = length
+        self.last_hidden = last_hidden  # (hidden,): the final hidden state at the prefix's last token
 
     @classmethod
     def encode(cls, parts: LMParts, prefix_ids: Sequence[int]) -> PrefixCache:
         ids = torch.tensor([list(prefix_ids)], device=parts.device)
         cache = DynamicCache()
         with torch.inference_mode():
-            parts.backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
-                           **{parts.cache_kwarg: cache})
+            out = parts.backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                                 **{parts.cache_kwarg: cache})
         layers = [(layer.keys, layer.values) for layer in cache.layers]
-        return cls(layers, len(prefix_ids))
+        return cls(layers, len(prefix_ids), out.last_hidden_state[0, -1])
 
     def truncated(self, length: int) -> PrefixCache:
         """The cache of the first ``length`` tokens: causal attention makes a position's keys/values
         depend only on the tokens up to it, so a slice is exactly the shorter prefix's cache."""
         if length >= self.length:
             return self
-        return PrefixCache([(k[..., :length, :], v[..., :length, :]) for k, v in self.layers], length)
+        return PrefixCache([(k[..., :length, :], v[..., :length, :]) for k, v in self.layers], length)  # no last_hidden
 
     def for_batch(self, batch_size: int) -> Cache:
         return Cache(layers=[_PrefixLayer(k, v, batch_size) for k, v in self.layers])
@@ -187,9 +189,9 @@ def last_hidden(parts: LMParts, ids: torch.Tensor, mask: torch.Tensor, ends: tor
     return hidden.last_hidden_state[ends[:, 0], ends[:, 1]]
 
 
-def answer_hidden(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
-                  prefix: PrefixCache | None = None) -> torch.Tensor:
-    """Final hidden state at the last real token of each sequence, (batch, hidden).
+def _hidden_states(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
+                   prefix: PrefixCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states of right-padded sequences (batch, width, hidden) and their 2D mask.
 
     With ``prefix``, the sequences are continuations of the cached prefix: positions start at the
     prefix length and the attention mask covers prefix + sequence.
@@ -197,12 +199,28 @@ def answer_hidden(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
     ids, mask = pad_right(seqs, pad_id)
     ids, mask = ids.to(parts.device), mask.to(parts.device)
     if prefix is None:
-        return last_hidden(parts, ids, mask, use_cache=False)
+        return parts.backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state, mask
     offset = prefix.length
     full_mask = torch.cat([mask.new_ones(len(seqs), offset), mask], dim=1)
     positions = torch.arange(offset, offset + ids.shape[1], device=parts.device).expand(len(seqs), -1)
-    return last_hidden(parts, ids, mask, attention_mask=full_mask, position_ids=positions, use_cache=True,
-                       **{parts.cache_kwarg: prefix.for_batch(len(seqs))})
+    out = parts.backbone(input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
+                         **{parts.cache_kwarg: prefix.for_batch(len(seqs))})
+    return out.last_hidden_state, mask
+
+
+def answer_hidden(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
+                  prefix: PrefixCache | None = None) -> torch.Tensor:
+    """Final hidden state at the last real token of each sequence, (batch, hidden)."""
+    hidden, mask = _hidden_states(parts, seqs, pad_id, prefix)
+    return hidden[torch.arange(len(seqs), device=hidden.device), mask.sum(dim=1) - 1]
+
+
+def sequence_hidden(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
+                    prefix: PrefixCache | None = None) -> list[torch.Tensor]:
+    """Final hidden states at every position of each sequence: a list of (len_i, hidden) tensors
+    (sequence-level context distillation needs the distribution after every token, not one answer)."""
+    hidden, mask = _hidden_states(parts, seqs, pad_id, prefix)
+    return [hidden[i, : len(s)] for i, s in enumerate(seqs)]
 
 
 def batched_logits(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device,

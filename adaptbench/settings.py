@@ -133,12 +133,25 @@ class CDSettings(Strict):
     teacher: ModelSpec | None = Field(None, description="teacher model; default: the student's model. May be "
                                                         "larger, or of another family with another tokenizer")
     context: str = Field("demonstrations", description="demonstrations (the data seed's k-shot sample, as "
-                                                       "in ICL) or file:PATH (any text put before every query)")
+                                                       "in ICL), file:PATH (any text: a document, a code file) "
+                                                       "or chat:PATH (a conversation, JSONL of role/content turns)")
     unlabeled: NonNegativeInt = Field(0, description="extra inputs from the train pool (not the context's), "
                                                       "distilled without gold labels")
-    target: Literal["labels", "vocab"] = Field(
-        "labels", description="labels: the verbalizer distribution (works across tokenizers); vocab: the full "
-                              "next-token distribution at the answer position (same tokenizer only)")
+    target: Literal["labels", "vocab", "sequence"] = Field(
+        "labels", description="labels: the verbalizer distribution at the answer position (works across "
+                              "tokenizers); vocab: the full next-token distribution there; sequence: the full "
+                              "next-token distribution at every token of every input (Askell et al., 2021)")
+    inputs: str | None = Field(None, description="sequence targets: a .jsonl (text field, or chat turns whose "
+                                                 "user turns are the inputs) or .txt (one paragraph each) file "
+                                                 "of inputs; default: the task's few-shot sample and unlabeled "
+                                                 "inputs")
+    held_out: PositiveFloat | PositiveInt = Field(0.2, description="share (0 < f < 1) or number of cd.inputs "
+                                                                   "held out to measure what the student recovered")
+    top_k: PositiveInt = Field(128, description="sequence targets: the teacher's top-k log-probabilities per "
+                                                "position plus one bucket for the rest of the mass")
+    generations: NonNegativeInt = Field(2, description="held-out inputs continued greedily by the base model, "
+                                                       "the teacher and the student, side by side in the record")
+    max_new_tokens: PositiveInt = Field(32, description="length of those generations")
     alpha: float = Field(1.0, ge=0.0, le=1.0, description="loss = alpha * T^2 * KL + (1 - alpha) * CE(gold)")
     temperature: PositiveFloat = Field(1.0, description="softens teacher and student distributions in the KL")
     teacher_cache: bool = Field(True, description="score the teacher once before training (then free it); "

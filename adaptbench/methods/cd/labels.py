@@ -1,0 +1,100 @@
+"""Context distillation onto the answer position: the teacher's verbalizer (or vocabulary) distribution.
+
+The teacher reads a context -- the data seed's k demonstrations, a text file or a conversation --
+followed by each distillation input, and gives its distribution over the verbalizer tokens
+(``cd.target: labels``, works across tokenizers) or over the whole vocabulary (``cd.target: vocab``)
+at the answer position.  No labelled input is scored by a teacher that has it among its
+demonstrations: each gets a leave-one-out context (the other k - 1 demonstrations); unlabelled inputs
+share the full context.  Context and input are tokenised as one text; the tokens every input of a
+context shares with it are encoded once (KV cache).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...contexts import parse_context_setting
+from ...errors import ConfigError, RunSkipped
+from ...prompts import PromptEncoder
+from ...scoring import PrefixCache, lm_parts, log_softmax, prefix_cache_unsupported, score
+from ..base import RunContext
+from .context import context_text
+
+
+class Teacher:
+    """A teacher model with its own tokenizer, the contexts it reads, and the inputs it scores."""
+
+    def __init__(self, ctx: RunContext, loaded, inputs: list, n_labelled: int):
+        settings = ctx.spec.cd
+        self.loaded = loaded
+        self.encoder = PromptEncoder(loaded.tokenizer, ctx.encoder.prompt, ctx.task.labels.names)
+        self.parts = lm_parts(loaded.model)
+        self.cache_ok = prefix_cache_unsupported(loaded.model.config) is None  # no KV reuse with sliding windows
+        self.temperature = settings.temperature
+        self.vocab = settings.target == "vocab"
+        source = parse_context_setting(settings.context, ctx.config_dir)
+        if source.kind == "demonstrations":
+            sample = ctx.sample
+            # labelled input i (== sample[i]) gets the context without itself
+            keys = [("loo", i) for i in range(n_labelled)] + [("full", 0)] * (len(inputs) - n_labelled)
+            texts = {("full", 0): self.encoder.context_text(sample)}
+            texts.update({("loo", i): self.encoder.context_text(sample[:i] + sample[i + 1:]) for i in range(n_labelled)})
+        else:
+            texts = {("full", 0): context_text(source, ctx, loaded.tokenizer)[0]}
+            keys = [("full", 0)] * len(inputs)
+        self.texts = texts
+        self.contexts = {key: self.encoder.encode(text) if text else [] for key, text in texts.items()}
+        window = loaded.window
+        if len(self.contexts[("full", 0)]) >= window:
+            raise RunSkipped(f"the teacher's context is {len(self.contexts[('full', 0)])} tokens; its window is "
+                             f"{window} tokens (no truncation is done)")
+        self.keys = keys
+        self.queries: list[list[int]] = [[] for _ in inputs]
+        self.shared: dict = {}  # context key -> tokens its inputs share with it (the cacheable prefix)
+        for key, text in texts.items():  # context + input tokenised as one text, per context
+            members = [i for i, k in enumerate(keys) if k == key]
+            self.shared[key], suffixes = self.encoder.continuations(
+                text, self.contexts[key], [self.encoder.prompt.query(inputs[i]) for i in members])
+            for i, suffix in zip(members, suffixes):
+                self.queries[i] = suffix
+        self.fits = [self.shared[k] + len(q) <= window for k, q in zip(keys, self.queries)]
+
+    def prefix_cache(self, prefix: list[int]) -> PrefixCache | None:
+        """The prefix's KV cache where the model allows one (else scoring joins prefix and query)."""
+        return PrefixCache.encode(self.parts, prefix) if prefix and self.cache_ok else None
+
+    def _distribution(self, s) -> np.ndarray:
+        return np.exp(log_softmax((s.vocab if self.vocab else s.logits) / self.temperature))
+
+    def targets(self, indices: list[int], cached: bool, progress=None) -> np.ndarray:
+        """Teacher distributions of the inputs ``indices``, grouped by context (one prefix per group)."""
+        n_out = self.parts.vocab_size if self.vocab else len(self.encoder.label_token_ids)
+        out = np.zeros((len(indices), n_out), dtype=np.float32)
+        groups: dict = {}
+        for pos, i in enumerate(indices):
+            groups.setdefault(self.keys[i], []).append(pos)
+        pad = self.loaded.tokenizer.pad_token_id
+        for key, positions in groups.items():
+            prefix = self.contexts[key][:self.shared[key]]
+            queries = [self.queries[indices[p]] for p in positions]
+            cache = self.prefix_cache(prefix) if cached else None
+            s = score(self.parts, queries, self.encoder.label_token_ids, pad, prefix_ids=prefix, prefix_cache=cache,
+                      batch_size=8, full_vocab=self.vocab, on_batch=progress)
+            out[positions] = self._distribution(s)
+        return out
+
+
+def check_vocab_target(ctx: RunContext, teacher_tokenizer) -> None:
+    if ctx.spec.cd.target == "vocab" and teacher_tokenizer.get_vocab() != ctx.loaded.tokenizer.get_vocab():
+        raise ConfigError(f"cd.target: vocab needs teacher and student to share one tokenizer; the teacher's "
+                          f"vocabulary ({len(teacher_tokenizer)} tokens) differs from the student's "
+                          f"({len(ctx.loaded.tokenizer)}): use cd.target: labels, which works across tokenizers")
+
+
+def check_same_tokenizer(ctx: RunContext, teacher_tokenizer) -> None:
+    """cd.target vocab and sequence compare distributions token by token: one tokenizer for both."""
+    target = ctx.spec.cd.target
+    if target in ("vocab", "sequence") and teacher_tokenizer.get_vocab() != ctx.loaded.tokenizer.get_vocab():
+        raise ConfigError(f"cd.target: {target} needs teacher and student to share one tokenizer; the teacher's "
+                          f"vocabulary ({len(teacher_tokenizer)} tokens) differs from the student's "
+                          f"({len(ctx.loaded.tokenizer)}): use cd.target: labels, which works across tokenizers")

@@ -1,0 +1,186 @@
+"""Context distillation (CD): a student that never sees the context learns what the teacher does with it.
+
+The teacher (by default the student's own model, before training) reads a context -- the data seed's
+k demonstrations, a text file or a conversation -- followed by each distillation input; the student
+reads the input alone and learns the teacher's distribution, so at inference it needs no context
+(Askell et al., 2021; Snell et al., 2022).  ``cd.target``:
+
+- ``labels`` / ``vocab``: the distribution at the answer position of a classification prompt, over the
+  verbalizer tokens or the whole vocabulary (:mod:`.labels`); loss ``alpha * T^2 * KL + (1 - alpha) * CE(gold)``;
+- ``sequence``: the next-token distribution at every token of every input (:mod:`.sequence`), kept as
+  top-k targets; inputs from ``cd.inputs`` (split into distilled and held-out inputs) or the task's
+  examples; the run reports how much of the context's effect the student recovered on held-out inputs
+  (:mod:`.heldout`).
+
+By default the teacher's distributions are computed once, with the context's KV cache, and stored
+with the run; the teacher is freed before the student trains.  ``cd.teacher_cache: false`` (labels /
+vocab) scores a separate teacher online in every batch instead, to compare.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...config import RunSpec
+from ...errors import ConfigError
+from ...metrics import eval_set_metrics
+from ...sampling import unlabeled_sample
+from ...training import TrainItem
+from ..base import Predictions, RunContext, register
+from ..finetune import FineTunedPredictor, FineTuneMethod
+from ..icl import ICLPredictor
+from ..pbft import VerbalizerModel
+from .context import check_inputs
+from .labels import Teacher, check_same_tokenizer
+from .sequence import SequenceStudent
+from .sequence_run import SequenceDistillation
+
+
+@register
+class ContextDistillation(FineTuneMethod):
+    name = "cd"
+    description = "context distillation: a student without the context learns the teacher's distribution with it"
+
+    @classmethod
+    def preflight(cls, spec: RunSpec, config_dir: str) -> None:
+        check_inputs(spec, config_dir)
+        if spec.cd.target == "sequence" and not spec.cd.teacher_cache:
+            raise ConfigError("cd.teacher_cache: false (an online teacher) is for labels/vocab targets; sequence "
+                              "targets are always computed once with the context's KV cache")
+
+    def build(self, ctx: RunContext) -> nn.Module:
+        if self.sequence is not None:
+            return self.sequence.build(ctx)
+        return VerbalizerModel(ctx.loaded.model, ctx.encoder.label_token_ids,
+                               vocab_in_training=ctx.spec.cd.target == "vocab")
+
+    def items(self, ctx: RunContext) -> list[TrainItem]:
+        """Distillation inputs with their teacher distributions (cached), or with their index (online)."""
+        if self.sequence is not None:
+            return self.sequence.items(ctx, self._load_teacher(ctx))
+        extra = unlabeled_sample(ctx.pool, ctx.spec.cd.unlabeled, ctx.spec.data_seed, ctx.sample)
+        inputs = list(ctx.sample) + extra
+        gold = [ex.label for ex in ctx.sample] + [-1] * len(extra)
+        targets, keep = self._teacher(ctx, inputs, gold, n_unlabelled=len(extra))
+        queries = [ctx.encoder.query_ids(ex) for ex in inputs]
+        if targets is None:  # online: the loss asks the teacher for these inputs when it sees them
+            return [TrainItem(queries[i], torch.tensor([float(i), float(gold[i])])) for i in keep]
+        return [TrainItem(queries[i], torch.cat([torch.from_numpy(t), torch.tensor([float(gold[i])])]))
+                for t, i in zip(targets, keep)]
+
+    def _teacher(self, ctx: RunContext, inputs: list, gold: list[int], n_unlabelled: int):
+        """Score the inputs with the teacher once (returns the targets) or keep it for online scoring."""
+        settings = ctx.spec.cd
+        loaded = self._load_teacher(ctx)
+        with ctx.costs.phase("teacher") as phase:
+            check_same_tokenizer(ctx, loaded.tokenizer)
+            teacher = Teacher(ctx, loaded, inputs, len(ctx.sample))
+            keep = [i for i, ok in enumerate(teacher.fits) if ok]
+            ctx.info.update(teacher=loaded.source, teacher_dtype=str(loaded.dtype).replace("torch.", ""),
+                            context_tokens=len(teacher.contexts[("full", 0)]),
+                            leave_one_out=settings.context == "demonstrations", distill_labelled=len(ctx.sample),
+                            distill_unlabelled=n_unlabelled, distill_dropped=len(inputs) - len(keep))
+            if settings.teacher_eval:
+                self.teacher_preds = self._teacher_eval(ctx, teacher)
+            if not settings.teacher_cache:
+                self.online = teacher
+                return None, keep
+            with ctx.progress("teacher", len(keep)) as advance:
+                targets = teacher.targets(keep, cached=True, progress=advance)
+            phase.tokens = sum(len(teacher.queries[i]) for i in keep) + sum(map(len, teacher.contexts.values()))
+            self._save_targets(ctx, targets, keep, gold)
+        del teacher, loaded  # a separate teacher is freed before the student trains
+        gc.collect()
+        return targets, keep
+
+    def _load_teacher(self, ctx: RunContext):
+        """The teacher: the student's own model before training (nothing to load), or a model of its own."""
+        teacher_spec = ctx.spec.cd.teacher or ctx.spec.model
+        if ctx.spec.cd.teacher_cache and teacher_spec == ctx.spec.model:
+            return ctx.loaded
+        with ctx.costs.phase("load_teacher"):
+            return ctx.load_model(teacher_spec)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(gold), CE over inputs with a gold label."""
+        if self.sequence is not None:
+            return self.sequence.loss(logits, target)
+        settings = self.settings
+        gold = target[:, -1].long()
+        if self.online is not None:  # score the teacher now, for this batch
+            idx = target[:, 0].long().tolist()
+            with torch.no_grad():
+                probs = torch.from_numpy(self.online.targets(idx, cached=False)).to(logits.device)
+        else:
+            probs = target[:, :-1]
+        t = settings.temperature
+        kl = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=-1), probs, reduction="batchmean")
+        loss = settings.alpha * t * t * kl
+        has_gold = gold >= 0
+        if settings.alpha < 1 and has_gold.any():
+            # labels target: logits over the verbalizer tokens; vocab: over the vocabulary, gold = its token
+            gold_ids = self.label_ids[gold[has_gold]] if settings.target == "vocab" else gold[has_gold]
+            loss = loss + (1 - settings.alpha) * nn.functional.cross_entropy(logits[has_gold], gold_ids)
+        return loss
+
+    def fit(self, ctx: RunContext):
+        self.settings = ctx.spec.cd
+        self.label_ids = torch.tensor(ctx.encoder.label_token_ids, device=ctx.loaded.device)
+        self.teacher_preds = None
+        self.online = None
+        self.sequence = SequenceDistillation(ctx.spec.cd) if ctx.spec.cd.target == "sequence" else None
+        predictor = super().fit(ctx)
+        if self.sequence is not None:
+            self.sequence.evaluate(ctx, predictor.model)
+        if self.online is not None:
+            del self.online
+            self.online = None
+            gc.collect()
+        return predictor
+
+    def predictor(self, ctx: RunContext, model: nn.Module, stored) -> FineTunedPredictor:
+        return StudentPredictor(ctx, model, stored, self.teacher_preds)
+
+    def _teacher_eval(self, ctx: RunContext, teacher: Teacher) -> dict[str, np.ndarray]:
+        """The teacher's own ICL predictions (full context) on every eval set: a reference point."""
+        context = teacher.contexts[("full", 0)]
+        icl = ICLPredictor(teacher.loaded, teacher.encoder, teacher.texts[("full", 0)], context,
+                           teacher.prefix_cache(context),
+                           ctx.runtime.batch_size, ctx.progress, label="teacher")
+        preds = {name: icl.predict(examples, name).labels for name, _, examples in ctx.evals}
+        ctx.info["teacher_metrics"] = {name: eval_set_metrics(eval_set, examples, preds[name])
+                                       for name, eval_set, examples in ctx.evals}
+        return preds
+
+    def _save_targets(self, ctx: RunContext, targets: np.ndarray, keep: list[int], gold: list[int]) -> None:
+        if not ctx.out_dir:
+            return
+        from safetensors.numpy import save_file
+
+        os.makedirs(ctx.out_dir, exist_ok=True)
+        path = os.path.join(ctx.out_dir, "teacher_targets.safetensors")
+        save_file({"targets": targets, "input": np.array(keep), "gold": np.array([gold[i] for i in keep])}, path,
+                  metadata={"target": ctx.spec.cd.target, "temperature": str(ctx.spec.cd.temperature)})
+        ctx.info["teacher_targets"] = path
+
+
+class StudentPredictor(FineTunedPredictor):
+    """Predicts as PBFT; where the teacher was evaluated too, records how often the two agree."""
+
+    def __init__(self, ctx, model, stored, teacher_preds: dict[str, np.ndarray] | None):
+        super().__init__(ctx, model, stored)
+        self.teacher_preds = teacher_preds
+
+    def predict(self, examples, name: str) -> Predictions:
+        pred = super().predict(examples, name)
+        if self.teacher_preds is not None and name in self.teacher_preds:
+            student, teacher = pred.labels, self.teacher_preds[name]
+            both = (student >= 0) & (teacher >= 0)
+            self.ctx.info.setdefault("agreement", {})[name] = {
+                "n": int(both.sum()), "agreement": float((student[both] == teacher[both]).mean()) if both.any() else None}
+        return pred

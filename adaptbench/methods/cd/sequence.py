@@ -1,0 +1,118 @@
+"""Sequence-level context distillation: the teacher's next-token distribution at every token of an input.
+
+Askell et al. (2021) and Snell et al. (2022) distil a context C into the weights by minimising
+``KL(P(. | C, x<=j) || P_theta(. | x<=j))`` at every position j of a set of inputs X, not at one answer
+position.  The teacher reads C's tokens followed by the input's tokens; the student reads the input's
+tokens alone (after the tokenizer's start token).  Both see *the same input tokens*, so position j of
+the student lines up with position j of the teacher: the input is tokenised once, on its own, and
+appended to the context's tokens (the context's text ends at a separator or a turn boundary, where
+no token spans the seam).  The predictions compared are those of every input token and of the token
+after the input; with a start token (BOS) the student's first prediction is made at BOS, the
+teacher's at the context's last token.
+
+The teacher's distributions are computed once, with the context's KV cache (exactly as ICL scores),
+and kept as compact top-k targets (:mod:`adaptbench.distill_targets`); the teacher is then freed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ...distill_targets import CompactTargets, compact_kl, compress_topk
+from ...scoring import LMParts, PrefixCache, lm_parts, sequence_hidden, verbalizer_logits, vocab_logits
+
+CHUNK = 512  # positions per vocabulary-wide logits block (memory: CHUNK x vocab floats)
+
+
+def predicted_hidden(parts: LMParts, context_ids: Sequence[int], inputs: Sequence[Sequence[int]], has_start: bool,
+                     pad_id: int, cache: PrefixCache | None, batch_size: int = 4,
+                     on_batch: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+    """The teacher's final hidden states at the positions whose predictions are distilled, per input:
+    ``len(x) + 1`` rows with a start token (the context's last token, then every input token), else
+    ``len(x)``.  ``cache`` (the context's, with ``last_hidden``) runs only the input tokens; without it
+    context + input run as one sequence (the reference path the cache is tested against)."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(inputs)
+    n_ctx = len(context_ids)
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            if cache is not None:
+                hidden = sequence_hidden(parts, [inputs[i] for i in batch], pad_id, cache)
+                hidden = [torch.cat([cache.last_hidden[None], h]) if has_start else h for h in hidden]
+            else:
+                full = sequence_hidden(parts, [list(context_ids) + list(inputs[i]) for i in batch], pad_id)
+                hidden = [h[n_ctx - 1 if has_start else n_ctx:] for h in full]
+            for i, h in zip(batch, hidden):
+                out[i] = h.float().cpu()
+            if on_batch is not None:
+                on_batch(len(batch))
+    return out
+
+
+def distributions(parts: LMParts, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log-softmax(logits / T) over the vocabulary at each row of ``hidden`` (n, vocab), in float32."""
+    with torch.inference_mode():
+        return torch.log_softmax(vocab_logits(parts, hidden.to(parts.device)) / temperature, dim=-1).cpu()
+
+
+def compact_targets(parts: LMParts, hidden: list[torch.Tensor], temperature: float, top_k: int) -> CompactTargets:
+    """Every input's positions as one block of top-k targets (inputs one after the other)."""
+    blocks = []
+    for h in hidden:
+        for start in range(0, len(h), CHUNK):
+            blocks.append(compress_topk(distributions(parts, h[start:start + CHUNK], temperature), top_k))
+    return CompactTargets.cat(blocks)
+
+
+class SequenceStudent(nn.Module):
+    """The student: in training, the final hidden states at every real token of every example, flat
+    ``(n_tokens, hidden)`` in example order (the loss turns them into logits a block at a time, so no
+    logits tensor for every position of the batch exists at once); in evaluation, verbalizer logits at
+    the last token, as PBFT predicts (so classification eval sets score as usual)."""
+
+    def __init__(self, lm: nn.Module, token_ids: list[int]):
+        super().__init__()
+        self.lm = lm
+        self.head = None
+        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long), persistent=False)
+
+    def forward(self, input_ids, attention_mask, position_ids=None, ends=None) -> torch.Tensor:
+        parts = lm_parts(self.lm)
+        hidden = parts.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False).last_hidden_state
+        if ends is None:  # right-padded rows, one example each
+            lengths = attention_mask.sum(dim=1)
+            ends = torch.stack([torch.arange(len(lengths), device=lengths.device), lengths - 1], dim=1)
+        else:  # packed rows: positions restart at 0 in every example
+            lengths = position_ids[ends[:, 0], ends[:, 1]] + 1
+        if not self.training:
+            last = hidden[ends[:, 0], ends[:, 1]]
+            return verbalizer_logits(parts, last, self.token_ids) if len(self.token_ids) else last
+        return torch.cat([hidden[r, c - n + 1:c + 1] for (r, c), n in zip(ends.tolist(), lengths.tolist())])
+
+
+def sequence_loss(parts: LMParts, hidden: torch.Tensor, lengths: list[int], targets: list[CompactTargets],
+                  temperature: float) -> torch.Tensor:
+    """Mean over all distilled positions of ``T^2 * KL(teacher_T || student_T)``.
+
+    ``hidden``: the student's flat hidden states (examples one after the other, ``lengths`` rows each);
+    an example's last ``targets[i].n_positions`` rows are its distilled positions."""
+    total, count, row = hidden.new_zeros(()), 0, 0
+    for n, target in zip(lengths, targets):
+        block = hidden[row + n - target.n_positions: row + n]
+        for start in range(0, len(block), CHUNK):
+            part = target.rows(start, start + CHUNK)
+            total = total + compact_kl(vocab_logits(parts, block[start:start + CHUNK]), part, temperature).sum()
+        count += target.n_positions
+        row += n
+    return temperature ** 2 * total / max(count, 1)
+
+
+def answer_logits(parts: LMParts, hidden: torch.Tensor, lengths: list[int], token_ids: torch.Tensor) -> torch.Tensor:
+    """Verbalizer logits at each example's last token, from the flat hidden states (for a label loss)."""
+    ends = torch.tensor(lengths, device=hidden.device).cumsum(0) - 1
+    return verbalizer_logits(parts, hidden[ends], token_ids)

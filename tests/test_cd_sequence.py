@@ -1,0 +1,167 @@
+"""Sequence-level context distillation: the teacher's distribution at every token, distilled and measured."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from adaptbench.distill_targets import CompactTargets, compress_topk, full_kl
+from adaptbench.methods.cd.sequence import distributions, predicted_hidden, sequence_loss
+from adaptbench.models import load_model
+from adaptbench.scoring import PrefixCache, lm_parts, vocab_logits
+
+from .test_cd import other_tokenizer_model, sharp_llama  # noqa: F401  (fixtures)
+from .test_run import _records, _run
+
+CONTEXT = ("The committee met on Tuesday. It decided that every report must name its sources, that numbers are "
+           "measured and never assumed, and that a late report is better than a wrong one. ") * 3
+INPUTS = ["The report was late but right.", "A man is playing a guitar on the street.",
+          "Numbers must be measured.", "The meeting was on Tuesday.", "Sources were named in every report.",
+          "A woman reads a book in the park.", "The committee decided quickly.", "Wrong reports are worse.",
+          "Two dogs run across a field.", "Every number was checked twice."]
+
+
+@pytest.mark.parametrize("arch", ["opt", "llama", "gpt2"])
+def test_cached_teacher_equals_reencoding_the_context(tiny_models, tokenizer, arch):
+    """Targets from the context's KV cache == context + input run as one sequence, every position."""
+    loaded = load_model(tiny_models[arch])
+    parts, pad = lm_parts(loaded.model), loaded.tokenizer.pad_token_id
+    context = tokenizer(CONTEXT)["input_ids"]
+    inputs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in INPUTS[:5]]
+    for has_start in (True, False):
+        cached = predicted_hidden(parts, context, inputs, has_start, pad, PrefixCache.encode(parts, context),
+                                  batch_size=3)
+        full = predicted_hidden(parts, context, inputs, has_start, pad, None, batch_size=2)
+        for x, c, f in zip(inputs, cached, full):
+            assert len(c) == len(x) + has_start == len(f)
+            diff = (distributions(parts, c, 1.0) - distributions(parts, f, 1.0)).abs().max()
+            assert diff <= 1e-4, float(diff)
+
+
+def test_loss_with_top_k_of_the_whole_vocabulary_is_the_full_kl(tiny_models, tokenizer):
+    loaded = load_model(tiny_models["llama"])
+    parts = lm_parts(loaded.model)
+    torch.manual_seed(0)
+    teacher_h = [torch.randn(n, 64) for n in (5, 3)]
+    student_h = torch.randn(8, 64)
+    vocab = len(tokenizer)
+    targets = [compress_topk(distributions(parts, h, 2.0), vocab) for h in teacher_h]
+    loss = sequence_loss(parts, student_h, [5, 3], targets, 2.0)
+    with torch.no_grad():
+        teacher = torch.cat([distributions(parts, h, 2.0) for h in teacher_h])
+        expected = 4.0 * full_kl(teacher, vocab_logits(parts, student_h), 2.0).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+
+
+def _config(model: str, cd: str, extra: str = "") -> str:
+    return f"""# adaptbench run sweep.yaml
+name: t
+model: {model}
+task: none
+method: cd
+trainable: full
+shots: 0
+data_seeds: [0]
+cd: {{target: sequence, {cd}}}
+train: {{max_steps: 40, batch_size: 4, lr: 3.0e-3, warmup_ratio: 0.0, schedule: constant}}
+runtime: {{progress: false}}
+{extra}"""
+
+
+def _files(tmp_path, chat: bool = False):
+    (tmp_path / "context.txt").write_text(CONTEXT)
+    with open(tmp_path / "inputs.jsonl", "w") as f:
+        for text in INPUTS:
+            f.write(json.dumps({"role": "user", "content": text} if chat else {"text": text}) + "\n")
+    if chat:
+        with open(tmp_path / "chat.jsonl", "w") as f:
+            for role, content in (("system", "You are the committee's secretary."), ("user", "What was decided?"),
+                                  ("assistant", CONTEXT)):
+                f.write(json.dumps({"role": role, "content": content}) + "\n")
+
+
+def test_distilling_a_document_onto_text_inputs(tmp_path, data_dir, sharp_llama):  # noqa: F811
+    """task: none, a file context, text inputs: the student gets closer to the teacher on held-out
+    inputs it never trained on; the record holds the measures, the targets and the generations."""
+    _files(tmp_path)
+    cd = "context: 'file:context.txt', inputs: inputs.jsonl, held_out: 3, top_k: 64, max_new_tokens: 4"
+    result = _run(tmp_path, data_dir, _config(sharp_llama, cd))
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    assert rec["status"] == "ok", rec.get("reason")
+    info = rec["method_info"]
+    assert info["split"]["n_train"] == 7 and info["split"]["n_held_out"] == 3
+    assert info["distill_inputs"] == 7 and info["context"] == "file" and info["top_k"] == 64
+    assert info["bytes_per_position"] == 64 * 8 + 4 and info["target_bytes_ratio"] < 0.1
+    held = info["heldout"]
+    assert held["kl_base"] > 0.05 and held["kl_student"] < held["kl_base"] and 0 < held["recovered"] <= 1
+    assert held["positions"] > 20
+    losses = info["train_losses"]
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])
+    targets = CompactTargets.load(info["teacher_targets"])
+    assert targets.n_positions == info["distill_positions"] and targets.k == 64
+    assert len(info["generations"]) == 2 and set(info["generations"][0]) == {"input", "base", "teacher", "student"}
+    assert {"teacher", "train", "heldout"} <= set(rec["costs"]) and rec["metrics"] == {}
+
+
+def test_a_conversation_as_context_and_user_turns_as_inputs(tmp_path, data_dir, tiny_models):
+    _files(tmp_path, chat=True)
+    cd = "context: 'chat:chat.jsonl', inputs: inputs.jsonl, held_out: 0.2, top_k: 5000, generations: 1"
+    result = _run(tmp_path, data_dir, _config(tiny_models["gpt2"], cd).replace("max_steps: 40", "max_steps: 2"))
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    assert rec["status"] == "ok", rec.get("reason")
+    info = rec["method_info"]
+    assert info["chat_rendering"] == "plain" and info["chat_turns"] == 3  # the test tokenizer has no template
+    assert info["generations"][0]["input"].startswith("User: ") and info["generations"][0]["input"].endswith(
+        "Assistant:")
+    assert info["top_k"] == 2000 and "larger than the vocabulary" in info["top_k_note"]  # clamped, noted
+
+
+def test_sequence_targets_on_a_classification_task(tmp_path, data_dir, tiny_models):
+    """Task inputs: the queries of the sample; accuracy as usual, and the held-out measures on the
+    in-domain eval set's first queries."""
+    text = _config(tiny_models["opt"], "unlabeled: 2, alpha: 0.5").replace("task: none", "task: rte").replace(
+        "shots: 0", "shots: 4").replace("max_steps: 40", "max_steps: 3") + "eval: {max_examples: 6}\n"
+    result = _run(tmp_path, data_dir, text)
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    assert rec["status"] == "ok", rec.get("reason")
+    assert set(rec["metrics"]) == {"rte", "hans"} and rec["metrics"]["rte"]["all"]["n"] == 6
+    assert rec["method_info"]["distill_inputs"] == 6 and rec["method_info"]["heldout"]["positions"] > 0
+
+
+@pytest.mark.parametrize("setup,cd,message", [
+    ("bad-chat", "context: 'chat:chat.jsonl', inputs: inputs.jsonl", "chat.jsonl line 2: unknown role 'robot'"),
+    ("empty-inputs", "context: 'file:context.txt', inputs: inputs.jsonl", "inputs.jsonl is empty"),
+    ("", "context: 'file:context.txt', inputs: inputs.jsonl, held_out: 10", "cd.held_out"),
+    ("", "context: 'file:context.txt'", "task: none"),
+    ("", "context: 'file:context.txt', inputs: inputs.jsonl, teacher_cache: false", "teacher_cache"),
+])
+def test_bad_input_stops_before_any_model_loads(tmp_path, data_dir, setup, cd, message):
+    _files(tmp_path)
+    if setup == "bad-chat":
+        (tmp_path / "chat.jsonl").write_text('{"role": "system", "content": "Hi"}\n{"role": "robot", "content": "x"}\n')
+    if setup == "empty-inputs":
+        (tmp_path / "inputs.jsonl").write_text("\n")
+    result = _run(tmp_path, data_dir, _config("no/such-model", cd))
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "results" / "t" / "runs").exists()
+
+
+def test_context_longer_than_the_window_and_other_tokenizer(tmp_path, data_dir, short_window_model, tiny_models,
+                                                          other_tokenizer_model):  # noqa: F811
+    _files(tmp_path)
+    (tmp_path / "context.txt").write_text(CONTEXT * 4)
+    cd = "context: 'file:context.txt', inputs: inputs.jsonl, held_out: 2"
+    assert _run(tmp_path, data_dir, _config(short_window_model, cd)).exit_code == 0
+    [rec] = _records(tmp_path)
+    assert rec["status"] == "skipped" and "tokens; the teacher's window is 256 tokens" in rec["reason"]
+    teacher = f", teacher: {{name: {other_tokenizer_model}}}"
+    assert _run(tmp_path, data_dir, _config(tiny_models["opt"], cd + teacher)).exit_code == 1
+    failed = [r for r in _records(tmp_path) if r["status"] == "failed"]
+    assert "cd.target: sequence needs teacher and student to share one tokenizer" in failed[0]["reason"]
