@@ -124,14 +124,20 @@ def test_a_conversation_as_context_and_user_turns_as_inputs(tmp_path, data_dir, 
 def test_sequence_targets_on_a_classification_task(tmp_path, data_dir, tiny_models):
     """Task inputs: the queries of the sample; accuracy as usual, and the held-out measures on the
     in-domain eval set's first queries."""
-    text = _config(tiny_models["opt"], "unlabeled: 2, alpha: 0.5").replace("task: none", "task: rte").replace(
-        "shots: 0", "shots: 4").replace("max_steps: 40", "max_steps: 3") + "eval: {max_examples: 6}\n"
-    result = _run(tmp_path, data_dir, text)
+    _files(tmp_path)
+    base = _config(tiny_models["opt"], "unlabeled: 2, alpha: 0.5, context: 'file:context.txt'").replace(
+        "task: none", "task: rte").replace("shots: 0", "shots: 4").replace("max_steps: 40", "max_steps: 3")
+    result = _run(tmp_path, data_dir, base + "eval: {max_examples: 6}\n")
     assert result.exit_code == 0, result.output
     [rec] = _records(tmp_path)
     assert rec["status"] == "ok", rec.get("reason")
     assert set(rec["metrics"]) == {"rte", "hans"} and rec["metrics"]["rte"]["all"]["n"] == 6
     assert rec["method_info"]["distill_inputs"] == 6 and rec["method_info"]["heldout"]["positions"] > 0
+    # with the demonstrations as context, the labelled sample is not distilled (the teacher has its answers)
+    demos = base.replace(", context: 'file:context.txt'", "")
+    assert _run(tmp_path, data_dir, demos + "eval: {max_examples: 6}\n").exit_code == 0
+    rec = [r for r in _records(tmp_path) if r["method_info"].get("context") == "demonstrations"][0]
+    assert rec["status"] == "ok" and rec["method_info"]["distill_inputs"] == 2
 
 
 @pytest.mark.parametrize("setup,cd,message", [

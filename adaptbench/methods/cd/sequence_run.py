@@ -57,7 +57,9 @@ class SequenceDistillation:
         extra = unlabeled_sample(ctx.pool, settings.unlabeled, ctx.spec.data_seed, ctx.sample)
         query = ctx.encoder.prompt.query
         held = [query(ex) for ex in (ctx.evals[0][2][:HELD_OUT_FROM_EVAL_SET] if ctx.evals else [])]
-        return ([query(ex) for ex in ctx.sample + extra], [ex.label for ex in ctx.sample] + [-1] * len(extra), held)
+        # the demonstrations are in the teacher's context: distilling on them would show it its own answers
+        labelled = [] if source.kind == "demonstrations" else list(ctx.sample)
+        return ([query(ex) for ex in labelled + extra], [ex.label for ex in labelled] + [-1] * len(extra), held)
 
     def items(self, ctx: RunContext, loaded) -> list[TrainItem]:
         """Score every input with the teacher once; training items carry the index of their targets."""
