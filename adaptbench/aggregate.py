@@ -7,7 +7,14 @@ as ``spec.train.lr`` that differs between runs).
 
 from __future__ import annotations
 
+import math
+import os
+from collections import defaultdict
+from statistics import mean
+
 import pandas as pd
+
+from .breakeven import ICL_PATHS, PathCost, cost_curve_table
 
 ALWAYS = ["model", "task", "method", "trainable", "shots"]
 SEEDS = {"spec.data_seed", "spec.train_seed"}
@@ -27,6 +34,8 @@ def group_columns(df: pd.DataFrame) -> list[str]:
 def eval_set_order(df: pd.DataFrame) -> list[str]:
     """In-domain sets first, then the others, each in order of first appearance."""
     sets = df.dropna(subset=["eval_set"]).drop_duplicates("eval_set")
+    if sets.empty:  # runs without eval sets (task: none) have no in_domain column either
+        return []
     return list(sets.sort_values("in_domain", ascending=False, kind="stable")["eval_set"])
 
 
@@ -101,4 +110,59 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     shown["eval s"] = summary["eval_seconds"].map(lambda v: f"{v:.1f}")
     shown["peak GiB"] = summary["peak_memory_gib"].map(lambda v: f"{v:.2f}")
     shown["trainable params"] = summary["trainable_params"].map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
+    return shown
+
+
+# The cost curve (cd.query_costs): per model and context, one point per context length L.
+CostCurve = list[tuple[int, dict[str, PathCost]]]
+
+
+def _context_label(info: dict) -> str:
+    """The context a curve is about: its file's name, or ``demonstrations``."""
+    return os.path.basename(info["context_file"]) if info.get("context_file") else info.get("context", "")
+
+
+def cost_curves(records: list[dict]) -> dict[tuple[str, str], CostCurve]:
+    """(model, context) -> [(L, {path: PathCost})] sorted by L, from the finished runs that measured query
+    costs; runs at the same L (data or training seeds) are averaged, path by path, over the paths all measured."""
+    points: dict = defaultdict(lambda: defaultdict(list))
+    for rec in records:
+        info = rec.get("method_info") or {}
+        if rec.get("status") == "ok" and info.get("query_costs"):
+            key = (rec["spec"]["model"]["name"], _context_label(info))
+            points[key][info["context_tokens"]].append(info["query_costs"])
+    return {key: [(length, _mean_paths(runs)) for length, runs in sorted(by_length.items())]
+            for key, by_length in points.items()}
+
+
+def _mean_paths(runs: list[dict]) -> dict[str, PathCost]:
+    names = [name for name in runs[0] if all(name in run for run in runs)]
+    return {name: PathCost(name, mean(r[name]["setup_seconds"] for r in runs),
+                           mean(r[name]["per_query_seconds"] for r in runs),
+                           int(mean(r[name]["peak_memory_bytes"] for r in runs))) for name in names}
+
+
+def cost_curve_frame(curves: dict[tuple[str, str], CostCurve]) -> pd.DataFrame:
+    """All curves as one table (:func:`adaptbench.breakeven.cost_curve_table` with model and context columns)."""
+    frames = [cost_curve_table(points).assign(model=model, context=context)
+              for (model, context), points in curves.items()]
+    table = pd.concat(frames, ignore_index=True)
+    return table[["model", "context"] + [c for c in table.columns if c not in ("model", "context")]]
+
+
+def _queries(n: float) -> str:
+    """A break-even cell: the first whole query count from which distilling costs no more; never; or blank."""
+    if math.isnan(n):
+        return ""
+    return "never" if math.isinf(n) else f"{math.ceil(n):,}"
+
+
+def display_cost_curve(table: pd.DataFrame) -> pd.DataFrame:
+    """The cost-curve table with rounded numbers and readable break-even cells."""
+    shown = table[["model", "context", "context_tokens", "path"]].rename(columns={"context_tokens": "L"})
+    shown["one-off s"] = table["setup_seconds"].map(lambda v: f"{v:.3g}")
+    shown["per query s"] = table["per_query_seconds"].map(lambda v: f"{v:.3g}")
+    shown["peak MiB"] = table["peak_memory_bytes"].map(lambda v: f"{v / 2**20:,.0f}")
+    for base in ICL_PATHS:
+        shown[f"break-even vs {base}"] = table[f"break_even_vs_{base}"].map(_queries)
     return shown

@@ -4,6 +4,7 @@
 - accuracy vs number of shots, with the spread over seeds as a band
 - accuracy vs cost (wall time, peak memory)
 - fine-tuning learning curves
+- the cost curve of a distilled context: per-query cost vs context length, cumulative cost vs queries
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .aggregate import eval_set_order  # noqa: E402
+from .aggregate import CostCurve, eval_set_order  # noqa: E402
+from .breakeven import DISTILLED, ICL, ICL_CACHED, ICL_PATHS, break_even, cumulative_seconds  # noqa: E402
 
 MARKERS = "osD^v<>P*X"
 
@@ -196,3 +198,72 @@ def learning_curves(records: list[dict], out_dir: str) -> list[tuple[str, list[s
         figures.append(_finish(fig, axes[0][-1], f"{model}: {task} fine-tuning", caption, out_dir,
                                _slug("curves", model, task)))
     return figures
+
+
+# The cost curve's three paths: legend text and colour, the same in both figures.
+PATHS = {ICL: ("ICL, context re-encoded per query", "tab:red"), ICL_CACHED: ("ICL, context's KV cache", "tab:orange"),
+         DISTILLED: ("distilled student, no context", "tab:blue")}
+
+
+def cost_curve(curves: dict[tuple[str, str], CostCurve], out_dir: str) -> list[tuple[str, list[str]]]:
+    """Per model x context: per-query cost vs context length L, and cumulative cost vs queries at the largest L."""
+    figures = []
+    for (model, context), points in curves.items():
+        figures.append(_per_query_vs_length(model, context, points, out_dir))
+        figures.append(_cumulative(model, context, *points[-1], out_dir))
+    return figures
+
+
+def _per_query_vs_length(model: str, context: str, points: CostCurve, out_dir: str) -> tuple[str, list[str]]:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, (text, color) in PATHS.items():
+        measured = [(length, paths[name]) for length, paths in points if name in paths]
+        if not measured:
+            continue
+        lengths = [length for length, _ in measured]
+        axes[0].plot(lengths, [c.per_query_seconds for _, c in measured], marker="o", color=color, label=text)
+        axes[1].plot(lengths, [c.peak_memory_bytes / 2**20 for _, c in measured], marker="o", color=color, label=text)
+    axes[0].set_yscale("log")
+    axes[0].set(ylabel="seconds per query")
+    axes[1].set(ylabel="peak memory (MiB)")
+    lengths = [length for length, _ in points]
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [str(length) for length in lengths])
+        ax.minorticks_off()
+        ax.set(xlabel="context length L (tokens)")
+        ax.grid(alpha=0.3)
+    caption = (f"{model}, context {context}: what one query costs (batch size 1, next-token distributions over "
+               "the query) against the context's length; peak memory is the process' while answering, model "
+               "weights included.")
+    return _finish(fig, axes[1], f"{model}: per-query cost vs context length", caption, out_dir,
+                   _slug("cost_curve", model, context))
+
+
+def _cumulative(model: str, context: str, length: int, paths: dict, out_dir: str) -> tuple[str, list[str]]:
+    """setup + n x per-query for each path, with the student's break-even against each ICL path marked."""
+    student = paths.get(DISTILLED)
+    crossings = {base: break_even(paths[base], student) for base in ICL_PATHS if base in paths and student}
+    finite = [n for n in crossings.values() if n is not None]
+    n = np.linspace(0, max(10.0, 2 * max(finite)) if finite else 100.0, 200)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, (text, color) in PATHS.items():
+        if name in paths:
+            ax.plot(n, cumulative_seconds(paths[name], n), color=color, label=text)
+    for base, at in crossings.items():
+        if at is not None:
+            ax.plot([at], [cumulative_seconds(student, at)], marker="o", color="black")
+            ax.annotate(f"break-even vs {base}: {at:.1f} queries", (at, cumulative_seconds(student, at)),
+                        fontsize=7, xytext=(6, 8), textcoords="offset points")
+    if student is not None:  # the steep ICL line may leave the top: the crossings and the student stay in view
+        ax.set_ylim(0, 1.6 * max(cumulative_seconds(student, x) for x in [n[-1], *finite]) or None)
+    if student is not None and not finite:
+        ax.text(0.02, 0.97, "no break-even: the student is no cheaper per query", transform=ax.transAxes,
+                fontsize=8, va="top")
+    ax.set(xlabel="number of queries", ylabel="cumulative seconds (one-off cost included)")
+    ax.grid(alpha=0.3)
+    caption = (f"{model}, context {context} at L = {length} tokens: total seconds to answer n queries; the "
+               "student's line starts at the cost of distilling (teacher pass + training) and crosses an ICL "
+               "line at the break-even point (marked), after which distilling is cheaper in total.")
+    return _finish(fig, ax, f"{model}: cumulative cost at L = {length}", caption, out_dir,
+                   _slug("cost_cumulative", model, context))

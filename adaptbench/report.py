@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from . import plots
-from .aggregate import UNSCORED_NOTE, display_frame, summarize
+from .aggregate import UNSCORED_NOTE, cost_curve_frame, cost_curves, display_cost_curve, display_frame, summarize
 from .results import read_results, to_frame
 
 
@@ -27,6 +27,7 @@ class Report:
     files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     n_records: int = 0
+    cost_curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # display version; empty without query costs
 
 
 def make_report(results_dir: str, out_dir: str | None = None) -> Report:
@@ -39,6 +40,12 @@ def make_report(results_dir: str, out_dir: str | None = None) -> Report:
     report = Report(out_dir, summary, table, problems=list(results.problems), n_records=len(results.records))
     failed = [r for r in results.records if r["status"] != "ok"]
     report.problems += [f"run {r['run_id']} {r['status']}: {r.get('reason', '')}" for r in failed]
+    curves = cost_curves(results.records)
+    if curves:
+        curve_table = cost_curve_frame(curves)
+        report.cost_curve = display_cost_curve(curve_table)
+        curve_table.to_csv(os.path.join(out_dir, "cost_curve.csv"), index=False)
+        report.files.append(os.path.join(out_dir, "cost_curve.csv"))
 
     csv_path, md_path = os.path.join(out_dir, "summary.csv"), os.path.join(out_dir, "summary.md")
     summary.to_csv(csv_path, index=False)
@@ -51,6 +58,7 @@ def make_report(results_dir: str, out_dir: str | None = None) -> Report:
         figures += plots.accuracy_vs_shots(df, out_dir)
         figures += plots.accuracy_vs_cost(df, out_dir)
     figures += plots.learning_curves(results.records, out_dir)
+    figures += plots.cost_curve(curves, out_dir)
     for _, paths in figures:
         report.files += paths
     html_path = os.path.join(out_dir, "report.html")
@@ -68,10 +76,21 @@ def markdown(report: Report, results_dir: str) -> str:
     lines.append(report.table.to_markdown(index=False) if not report.table.empty else "_no finished runs_")
     if _has_unscored(report):
         lines += ["", UNSCORED_NOTE.replace("*", "\\*", 1)]
+    if not report.cost_curve.empty:
+        lines += ["", f"## {COST_CURVE_TITLE}", "", COST_CURVE_NOTE, "", report.cost_curve.to_markdown(index=False)]
     if report.problems:
         lines += ["", "## Not included", ""] + [f"- {p}" for p in report.problems]
     return "\n".join(lines) + "\n"
 
+
+COST_CURVE_TITLE = "Cost curve: when does distilling pay?"
+COST_CURVE_NOTE = (
+    "Per context length L (tokens), three ways to answer a query that needs the context: ICL re-encoding it "
+    "(icl), ICL with its KV cache (icl_cached) and the distilled student (distilled). One-off s: encoding the "
+    "context once (icl_cached), the teacher pass and training (distilled); per query s: one forward pass at "
+    "batch size 1 (mean over the timed queries); peak MiB: the process' peak while answering, model weights "
+    "included; break-even: the number of queries from which on the row's path costs no more in total than "
+    "that ICL path (never: it is dearer per query). Mean over runs at the same L; exact values in cost_curve.csv.")
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
 color:#1f2328;padding:0 1rem}h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
@@ -105,6 +124,9 @@ def html_page(report: Report, results_dir: str, figures: list[tuple[str, list[st
     ]
     if _has_unscored(report):
         parts.append(f'<p class="meta">{html.escape(UNSCORED_NOTE)}</p>')
+    if not report.cost_curve.empty:
+        parts += [f"<h2>{html.escape(COST_CURVE_TITLE)}</h2>", f'<p class="meta">{html.escape(COST_CURVE_NOTE)}</p>',
+                  report.cost_curve.to_html(index=False, border=0, escape=True)]
     if figures:
         parts.append("<h2>Figures</h2>")
         for caption, paths in figures:

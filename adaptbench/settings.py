@@ -158,3 +158,13 @@ class CDSettings(Strict):
                                                   "false: score it online in every batch (for comparison)")
     teacher_eval: bool = Field(False, description="also evaluate the teacher's own ICL accuracy on the eval "
                                                   "sets, and the student's agreement with it (costs an ICL run)")
+    context_tokens: PositiveInt | None = Field(None, description="sequence targets, file or chat context: keep "
+                                                                 "its first L tokens (a shorter context skips the "
+                                                                 "run); sweep it with grid: for a cost curve (with "
+                                                                 "demonstrations the length axis is shots)")
+    query_costs: NonNegativeInt | None = Field(None, description="sequence targets: time this many held-out "
+                                                                 "queries (distilled ones if none is held out) "
+                                                                 "answered by ICL re-encoding the context, ICL "
+                                                                 "with its prefix cache and the student; record "
+                                                                 "per-query seconds, peak memory and break-even "
+                                                                 "query counts (null or 0: off)")

@@ -3,8 +3,11 @@
 Steps (each timed as a phase): ``teacher`` -- the context is encoded once (KV cache), every distilled
 and held-out input runs against it, the teacher's distributions at every position are kept as top-k
 targets (``teacher_targets.safetensors`` in the run folder), the held-out inputs' hidden states and the
-base model's distance to the teacher are measured, and a few greedy generations are taken; then the
-student trains on the targets (``train``); ``heldout`` measures what it recovered.
+base model's distance to the teacher are measured, and a few greedy generations are taken (that
+evaluation is timed apart, as ``heldout_teacher``, so ``teacher`` is what distilling costs); then the
+student trains on the targets (``train``); ``heldout`` measures what it recovered.  ``cd.context_tokens``
+cuts the context to L tokens; ``cd.query_costs`` times queries answered with and without it
+(:mod:`.query_costs`: ``query:icl`` and ``query:icl_cached`` in the teacher phase, ``query:distilled`` last).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..base import RunContext
 from .context import context_text, input_texts, user_turn_text
 from .heldout import HeldOut, compare, frozen_head, greedy, recovered
 from .labels import check_same_tokenizer
+from .query_costs import QueryCosts, cut_context, timed
 from .sequence import SequenceStudent, answer_logits, compact_targets, predicted_hidden, sequence_loss
 
 HELD_OUT_FROM_EVAL_SET = 16  # task inputs: held-out inputs are the first queries of the in-domain eval set
@@ -38,6 +42,7 @@ class SequenceDistillation:
         self.targets: list[CompactTargets] = []
         self.student_ids: list[list[int]] = []
         self.held: HeldOut | None = None
+        self.meter: QueryCosts | None = None  # cd.query_costs: the cost curve's three paths
 
     def build(self, ctx: RunContext) -> nn.Module:
         self.student = SequenceStudent(ctx.loaded.model, ctx.encoder.label_token_ids)
@@ -75,13 +80,15 @@ class SequenceDistillation:
         settings, enc = self.settings, ctx.encoder
         source = parse_context_setting(settings.context, ctx.config_dir)
         text, about = context_text(source, ctx, loaded.tokenizer)
-        context = enc.encode(text)
+        context = cut_context(enc.encode(text), settings.context_tokens, source)
         if len(context) >= loaded.window:
             raise RunSkipped(f"the context is {len(context)} tokens; the teacher's window is {loaded.window} tokens "
                              f"(no truncation is done)")
         parts, pad = lm_parts(loaded.model), loaded.tokenizer.pad_token_id
-        cache = None if prefix_cache_unsupported(loaded.model.config) else PrefixCache.encode(parts, context)
         inputs = [enc.text_ids(t) for t in texts]
+        self._icl_costs(ctx, parts, pad, context, inputs, held_texts, loaded.window)
+        no_cache = prefix_cache_unsupported(loaded.model.config)
+        cache, encode_seconds = timed(lambda: None if no_cache else PrefixCache.encode(parts, context), parts.device)
         keep = [i for i, x in enumerate(inputs) if x and len(context) + len(x) <= loaded.window]
         with ctx.progress("teacher", len(keep)) as advance:
             hidden = predicted_hidden(parts, context, [inputs[i] for i in keep], bool(enc.start_ids), pad, cache,
@@ -90,9 +97,22 @@ class SequenceDistillation:
         bounds = torch.tensor([0] + [len(h) for h in hidden]).cumsum(0).tolist()
         self.targets = [targets.rows(a, b) for a, b in zip(bounds, bounds[1:])]
         self.student_ids = [enc.start_ids + inputs[i] for i in keep]
-        self._held_out(ctx, loaded, parts, context, cache, held_texts)
+        if self.meter is not None:  # before the held-out states exist, as for the other two paths
+            self.meter.icl_cached(parts, cache, encode_seconds, no_cache)
+        with ctx.costs.interval("heldout_teacher"):  # evaluation, not part of what distilling costs
+            self._held_out(ctx, loaded, parts, context, cache, held_texts)
         self._save(ctx, targets, about, len(context), len(texts) - len(keep))
         return keep, len(context) + sum(len(inputs[i]) for i in keep)
+
+    def _icl_costs(self, ctx: RunContext, parts, pad: int, context: list[int], inputs: list[list[int]],
+                   held_texts: list[str], window: int) -> None:
+        """cd.query_costs: choose the timed queries and time ICL re-encoding the context, with the teacher
+        loaded and before its cache exists (the cached path is timed once the teacher has built it)."""
+        if not self.settings.query_costs:
+            return
+        self.meter = QueryCosts(ctx, self.settings.query_costs, pad)
+        self.meter.choose([ctx.encoder.text_ids(t) for t in held_texts], inputs, window - len(context))
+        self.meter.icl(parts, context)
 
     def _held_out(self, ctx: RunContext, loaded, parts, context, cache, held_texts: list[str]) -> None:
         """The held-out inputs' teacher states, the base model's distance to them, and the generations."""
@@ -141,13 +161,18 @@ class SequenceDistillation:
         return loss
 
     def evaluate(self, ctx: RunContext, model: nn.Module) -> None:
-        """What the trained student recovered on the held-out inputs, and its generations beside the others'."""
-        if self.held is None:
-            return
-        with ctx.costs.phase("heldout"), autocast(ctx.loaded.device, ctx.spec.train.mixed_precision):
-            parts = lm_parts(model.lm)
-            ctx.info["heldout"] = recovered(self.held.base, compare(self.held, parts, ctx.loaded.tokenizer.pad_token_id))
-            for g, ids in zip(self.held.generations, self.held.student_ids):
-                g["student"] = greedy(model.lm, ctx.loaded.tokenizer, ids, self.settings.max_new_tokens)
-        ctx.info["generations"] = self.held.generations
-        self.held = None
+        """What the trained student recovered on the held-out inputs, and its generations beside the others';
+        with cd.query_costs, what a query costs the student, and the break-even counts."""
+        self.targets = []  # training is over: they need not weigh on the memory measured from here on
+        if self.held is not None:
+            with ctx.costs.phase("heldout"), autocast(ctx.loaded.device, ctx.spec.train.mixed_precision):
+                parts = lm_parts(model.lm)
+                ctx.info["heldout"] = recovered(self.held.base,
+                                                compare(self.held, parts, ctx.loaded.tokenizer.pad_token_id))
+                for g, ids in zip(self.held.generations, self.held.student_ids):
+                    g["student"] = greedy(model.lm, ctx.loaded.tokenizer, ids, self.settings.max_new_tokens)
+            ctx.info["generations"] = self.held.generations
+            self.held = None
+        if self.meter is not None:  # the held-out states are freed: memory as when the ICL paths were timed
+            self.meter.distilled(lm_parts(model.lm), ctx.encoder.start_ids)
+            self.meter.finish()
