@@ -127,6 +127,16 @@ SWEEP_PRESETS: dict[str, dict] = {
 }
 
 
+class GenerateSettings(Strict):
+    """Teacher-sampled continuations of the distillation inputs (Snell et al., 2022): the KL covers them too."""
+
+    n: PositiveInt = Field(1, description="continuations per input, each distilled as input + continuation")
+    max_new_tokens: PositiveInt = Field(32, description="tokens per continuation (fewer if the teacher ends it)")
+    temperature: PositiveFloat = Field(1.0, description="sampling temperature (the teacher's full distribution, "
+                                                        "no top-k/top-p)")
+    seed: int = Field(0, description="sampling seed (per input and sample), so a rerun draws the same text")
+
+
 class CDSettings(Strict):
     """Context distillation: a teacher with the context, a student without it."""
 
@@ -149,6 +159,12 @@ class CDSettings(Strict):
                                                                    "held out to measure what the student recovered")
     top_k: PositiveInt = Field(128, description="sequence targets: the teacher's top-k log-probabilities per "
                                                 "position plus one bucket for the rest of the mass")
+    store: Literal["topk", "hidden"] = Field(
+        "topk", description="sequence targets: topk (top_k log-probs + rest bucket per position) or hidden (the "
+                            "teacher's final hidden state in float16 and a copy of its output layer: the full "
+                            "distribution, rebuilt in training)")
+    generate: GenerateSettings | None = Field(None, description="sequence targets: also distil on continuations "
+                                                                "the teacher samples after each input")
     generations: NonNegativeInt = Field(2, description="held-out inputs continued greedily by the base model, "
                                                        "the teacher and the student, side by side in the record")
     max_new_tokens: PositiveInt = Field(32, description="length of those generations")

@@ -171,3 +171,51 @@ def test_context_longer_than_the_window_and_other_tokenizer(tmp_path, data_dir, 
     assert _run(tmp_path, data_dir, _config(tiny_models["opt"], cd + teacher)).exit_code == 1
     failed = [r for r in _records(tmp_path) if r["status"] == "failed"]
     assert "cd.target: sequence needs teacher and student to share one tokenizer" in failed[0]["reason"]
+
+
+def test_hidden_state_targets_give_the_full_kl(tiny_models, tokenizer):
+    """cd.store: hidden keeps the teacher's hidden states (float16) and its output layer: the loss is the
+    full-vocabulary KL up to float16 rounding, where top-k targets only bound it from below."""
+    from adaptbench.methods.cd.sequence import teacher_targets
+
+    loaded = load_model(tiny_models["llama"])
+    parts = lm_parts(loaded.model)
+    torch.manual_seed(0)
+    teacher_h = [torch.randn(6, 64) * 3, torch.randn(4, 64) * 3]
+    student_h = torch.randn(10, 64) * 3
+    with torch.no_grad():
+        teacher = torch.cat([distributions(parts, h, 1.0) for h in teacher_h])
+        exact = float(full_kl(teacher, vocab_logits(parts, student_h), 1.0).mean())
+    hidden = teacher_targets(parts, teacher_h, 1.0, "hidden", 0)
+    assert hidden.bytes_per_position == 64 * 2 and hidden.n_positions == 10
+    blocks = [hidden.rows(0, 6), hidden.rows(6, 10)]
+    with torch.no_grad():
+        got = float(sequence_loss(parts, student_h, [6, 4], blocks, 1.0))
+        topk = teacher_targets(parts, teacher_h, 1.0, "topk", 8)
+        bound = float(sequence_loss(parts, student_h, [6, 4], [topk.rows(0, 6), topk.rows(6, 10)], 1.0))
+    assert abs(got - exact) <= 1e-3 * max(1.0, exact)
+    assert bound <= exact + 1e-6
+
+
+def test_hidden_store_and_teacher_continuations_run_end_to_end(tmp_path, data_dir, tiny_models):
+    """cd.store: hidden and cd.generate: the run distils inputs plus sampled continuations, exactly."""
+    from adaptbench.methods.cd.generate import continuations
+
+    _files(tmp_path)
+    cd = ("context: 'file:context.txt', inputs: inputs.jsonl, held_out: 2, store: hidden, generations: 0, "
+          "generate: {n: 2, max_new_tokens: 5, seed: 3}")
+    result = _run(tmp_path, data_dir, _config(tiny_models["llama"], cd).replace("max_steps: 40", "max_steps: 2"))
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    assert rec["status"] == "ok", rec.get("reason")
+    info = rec["method_info"]
+    assert info["store"] == "hidden" and info["bytes_per_position"] == 64 * 2 and "top_k" not in info
+    assert info["generated_inputs"] == 16 and info["distill_inputs"] == 8 + 16
+    # sampled with the context's KV cache == sampled re-reading the context (same seed, same tokens)
+    loaded = load_model(tiny_models["llama"])
+    tok, parts = loaded.tokenizer, lm_parts(loaded.model)
+    context = tok(CONTEXT)["input_ids"]
+    xs = [tok(t, add_special_tokens=False)["input_ids"] for t in INPUTS[:2]]
+    cached = continuations(loaded.model, tok, context, xs, PrefixCache.encode(parts, context), 2, 6, 1.0, 0)
+    assert cached == continuations(loaded.model, tok, context, xs, None, 2, 6, 1.0, 0)
+    assert len(cached) == 4 and all(0 < len(c) <= 6 for c in cached)

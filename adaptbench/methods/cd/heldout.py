@@ -11,13 +11,12 @@ generations (base without C, teacher with C, student) go into the record side by
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
 
 from ...scoring import LMParts, sequence_hidden, vocab_logits
-from .sequence import CHUNK
+from .sequence import CHUNK, frozen_head  # noqa: F401  (frozen_head: re-exported for the run)
 
 
 @dataclass
@@ -28,12 +27,6 @@ class HeldOut:
     teacher_head: LMParts  # a frozen copy of the teacher's output layer (no backbone)
     base: dict = field(default_factory=dict)  # KL and top-1 agreement of the model without the context
     generations: list[dict] = field(default_factory=list)
-
-
-def frozen_head(parts: LMParts) -> LMParts:
-    """A copy of the output layer that training cannot change (the student may be the teacher's model)."""
-    head = copy.deepcopy(parts.head).requires_grad_(False)
-    return LMParts(None, head, parts.cache_kwarg, parts.transform)
 
 
 def _student_hidden(parts: LMParts, ids: list[list[int]], n_pred: list[int], pad_id: int) -> list[torch.Tensor]:

@@ -16,12 +16,15 @@ and kept as compact top-k targets (:mod:`adaptbench.distill_targets`); the teach
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ...distill_targets import CompactTargets, compact_kl, compress_topk
+from ...distill_targets import CompactTargets, compact_kl, compress_topk, full_kl
 from ...scoring import LMParts, PrefixCache, lm_parts, sequence_hidden, verbalizer_logits, vocab_logits
 
 CHUNK = 512  # positions per vocabulary-wide logits block (memory: CHUNK x vocab floats)
@@ -57,6 +60,72 @@ def distributions(parts: LMParts, hidden: torch.Tensor, temperature: float) -> t
     """log-softmax(logits / T) over the vocabulary at each row of ``hidden`` (n, vocab), in float32."""
     with torch.inference_mode():
         return torch.log_softmax(vocab_logits(parts, hidden.to(parts.device)) / temperature, dim=-1).cpu()
+
+
+def frozen_head(parts: LMParts) -> LMParts:
+    """A copy of the output layer that training cannot change (the student may be the teacher's model)."""
+    head = copy.deepcopy(parts.head).requires_grad_(False)
+    return LMParts(None, head, parts.cache_kwarg, parts.transform)
+
+
+@dataclass
+class HiddenTargets:
+    """``cd.store: hidden``: the teacher's final hidden state per position (float16) and a frozen copy of
+    its output layer; the full next-token distribution is rebuilt whenever the loss needs it.
+
+    Top-k targets lose how the teacher spreads the mass outside its top k (their KL is off by
+    ``p_rest * KL(tails)``, ~0.1 nats/position on SmolLM2 text).  The hidden state holds the whole
+    distribution in ``2 * hidden_size`` bytes (1,152 for SmolLM2, 0.59 % of its 49,152-token float32
+    distribution); float16 rounding of it moves the KL by ~2.5e-4 nats/position.  Costs: the output layer
+    kept beside the student (its vocabulary x hidden weights) and one extra vocabulary-wide product per
+    position in training."""
+
+    hidden: torch.Tensor  # (n, hidden) float16 on CPU
+    head: LMParts
+    temperature: float
+
+    @property
+    def n_positions(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.head.vocab_size
+
+    @property
+    def bytes_per_position(self) -> int:
+        return self.hidden.shape[1] * self.hidden.element_size()
+
+    def rows(self, start: int, stop: int) -> HiddenTargets:
+        return HiddenTargets(self.hidden[start:stop], self.head, self.temperature)
+
+    def kl(self, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Per-position KL(teacher || student) over the whole vocabulary."""
+        with torch.no_grad():
+            teacher = torch.log_softmax(vocab_logits(self.head, self.hidden.to(self.head.device).float()) / temperature,
+                                        dim=-1)
+        return full_kl(teacher, student_logits, temperature)
+
+    def save(self, path: str, metadata: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        tmp = f"{path}.tmp{os.getpid()}"
+        save_file({"hidden": self.hidden.contiguous()}, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.replace(tmp, path)
+
+
+def _kl(target, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    if isinstance(target, HiddenTargets):
+        return target.kl(student_logits, temperature)
+    return compact_kl(student_logits, target, temperature)
+
+
+def teacher_targets(parts: LMParts, hidden: list[torch.Tensor], temperature: float, store: str,
+                    top_k: int) -> CompactTargets | HiddenTargets:
+    """Every input's positions as one block of targets (inputs one after the other), as ``cd.store`` says."""
+    if store == "hidden":
+        return HiddenTargets(torch.cat(hidden).half(), frozen_head(parts), temperature)
+    return compact_targets(parts, hidden, temperature, top_k)
 
 
 def compact_targets(parts: LMParts, hidden: list[torch.Tensor], temperature: float, top_k: int) -> CompactTargets:
@@ -95,7 +164,7 @@ class SequenceStudent(nn.Module):
         return torch.cat([hidden[r, c - n + 1:c + 1] for (r, c), n in zip(ends.tolist(), lengths.tolist())])
 
 
-def sequence_loss(parts: LMParts, hidden: torch.Tensor, lengths: list[int], targets: list[CompactTargets],
+def sequence_loss(parts: LMParts, hidden: torch.Tensor, lengths: list[int], targets: list,
                   temperature: float) -> torch.Tensor:
     """Mean over all distilled positions of ``T^2 * KL(teacher_T || student_T)``.
 
@@ -106,7 +175,7 @@ def sequence_loss(parts: LMParts, hidden: torch.Tensor, lengths: list[int], targ
         block = hidden[row + n - target.n_positions: row + n]
         for start in range(0, len(block), CHUNK):
             part = target.rows(start, start + CHUNK)
-            total = total + compact_kl(vocab_logits(parts, block[start:start + CHUNK]), part, temperature).sum()
+            total = total + _kl(part, vocab_logits(parts, block[start:start + CHUNK]), temperature).sum()
         count += target.n_positions
         row += n
     return temperature ** 2 * total / max(count, 1)

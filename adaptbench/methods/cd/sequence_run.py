@@ -31,7 +31,8 @@ from .context import context_text, input_texts, user_turn_text
 from .heldout import HeldOut, compare, frozen_head, greedy, recovered
 from .labels import check_same_tokenizer
 from .query_costs import QueryCosts, cut_context, timed
-from .sequence import SequenceStudent, answer_logits, compact_targets, predicted_hidden, sequence_loss
+from .generate import continuations
+from .sequence import SequenceStudent, answer_logits, predicted_hidden, sequence_loss, teacher_targets
 
 HELD_OUT_FROM_EVAL_SET = 16  # task inputs: held-out inputs are the first queries of the in-domain eval set
 
@@ -74,6 +75,7 @@ class SequenceDistillation:
             keep, phase.tokens = self._teacher(ctx, loaded, texts, held_texts)
         del loaded
         gc.collect()
+        gold = gold + [-1] * (max(keep, default=-1) + 1 - len(gold))  # continuations carry no label
         return [TrainItem(self.student_ids[j], torch.tensor([float(j), float(gold[i])])) for j, i in enumerate(keep)]
 
     def _teacher(self, ctx: RunContext, loaded, texts: list[str], held_texts: list[str]) -> tuple[list[int], int]:
@@ -90,10 +92,13 @@ class SequenceDistillation:
         no_cache = prefix_cache_unsupported(loaded.model.config)
         cache, encode_seconds = timed(lambda: None if no_cache else PrefixCache.encode(parts, context), parts.device)
         keep = [i for i, x in enumerate(inputs) if x and len(context) + len(x) <= loaded.window]
+        dropped = len(texts) - len(keep)
+        if settings.generate is not None:  # input + teacher-sampled continuation, as extra inputs
+            inputs, keep = self._continued(ctx, loaded, context, cache, inputs, keep)
         with ctx.progress("teacher", len(keep)) as advance:
             hidden = predicted_hidden(parts, context, [inputs[i] for i in keep], bool(enc.start_ids), pad, cache,
                                       on_batch=advance)
-        targets = compact_targets(parts, hidden, settings.temperature, settings.top_k)
+        targets = teacher_targets(parts, hidden, settings.temperature, settings.store, settings.top_k)
         bounds = torch.tensor([0] + [len(h) for h in hidden]).cumsum(0).tolist()
         self.targets = [targets.rows(a, b) for a, b in zip(bounds, bounds[1:])]
         self.student_ids = [enc.start_ids + inputs[i] for i in keep]
@@ -101,8 +106,18 @@ class SequenceDistillation:
             self.meter.icl_cached(parts, cache, encode_seconds, no_cache)
         with ctx.costs.interval("heldout_teacher"):  # evaluation, not part of what distilling costs
             self._held_out(ctx, loaded, parts, context, cache, held_texts)
-        self._save(ctx, targets, about, len(context), len(texts) - len(keep))
+        self._save(ctx, targets, about, len(context), dropped)
         return keep, len(context) + sum(len(inputs[i]) for i in keep)
+
+    def _continued(self, ctx: RunContext, loaded, context, cache, inputs, keep) -> tuple[list, list]:
+        """The inputs plus ``generate.n`` teacher-sampled continuations of each (kept if they fit the window)."""
+        g = self.settings.generate
+        sampled = continuations(loaded.model, loaded.tokenizer, context, [inputs[i] for i in keep], cache, g.n,
+                                g.max_new_tokens, g.temperature, g.seed)
+        extra = [inputs[i] + c for i, c in zip([i for i in keep for _ in range(g.n)], sampled)]
+        fits = [len(inputs) + j for j, x in enumerate(extra) if len(context) + len(x) <= loaded.window]
+        ctx.info["generated_inputs"] = len(fits)
+        return inputs + extra, keep + fits
 
     def _icl_costs(self, ctx: RunContext, parts, pad: int, context: list[int], inputs: list[list[int]],
                    held_texts: list[str], window: int) -> None:
@@ -131,15 +146,17 @@ class SequenceDistillation:
                                   "base": greedy(base_model, tok, self.held.student_ids[i], new),
                                   "teacher": greedy(loaded.model, tok, context + held[i], new)} for i in range(n)]
 
-    def _save(self, ctx: RunContext, targets: CompactTargets, about: dict, context_tokens: int, dropped: int) -> None:
+    def _save(self, ctx: RunContext, targets, about: dict, context_tokens: int, dropped: int) -> None:
         full = full_bytes_per_position(targets.vocab_size)
-        ctx.info.update(about, target="sequence", context_tokens=context_tokens, distill_inputs=len(self.targets),
-                        distill_dropped=dropped, distill_positions=targets.n_positions, top_k=targets.k,
-                        bytes_per_position=targets.bytes_per_position, full_bytes_per_position=full,
-                        target_bytes_ratio=round(targets.bytes_per_position / full, 5))
-        if targets.clamped:
-            ctx.info["top_k_note"] = (f"cd.top_k {targets.requested_k} is larger than the vocabulary "
-                                      f"({targets.vocab_size} tokens): all tokens kept")
+        ctx.info.update(about, target="sequence", store=self.settings.store, context_tokens=context_tokens,
+                        distill_inputs=len(self.targets), distill_dropped=dropped,
+                        distill_positions=targets.n_positions, bytes_per_position=targets.bytes_per_position,
+                        full_bytes_per_position=full, target_bytes_ratio=round(targets.bytes_per_position / full, 5))
+        if isinstance(targets, CompactTargets):
+            ctx.info["top_k"] = targets.k
+            if targets.clamped:
+                ctx.info["top_k_note"] = (f"cd.top_k {targets.requested_k} is larger than the vocabulary "
+                                          f"({targets.vocab_size} tokens): all tokens kept")
         if ctx.out_dir:
             os.makedirs(ctx.out_dir, exist_ok=True)
             path = os.path.join(ctx.out_dir, "teacher_targets.safetensors")
