@@ -20,6 +20,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -193,3 +195,14 @@ class CostTracker:
     @property
     def peak_memory_bytes(self) -> int:
         return max((p.peak_memory_bytes for p in self.phases), default=0)
+
+
+def timed(fn: Callable, device: torch.device):
+    """``fn()`` and its wall seconds; on CUDA, queued kernels are waited for on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start

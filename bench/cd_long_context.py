@@ -50,6 +50,7 @@ from adaptbench.distill_targets import DEFAULT_TOP_K, compress_topk, full_bytes_
 from adaptbench.methods.cd.sequence import (SequenceStudent, compact_targets, distributions, predicted_hidden,
                                             sequence_loss)
 from adaptbench.models import load_model
+from adaptbench.costs import timed
 from adaptbench.scoring import PrefixCache, lm_parts, sequence_hidden, vocab_logits
 
 INPUT_MODULES = ("textwrap", "difflib", "shlex", "heapq", "string")
@@ -60,14 +61,6 @@ GiB, MiB = 2**30, 2**20
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def timed(fn, device):
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - start
 
 
 def resident_bytes(device: torch.device) -> int:

@@ -12,7 +12,6 @@ query as one sequence for every example.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -22,21 +21,9 @@ from adaptbench.models import load_model
 from adaptbench.prompts import PromptEncoder
 from adaptbench.resolve import resolve_prompt
 from adaptbench.sampling import few_shot_sample
+from adaptbench.costs import timed
 from adaptbench.scoring import PrefixCache, lm_parts, score
 from adaptbench.tasks import eval_examples, get_task, resolve_data_dir, train_pool
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device):
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - start
 
 
 def main() -> None:

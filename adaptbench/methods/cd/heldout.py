@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...scoring import LMParts, sequence_hidden, vocab_logits
-from .sequence import CHUNK, frozen_head  # noqa: F401  (frozen_head: re-exported for the run)
+from .sequence import CHUNK
 
 
 @dataclass

@@ -37,7 +37,6 @@ from ..icl import ICLPredictor
 from ..pbft import VerbalizerModel
 from .context import check_inputs
 from .labels import Teacher, check_same_tokenizer
-from .sequence import SequenceStudent
 from .sequence_run import SequenceDistillation
 
 

@@ -22,12 +22,12 @@ the student runs after training.  The context-length axis L is ``cd.context_toke
 
 from __future__ import annotations
 
-import time
 from statistics import mean
 from typing import Callable, Sequence
 
 import torch
 
+from ...costs import timed
 from ...breakeven import DISTILLED, ICL, ICL_CACHED, ICL_PATHS, PathCost, break_even
 from ...contexts import ContextSource, cut_to_tokens
 from ...errors import ConfigError, RunSkipped
@@ -51,17 +51,6 @@ def cut_context(ids: list[int], length: int | None, source: ContextSource) -> li
         raise RunSkipped(f"cd.context_tokens: {length} tokens asked for, but the context {source.path} has only "
                          f"{len(ids)} tokens")
     return cut_to_tokens(ids, length)
-
-
-def timed(fn: Callable, device: torch.device):
-    """``fn()`` and its wall seconds; on CUDA, queued kernels are waited for on both sides."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start
 
 
 def answer(parts: LMParts, ids: Sequence[int], n: int, pad_id: int, cache: PrefixCache | None = None) -> None:

@@ -18,6 +18,7 @@ import os
 import torch
 from torch import nn
 
+from ...costs import timed
 from ...contexts import parse_context_setting, split_inputs
 from ...distill_targets import CompactTargets, full_bytes_per_position
 from ...errors import RunSkipped
@@ -28,11 +29,12 @@ from ...settings import CDSettings
 from ...training import TrainItem
 from ..base import RunContext
 from .context import context_text, input_texts, user_turn_text
-from .heldout import HeldOut, compare, frozen_head, greedy, recovered
+from .heldout import HeldOut, compare, greedy, recovered
 from .labels import check_same_tokenizer
-from .query_costs import QueryCosts, cut_context, timed
+from .query_costs import QueryCosts, cut_context
 from .generate import continuations
-from .sequence import SequenceStudent, answer_logits, predicted_hidden, sequence_loss, teacher_targets
+from .sequence import (SequenceStudent, answer_logits, frozen_head, predicted_hidden, sequence_loss,
+                       teacher_targets)
 
 HELD_OUT_FROM_EVAL_SET = 16  # task inputs: held-out inputs are the first queries of the in-domain eval set
 
