@@ -30,19 +30,22 @@ def context_text(source: ContextSource, ctx: RunContext, tokenizer) -> tuple[str
     return text, {"context": "chat", "context_file": source.path, "chat_rendering": rendering, "chat_turns": len(turns)}
 
 
-def user_turn_text(source: ContextSource, tokenizer, user_text: str) -> str:
-    """A user turn as the next turn after the context's conversation, up to where the reply starts.
+def user_turn_texts(source: ContextSource, tokenizer, user_texts: list[str]) -> list[str]:
+    """Each user text as the next turn after the context's conversation, up to where the reply starts.
 
     With a chat template: the rendering of context + turn (with the generation prompt) minus the
-    rendering of the context; otherwise ``"User: ...\\n\\nAssistant:"``, as :func:`plain_chat` renders."""
-    turn = [{"role": "user", "content": user_text}]
-    if source.kind == "chat" and getattr(tokenizer, "chat_template", None):
-        turns = read_chat(source.path)
-        before = tokenizer.apply_chat_template(turns, tokenize=False)
-        after = tokenizer.apply_chat_template(turns + turn, tokenize=False, add_generation_prompt=True)
-        if after.startswith(before):
-            return after[len(before):]
-    return plain_chat(turn) + "Assistant:"
+    rendering of the context (read and rendered once); otherwise ``"User: ...\\n\\nAssistant:"``, as
+    :func:`plain_chat` renders."""
+    templated = source.kind == "chat" and getattr(tokenizer, "chat_template", None)
+    turns = read_chat(source.path) if templated else []
+    before = tokenizer.apply_chat_template(turns, tokenize=False) if templated else ""
+    out = []
+    for text in user_texts:
+        turn = [{"role": "user", "content": text}]
+        after = (tokenizer.apply_chat_template(turns + turn, tokenize=False, add_generation_prompt=True)
+                 if templated else "")
+        out.append(after[len(before):] if templated and after.startswith(before) else plain_chat(turn) + "Assistant:")
+    return out
 
 
 def is_chat_file(path: str) -> bool:

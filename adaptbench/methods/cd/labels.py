@@ -84,13 +84,6 @@ class Teacher:
         return out
 
 
-def check_vocab_target(ctx: RunContext, teacher_tokenizer) -> None:
-    if ctx.spec.cd.target == "vocab" and teacher_tokenizer.get_vocab() != ctx.loaded.tokenizer.get_vocab():
-        raise ConfigError(f"cd.target: vocab needs teacher and student to share one tokenizer; the teacher's "
-                          f"vocabulary ({len(teacher_tokenizer)} tokens) differs from the student's "
-                          f"({len(ctx.loaded.tokenizer)}): use cd.target: labels, which works across tokenizers")
-
-
 def check_same_tokenizer(ctx: RunContext, teacher_tokenizer) -> None:
     """cd.target vocab and sequence compare distributions token by token: one tokenizer for both."""
     target = ctx.spec.cd.target

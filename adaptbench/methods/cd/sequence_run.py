@@ -28,7 +28,7 @@ from ...scoring import PrefixCache, lm_parts, prefix_cache_unsupported
 from ...settings import CDSettings
 from ...training import TrainItem
 from ..base import RunContext
-from .context import context_text, input_texts, user_turn_text
+from .context import context_text, input_texts, user_turn_texts
 from .heldout import HeldOut, compare, greedy, recovered
 from .labels import check_same_tokenizer
 from .query_costs import QueryCosts, cut_context
@@ -58,7 +58,7 @@ class SequenceDistillation:
         if settings.inputs is not None:
             texts, chat = input_texts(ctx.spec, ctx.config_dir)
             if chat:
-                texts = [user_turn_text(source, tokenizer, t) for t in texts]
+                texts = user_turn_texts(source, tokenizer, texts)
             train, held, split = split_inputs(texts, settings.held_out, ctx.spec.data_seed)
             ctx.info["split"] = split
             return [texts[i] for i in train], [-1] * len(train), [texts[i] for i in held]
