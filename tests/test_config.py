@@ -71,6 +71,10 @@ def test_grid_over_any_setting(tmp_path):
     (BASE + "model: {name: x, dtype: fp8}\n", r"model\[0\].dtype: Input should be 'auto'"),
     (BASE + "task: {name: mine, train: a.csv}\n", r"task\[0\].validation: required field is missing"),
     (BASE + "data_seeds: 0\n", "a seed count must be >= 1"),
+    (BASE.replace("method: icl", "method: cd") + "cd: {context_tokens: 512}\n",
+     r"cd: .*cd.context_tokens applies to cd.target: sequence only \(this target is 'labels'\)"),
+    (BASE.replace("method: icl", "method: cd") + "cd: {target: sequence, top_k: 64}\n",
+     r"cd.top_k applies to cd.store: topk"),
 ])
 def test_bad_fields_are_named(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match) as e:

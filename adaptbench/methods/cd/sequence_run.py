@@ -24,7 +24,7 @@ from ...distill_targets import CompactTargets, full_bytes_per_position
 from ...errors import RunSkipped
 from ...precision import autocast
 from ...sampling import unlabeled_sample
-from ...scoring import PrefixCache, lm_parts, prefix_cache_unsupported
+from ...scoring import LMParts, PrefixCache, lm_parts, prefix_cache_unsupported
 from ...settings import CDSettings
 from ...training import TrainItem
 from ..base import RunContext
@@ -33,8 +33,8 @@ from .heldout import HeldOut, compare, greedy, recovered
 from .labels import check_same_tokenizer
 from .query_costs import QueryCosts, cut_context
 from .generate import continuations
-from .sequence import (SequenceStudent, answer_logits, frozen_head, predicted_hidden, sequence_loss,
-                       teacher_targets)
+from .sequence import (HiddenTargets, SequenceStudent, answer_logits, frozen_head, predicted_hidden,
+                       sequence_loss, teacher_targets)
 
 HELD_OUT_FROM_EVAL_SET = 16  # task inputs: held-out inputs are the first queries of the in-domain eval set
 
@@ -107,7 +107,9 @@ class SequenceDistillation:
         if self.meter is not None:  # before the held-out states exist, as for the other two paths
             self.meter.icl_cached(parts, cache, encode_seconds, no_cache)
         with ctx.costs.interval("heldout_teacher"):  # evaluation, not part of what distilling costs
-            self._held_out(ctx, loaded, parts, context, cache, held_texts)
+            # one frozen copy of the teacher's output layer serves the hidden targets and the held-out states
+            head = targets.head if isinstance(targets, HiddenTargets) else None
+            self._held_out(ctx, loaded, parts, context, cache, held_texts, head)
         self._save(ctx, targets, about, len(context), dropped)
         return keep, len(context) + sum(len(inputs[i]) for i in keep)
 
@@ -131,7 +133,8 @@ class SequenceDistillation:
         self.meter.choose([ctx.encoder.text_ids(t) for t in held_texts], inputs, window - len(context))
         self.meter.icl(parts, context)
 
-    def _held_out(self, ctx: RunContext, loaded, parts, context, cache, held_texts: list[str]) -> None:
+    def _held_out(self, ctx: RunContext, loaded, parts, context, cache, held_texts: list[str],
+                  head: LMParts | None) -> None:
         """The held-out inputs' teacher states, the base model's distance to them, and the generations."""
         enc, pad = ctx.encoder, loaded.tokenizer.pad_token_id
         held = [x for x in (enc.text_ids(t) for t in held_texts) if x and len(context) + len(x) <= loaded.window]
@@ -139,7 +142,7 @@ class SequenceDistillation:
             return
         hidden = predicted_hidden(parts, context, held, bool(enc.start_ids), pad, cache)
         self.held = HeldOut([enc.tokenizer.decode(x) for x in held], [enc.start_ids + x for x in held], hidden,
-                            frozen_head(parts))
+                            head or frozen_head(parts))
         base_model = ctx.loaded.model  # the student's model before training, without the context
         self.held.base = compare(self.held, lm_parts(base_model), pad)
         n = min(self.settings.generations, len(held))
