@@ -15,6 +15,7 @@ from statistics import mean
 import pandas as pd
 
 from .breakeven import ICL_PATHS, PathCost, cost_curve_table
+from .results import DISTILLED
 
 ALWAYS = ["model", "task", "method", "trainable", "shots"]
 SEEDS = {"spec.data_seed", "spec.train_seed"}
@@ -48,8 +49,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     overall = ok[ok["slice"] == "all"]
     per_run = ok.drop_duplicates("run_id").copy()
     per_run[keys] = per_run[keys].astype(object).where(per_run[keys].notna(), "")
+    measured = [c for c in DISTILLED if c in per_run and per_run[c].notna().any()]
     out = per_run.groupby(keys, sort=False, dropna=False).agg(
-        n=("run_id", "count"), **{f"{c}": (c, "mean") for c in COSTS}).reset_index()
+        n=("run_id", "count"), **{f"{c}": (c, "mean") for c in COSTS + measured}).reset_index()
     for name in eval_set_order(overall):
         part = overall[overall["eval_set"] == name].copy()
         part[keys] = part[keys].astype(object).where(part[keys].notna(), "")
@@ -91,6 +93,12 @@ def fmt_mean_std(mean: float, std: float) -> str:
     return f"{mean:.3f}" if pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
 
 
+#: Held-out measures of distilled contexts in the display tables: (column, header, format).
+DISTILLED_DISPLAY = [("context_tokens", "L", "{:,.0f}"), ("kl_base", "KL base", "{:.3f}"),
+                     ("kl_student", "KL student", "{:.3f}"), ("recovered", "recovered", "{:.0%}"),
+                     ("top1_agreement", "top-1 agree", "{:.0%}")]
+
+
 def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary with 'mean ± std' strings and rounded costs, for Markdown, HTML and the terminal."""
     keys = [c for c in summary.columns if c in ALWAYS or c.startswith("spec.")]
@@ -106,6 +114,9 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     if sets:
         shown["unscored"] = [", ".join(f"{n} {int(row[f'{n} unscored'])}/{int(row[f'{n} examples'])}" for n in sets
                                        if row[f"{n} unscored"] > 0) for _, row in summary.iterrows()]
+    for col, header, fmt in DISTILLED_DISPLAY:
+        if col in summary:
+            shown[header] = summary[col].map(lambda v, fmt=fmt: "-" if pd.isna(v) else fmt.format(v))
     shown["adapt s"] = summary["adapt_seconds"].map(lambda v: f"{v:.1f}")
     shown["eval s"] = summary["eval_seconds"].map(lambda v: f"{v:.1f}")
     shown["peak GiB"] = summary["peak_memory_gib"].map(lambda v: f"{v:.2f}")

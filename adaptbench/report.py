@@ -28,6 +28,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     n_records: int = 0
     cost_curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # display version; empty without query costs
+    generations: list[tuple[str, str, list[dict]]] = field(default_factory=list)  # (run id, about, side by side)
 
 
 def make_report(results_dir: str, out_dir: str | None = None) -> Report:
@@ -37,7 +38,8 @@ def make_report(results_dir: str, out_dir: str | None = None) -> Report:
     df = to_frame(results.records)
     summary = summarize(df) if not df.empty else pd.DataFrame()
     table = display_frame(summary) if not summary.empty else pd.DataFrame()
-    report = Report(out_dir, summary, table, problems=list(results.problems), n_records=len(results.records))
+    report = Report(out_dir, summary, table, problems=list(results.problems), n_records=len(results.records),
+                    generations=side_by_side(results.records))
     failed = [r for r in results.records if r["status"] != "ok"]
     report.problems += [f"run {r['run_id']} {r['status']}: {r.get('reason', '')}" for r in failed]
     curves = cost_curves(results.records)
@@ -68,6 +70,30 @@ def make_report(results_dir: str, out_dir: str | None = None) -> Report:
     return report
 
 
+GENERATIONS_TITLE = "Distilled contexts: generations side by side"
+GENERATIONS_NOTE = ("Greedy continuations of held-out inputs by the base model without the context, the teacher "
+                    "with it, and the distilled student without it.")
+GENERATION_COLUMNS = ("input", "base", "teacher", "student")
+
+
+def side_by_side(records: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    """(run id, what was distilled, generations) of every finished run that recorded generations."""
+    out = []
+    for rec in records:
+        info = rec.get("method_info") or {}
+        if rec.get("status") == "ok" and info.get("generations"):
+            held = info.get("heldout") or {}
+            about = f"{info.get('context', '')} context, {info.get('context_tokens', 0):,} tokens"
+            if held.get("recovered") is not None:
+                about += f"; recovered {held['recovered']:.0%} of its effect on held-out inputs"
+            out.append((rec["run_id"][:8], about, info["generations"]))
+    return out
+
+
+def _md_cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|") or " "
+
+
 def markdown(report: Report, results_dir: str) -> str:
     lines = [f"# adaptbench report: {results_dir}", "",
              f"{report.n_records} runs; metrics are mean ± std over data seeds (n runs per row); costs are means "
@@ -78,6 +104,12 @@ def markdown(report: Report, results_dir: str) -> str:
         lines += ["", UNSCORED_NOTE.replace("*", "\\*", 1)]
     if not report.cost_curve.empty:
         lines += ["", f"## {COST_CURVE_TITLE}", "", COST_CURVE_NOTE, "", report.cost_curve.to_markdown(index=False)]
+    if report.generations:
+        lines += ["", f"## {GENERATIONS_TITLE}", "", GENERATIONS_NOTE]
+        for run_id, about, rows in report.generations:
+            lines += ["", f"run {run_id} ({about})", "", "| " + " | ".join(GENERATION_COLUMNS) + " |",
+                      "|" + "---|" * len(GENERATION_COLUMNS)]
+            lines += ["| " + " | ".join(_md_cell(g.get(c, "")) for c in GENERATION_COLUMNS) + " |" for g in rows]
     if report.problems:
         lines += ["", "## Not included", ""] + [f"- {p}" for p in report.problems]
     return "\n".join(lines) + "\n"
@@ -97,7 +129,8 @@ color:#1f2328;padding:0 1rem}h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:
 table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}th,td{border:1px solid #d0d7de;padding:.3rem .55rem;
 text-align:right}th{background:#f6f8fa}td:nth-child(-n+5){text-align:left}figure{margin:1.5rem 0}
 img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85rem;color:#57606a}
-.problems li{font-family:ui-monospace,monospace;font-size:.8rem}p.meta{color:#57606a;font-size:.85rem}"""
+table.gen td{text-align:left;white-space:pre-wrap;vertical-align:top;font-family:ui-monospace,monospace;
+max-width:22rem}.problems li{font-family:ui-monospace,monospace;font-size:.8rem}p.meta{color:#57606a;font-size:.85rem}"""
 
 
 def _img(path: str) -> str:
@@ -127,6 +160,14 @@ def html_page(report: Report, results_dir: str, figures: list[tuple[str, list[st
     if not report.cost_curve.empty:
         parts += [f"<h2>{html.escape(COST_CURVE_TITLE)}</h2>", f'<p class="meta">{html.escape(COST_CURVE_NOTE)}</p>',
                   report.cost_curve.to_html(index=False, border=0, escape=True)]
+    if report.generations:
+        parts += [f"<h2>{html.escape(GENERATIONS_TITLE)}</h2>", f'<p class="meta">{html.escape(GENERATIONS_NOTE)}</p>']
+        for run_id, about, rows in report.generations:
+            parts.append(f'<p class="meta">run {html.escape(run_id)} ({html.escape(about)})</p><table class="gen">'
+                         "<tr>" + "".join(f"<th>{c}</th>" for c in GENERATION_COLUMNS) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{html.escape(str(g.get(c, '')))}</td>" for c in GENERATION_COLUMNS)
+                      + "</tr>" for g in rows]
+            parts.append("</table>")
     if figures:
         parts.append("<h2>Figures</h2>")
         for caption, paths in figures:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .records import FINISHED, INDEX, RESULT
 
-KNOWN = {INDEX, "sweep.json", ".lock", "runs", "report", "jobs"}  # what a sweep folder may hold
+KNOWN = {INDEX, "sweep.json", ".lock", "runs", "report", "jobs", "trackers"}  # what a sweep folder may hold
 
 
 @dataclass
@@ -134,8 +134,23 @@ def run_row(rec: dict) -> dict:
         "run_seconds": sum(p["seconds"] for n, p in costs.items() if n in ADAPT_PHASES or _is_eval(n)),
         "peak_memory_gib": max((p["peak_memory_bytes"] for p in costs.values()), default=0) / 2**30,
         "trainable_params": info.get("trainable_params"), "total_params": info.get("total_params"),
+        **distilled_context(info),
         **{f"spec.{k}": v for k, v in flatten(spec).items()},
     }
+
+
+#: What a sequence-distillation run measured on its held-out inputs (``method_info.heldout``), as columns.
+DISTILLED = ("context_tokens", "recovered", "kl_student", "kl_base", "top1_agreement")
+
+
+def distilled_context(info: dict) -> dict:
+    """The context length and held-out measures of a ``cd.target: sequence`` run; {} for other runs."""
+    if info.get("target") != "sequence":
+        return {}
+    held = info.get("heldout") or {}
+    return {"context_tokens": info.get("context_tokens"), "recovered": held.get("recovered"),
+            "kl_student": held.get("kl_student"), "kl_base": held.get("kl_base"),
+            "top1_agreement": held.get("top1_agreement_student")}
 
 
 def to_frame(records: list[dict]) -> pd.DataFrame:
@@ -159,8 +174,8 @@ def load_results(path: str) -> pd.DataFrame:
     Columns: run_id, sweep, status, model, task, method, trainable, shots, data_seed, train_seed, costs
     (adapt_seconds, eval_seconds -- evaluation points during training included --, run_seconds = their
     sum, total_seconds = with model loading,
-    peak_memory_gib, trainable_params, total_params), the
-    flattened spec (``spec.train.lr``, ...), eval_set, in_domain, slice, n, n_unscored (``all`` slice:
+    peak_memory_gib, trainable_params, total_params), for sequence distillation runs context_tokens and
+    the held-out measures (recovered, kl_student, kl_base, top1_agreement), the flattened spec (``spec.train.lr``, ...), eval_set, in_domain, slice, n, n_unscored (``all`` slice:
     examples left out of its metrics because they did not fit the window), accuracy, mcc, f1, ...
     Failed and skipped runs have one row with no eval set.
     """

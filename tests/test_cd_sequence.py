@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from adaptbench.distill_targets import CompactTargets, compress_topk, full_kl
 from adaptbench.methods.cd.sequence import distributions, predicted_hidden, sequence_loss
 from adaptbench.models import load_model
+from adaptbench.report import make_report
 from adaptbench.scoring import PrefixCache, lm_parts, vocab_logits
 
 from .test_cd import other_tokenizer_model, sharp_llama  # noqa: F401  (fixtures)
@@ -87,7 +89,7 @@ def test_distilling_a_document_onto_text_inputs(tmp_path, data_dir, sharp_llama)
     """task: none, a file context, text inputs: the student gets closer to the teacher on held-out
     inputs it never trained on; the record holds the measures, the targets and the generations."""
     _files(tmp_path)
-    cd = "context: 'file:context.txt', inputs: inputs.jsonl, held_out: 3, top_k: 64, max_new_tokens: 4"
+    cd = "context: 'file:context.txt', inputs: inputs.jsonl, held_out: 3, store: topk, top_k: 64, max_new_tokens: 4"
     result = _run(tmp_path, data_dir, _config(sharp_llama, cd))
     assert result.exit_code == 0, result.output
     [rec] = _records(tmp_path)
@@ -105,11 +107,22 @@ def test_distilling_a_document_onto_text_inputs(tmp_path, data_dir, sharp_llama)
     assert targets.n_positions == info["distill_positions"] and targets.k == 64
     assert len(info["generations"]) == 2 and set(info["generations"][0]) == {"input", "base", "teacher", "student"}
     assert {"teacher", "train", "heldout"} <= set(rec["costs"]) and rec["metrics"] == {}
+    # the run's output, the summary tables and the report show what the student recovered and its generations
+    assert f"{held['recovered']:.0%} of {info['context_tokens']:,} tok" in result.output
+    report = make_report(str(tmp_path / "results" / "t"))
+    row = report.summary.iloc[0]
+    assert row["recovered"] == pytest.approx(held["recovered"]) and row["context_tokens"] == info["context_tokens"]
+    assert list(report.table.columns[-9:-4]) == ["L", "KL base", "KL student", "recovered", "top-1 agree"]
+    md = (tmp_path / "results" / "t" / "report" / "summary.md").read_text()
+    page = (tmp_path / "results" / "t" / "report" / "report.html").read_text()
+    first = info["generations"][0]
+    assert "generations side by side" in md and "| input | base | teacher | student |" in md
+    assert html.escape(first["teacher"]) in page and html.escape(first["student"]) in page
 
 
 def test_a_conversation_as_context_and_user_turns_as_inputs(tmp_path, data_dir, tiny_models):
     _files(tmp_path, chat=True)
-    cd = "context: 'chat:chat.jsonl', inputs: inputs.jsonl, held_out: 0.2, top_k: 5000, generations: 1"
+    cd = "context: 'chat:chat.jsonl', inputs: inputs.jsonl, held_out: 0.2, store: topk, top_k: 5000, generations: 1"
     result = _run(tmp_path, data_dir, _config(tiny_models["gpt2"], cd).replace("max_steps: 40", "max_steps: 2"))
     assert result.exit_code == 0, result.output
     [rec] = _records(tmp_path)
