@@ -45,17 +45,21 @@ def run(
     time_limit: Annotated[Optional[int], typer.Option(help="slurm/local: minutes per job (default 1440)")] = None,
     array_parallelism: Annotated[Optional[int], typer.Option(help="slurm: jobs of the array running at once")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="slurm: wait for the jobs and print the table")] = False,
+    log_with: Annotated[Optional[list[str]], typer.Option(
+        "--log-with", help="experiment tracker(s), through accelerate: tensorboard, mlflow, wandb, ... (repeat "
+                           "or comma-separate); one tracker run per run, files under <results>/trackers/")] = None,
 ) -> None:
     """Run the runs of a sweep config; results go to <output_dir>/<name>/."""
     from . import distributed
     from .runner import make_plan, pending, run_sweep
-    from .summary import problems, run_table
+    from .summary import problems, run_line, run_table
 
     distributed.init()  # under accelerate launch / torchrun: join the process group
     if not distributed.is_main():  # only rank 0 talks
         out.quiet = err.quiet = True
     try:
-        plan = make_plan(config, overrides or [], output_dir, data_dir, batch_size)
+        trackers = [t.strip() for item in log_with or [] for t in item.split(",") if t.strip()]
+        plan = make_plan(config, overrides or [], output_dir, data_dir, batch_size, trackers or None)
         todo, done = pending(plan, force, retry_failed)
         if dry_run:
             _print_plan(plan, {r.run_id for r in todo})
@@ -64,8 +68,7 @@ def run(
                   f"{len(todo)} to run -> {plan.sweep_dir}")
 
         def on_record(i, n, rec):
-            err.print(f"[{i}/{n}] {rec['run_id']} {rec['spec']['method']} shots={rec['spec']['shots']} "
-                      f"seed={rec['spec']['data_seed']}: {rec['status']}", highlight=False)
+            err.print(run_line(rec, i, n), highlight=False, soft_wrap=True)
 
         options = {"partition": partition, "gpus": gpus_per_run, "time_limit": time_limit,
                    "array_parallelism": array_parallelism, "wait": wait}
@@ -113,6 +116,27 @@ def report(
     for line in rep.problems:
         err.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
     err.print(f"wrote {len(rep.files)} files to {rep.out_dir} (open {rep.out_dir}/report.html)")
+
+
+@app.command()
+def show(
+    target: Annotated[str, typer.Argument(help="a run id (or its first 4+ characters), a run folder, or a sweep's "
+                                               "results folder")],
+    results_dir: Annotated[str, typer.Option(help="where to look for a run id")] = "results",
+) -> None:
+    """One run: its settings, metrics per eval set and slice, costs per phase, and where its files are."""
+    from .show import find_run, render
+    from .summary import run_table
+
+    try:
+        found = find_run(target, results_dir)
+    except AdaptbenchError as e:
+        _fail(e)
+    if isinstance(found, list):  # a folder of several runs: which one?
+        out.print(run_table(found, title=f"{target}: {len(found)} runs"))
+        err.print(f"pass one run id to see it: adaptbench show {found[0]['run_id'][:8]} --results-dir {target}")
+        return
+    out.print(render(*found))
 
 
 @app.command()

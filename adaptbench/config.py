@@ -41,15 +41,21 @@ class PromptSpec(Strict):
 
 
 class UserTaskSpec(Strict):
-    """A task from your own files (CSV, TSV or JSONL; paths relative to the config file)."""
+    """A task from your own files (CSV, TSV, JSONL, Parquet or Arrow; paths relative to the config file),
+    or from a hub dataset (``hub``: train, validation and ood values are then split names)."""
 
     name: str
-    train: str
-    validation: str
+    train: str = Field(description="file of the training pool, or its split name with hub")
+    validation: str = Field(description="file of the in-domain eval set, or its split name with hub")
     text_fields: list[str] = Field(min_length=1, max_length=2)
     label_field: str = "label"
-    labels: list[str | int] = Field(min_length=2, description="label values in label-id order")
-    ood: dict[str, str] = Field(default_factory=dict, description="name -> file of extra eval sets")
+    labels: list[str | int] = Field(min_length=2, description="label values in label-id order (for a hub "
+                                                              "class-label column: its names or integer codes)")
+    ood: dict[str, str] = Field(default_factory=dict, description="name -> file (or hub split) of extra eval sets")
+    hub: str | None = Field(None, description="a hub dataset id (org/name) or a local dataset folder, loaded "
+                                              "with datasets.load_dataset")
+    config: str | None = Field(None, description="hub: the dataset's configuration (subset) name")
+    revision: str | None = Field(None, description="hub: a branch, tag or commit of the dataset")
 
 
 # Tags of the "name or inline spec" unions; they show up in error locations and are dropped there.
@@ -89,6 +95,8 @@ class RuntimeOptions(Strict):
     data_dir: str | None = Field(None, description="local data folder (else ADAPTBENCH_DATA_DIR, else hub)")
     data_source: Literal["auto", "local", "original", "hub"] = "auto"
     progress: bool = True
+    log_with: list[str] = Field(default_factory=list, description="experiment trackers (accelerate's): "
+                                                                 "tensorboard, mlflow, wandb, ...")
 
 
 class RunSpec(Strict):

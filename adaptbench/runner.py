@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import gc
+import json
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from .prompts import PromptEncoder
 from .resolve import RunInputs, load_inputs
 from .sampling import few_shot_sample
 from .scoring import log_softmax
+from .tracking import RunTrackers, check_trackers
 
 
 @dataclass
@@ -54,15 +56,18 @@ class Plan:
 
 
 def make_plan(config: str, overrides: list[str] = (), output_dir: str | None = None,
-              data_dir: str | None = None, batch_size: int | None = None) -> Plan:
+              data_dir: str | None = None, batch_size: int | None = None, log_with: list[str] | None = None) -> Plan:
     """Load and expand a config; command-line options override the file's ``runtime``/``output_dir``."""
     extra = list(overrides)
+    # paths as JSON strings: overrides are YAML, where `results #2` would lose its comment and `2024` be a number
     if output_dir is not None:
-        extra.append(f"output_dir={output_dir}")
+        extra.append(f"output_dir={json.dumps(output_dir)}")
     if data_dir is not None:
-        extra.append(f"runtime.data_dir={os.path.abspath(data_dir)}")
+        extra.append(f"runtime.data_dir={json.dumps(os.path.abspath(data_dir))}")
     if batch_size is not None:
         extra.append(f"runtime.batch_size={batch_size}")
+    if log_with is not None:
+        extra.append(f"runtime.log_with={json.dumps(log_with)}")
     raw = load_raw(config, extra)
     sweep, runs = expand(raw, config)
     return Plan(sweep, runs, os.path.dirname(os.path.abspath(config)), sweep.runtime, raw)
@@ -119,9 +124,11 @@ def execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | Non
     except AdaptbenchError:  # e.g. cuda asked for on a machine without: loading the model says so, below
         device = torch.device("cpu")
     costs = CostTracker(device)
+    trackers = (RunTrackers.open(plan.runtime.log_with, plan.sweep_dir, plan.sweep.name, run)
+                if distributed.is_main() else RunTrackers())
     try:
         inputs = inputs or load_inputs(run, plan.runtime, plan.config_dir)
-        _execute(run, plan, models, inputs, costs, out)
+        _execute(run, plan, models, inputs, costs, out, trackers)
         record["status"] = "ok"
     except RunSkipped as e:
         record.update(status="skipped", reason=str(e))
@@ -133,6 +140,7 @@ def execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | Non
     _precision(record)
     record["environment"] = environment(costs.device)
     record["finished_at"] = _now()
+    trackers.finish(record)
     return out
 
 
@@ -161,7 +169,7 @@ def rank_costs(costs: dict) -> dict:
 
 
 def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, costs: CostTracker,
-             out: RunOutcome) -> None:
+             out: RunOutcome, trackers: RunTrackers) -> None:
     record, task = out.record, inputs.task
     sample = few_shot_sample(inputs.pool, run.shots, run.data_seed, len(task.labels.names), run.balanced)
     record["task"] = {"name": task.name, "labels": list(task.labels.names), "label_space": task.labels.space}
@@ -189,7 +197,7 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
                      make_progress(plan.runtime.progress and distributed.is_main()),
                      evals=[(req.name, req.eval_set, examples) for req, examples, _ in inputs.evals],
                      out_dir=records.run_dir(plan.sweep_dir, run.run_id), config_dir=plan.config_dir,
-                     load_model=models.snapshots.load)
+                     load_model=models.snapshots.load, tracker=trackers)
     record["method_info"] = ctx.info
     predictor = method.fit(ctx)
     record["metrics"], record["eval_sets"] = {}, {}
@@ -287,6 +295,7 @@ def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_re
         todo = [r for r in plan.runs if r.run_id in set(todo_ids)]
         if jobs > 1:
             raise AdaptbenchError("--jobs and a multi-process launch do not mix: use one or the other")
+    check_trackers(plan.runtime.log_with)
     inputs = preflight(plan, todo)
     if distributed.is_main():
         os.makedirs(plan.sweep_dir, exist_ok=True)

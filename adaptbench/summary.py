@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "red"}
@@ -21,6 +22,26 @@ def _metric_text(metrics: dict) -> str:
     return " ".join(parts) or "-"
 
 
+def run_line(rec: dict, i: int, n: int) -> str:
+    """One line per finished run: what ran and what came out (rich markup).
+
+    ``[3/12] 1a2b3c4d pbft lora k=16 seed=0 ok  rte 0.560  hans 0.500  41.2 s  0.61 GiB``; a skipped or failed
+    run ends with its reason instead of its metrics."""
+    spec, costs = rec["spec"], rec.get("costs", {})
+    what = " ".join(p for p in (spec["method"], spec.get("trainable") or "", f"k={spec['shots']}",
+                                f"seed={spec['data_seed']}") if p)
+    status = rec["status"]
+    head = f"[{i}/{n}] {rec['run_id'][:8]} {what} [{STATUS_STYLE.get(status, '')}]{status}[/]"
+    seconds = sum(p["seconds"] for p in costs.values())
+    if status != "ok":
+        return f"{head} ({seconds:.1f} s): {escape(rec.get('reason', ''))}"
+    parts = [f"{name} {_metric_text(m)}" for name, m in rec.get("metrics", {}).items()]
+    if _recovered(rec):
+        parts.append(f"recovered {_recovered(rec)}")
+    parts += [f"{seconds:.1f} s", f"{_gib(max((p['peak_memory_bytes'] for p in costs.values()), default=0))} GiB"]
+    return f"{head}  " + "  ".join(parts)
+
+
 def _unscored_text(record: dict) -> str:
     """'rte 3/100' for each eval set of the run with examples left out of its metrics (did not fit)."""
     parts = []
@@ -29,6 +50,13 @@ def _unscored_text(record: dict) -> str:
         if k:
             parts.append(f"{name} {k}/{m['all']['n'] + k}")
     return ", ".join(parts)
+
+
+def _recovered(rec: dict) -> str:
+    """'63% of 1,234 tok' for a sequence distillation run with held-out inputs; '' otherwise."""
+    info = rec.get("method_info") or {}
+    share = (info.get("heldout") or {}).get("recovered")
+    return "" if share is None else f"{share:.0%} of {info.get('context_tokens', 0):,} tok"
 
 
 UNSCORED_CAPTION = "* mean over fewer examples: k of n examples unscored (did not fit the window), see column unscored"
@@ -68,9 +96,15 @@ def run_table(records: list[dict], title: str = "") -> Table:
     unscored = any(_unscored_text(r) for r in records)
     if unscored:  # a mean over fewer examples than the eval set has must not pass unnoticed
         table.add_column("unscored", no_wrap=True)
+    recovered = any(_recovered(r) for r in records)
+    if recovered:  # sequence distillation: the share of the context's effect on held-out inputs
+        table.add_column("recovered", justify="right", no_wrap=True)
     table.add_column("s", justify="right", no_wrap=True, min_width=4)
     table.add_column("GiB", justify="right", no_wrap=True, min_width=4)
     table.caption = "eval set columns: accuracy ('all' slice; mcc/f1 where the task has them)"
+    if recovered:
+        table.caption += ("\nrecovered: share of the context's effect the student recovered on held-out inputs, "
+                          "1 - KL(teacher || student) / KL(teacher || base)")
     if unscored:
         table.caption += "\n" + UNSCORED_CAPTION
     for r in records:
@@ -79,6 +113,7 @@ def run_table(records: list[dict], title: str = "") -> Table:
         row.append(f"[{STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]")
         row += [_metric_text(r["metrics"][n]) if n in r.get("metrics", {}) else "-" for n in eval_names]
         row += [_unscored_text(r)] if unscored else []
+        row += [_recovered(r) or "-"] if recovered else []
         row += [f"{sum(p['seconds'] for p in costs.values()):.1f}",
                 _gib(max((p["peak_memory_bytes"] for p in costs.values()), default=0))]
         table.add_row(*row)

@@ -89,9 +89,11 @@ def total_steps(settings: TrainSettings, n_items: int) -> int:
 
 def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, loss_fn: Callable, pad_id: int,
           seed: int, device: torch.device, evaluate: Callable[[], dict] | None = None,
-          progress=None, packed: bool = False) -> TrainLog:
+          progress=None, packed: bool = False, on_step: Callable[[int, dict], None] | None = None) -> TrainLog:
     """Train ``model`` in place.  ``evaluate()`` is called at the evaluation points (model in eval mode,
-    no gradients) and returns the metrics to log there."""
+    no gradients) and returns the metrics to log there.  ``on_step(step, values)`` gets the loss and
+    learning rate of every optimizer step and the metrics of every evaluation point (experiment trackers)."""
+    on_step = on_step or (lambda step, values: None)
     from transformers import get_scheduler
 
     acc = make_accelerator(settings, device)
@@ -147,14 +149,16 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
                 log.losses.append(_step_loss(acc, *step_loss))
                 step_loss = [0.0, 0]
                 advance(1)
+                on_step(log.steps, {"train": {"loss": log.losses[-1], "lr": sched.get_last_lr()[0],
+                                              "epoch": log.epochs}})
                 if evaluate is not None and every and log.steps % every == 0:
-                    last_eval = _evaluate(model, evaluate, log, sched)
+                    last_eval = _evaluate(model, evaluate, log, sched, on_step)
                 if log.steps >= steps:
                     break
             if evaluate is not None and settings.eval_every == "epoch":
-                last_eval = _evaluate(model, evaluate, log, sched)
+                last_eval = _evaluate(model, evaluate, log, sched, on_step)
     if evaluate is not None and every and last_eval != log.steps:  # the final model is always a point
-        _evaluate(model, evaluate, log, sched)
+        _evaluate(model, evaluate, log, sched, on_step)
     model = acc.unwrap_model(model)
     model.eval()
     acc.free_memory()
@@ -175,7 +179,7 @@ def _step_loss(acc, loss_sum: float, n: int) -> float:
     return float(total[0] / total[1])
 
 
-def _evaluate(model: nn.Module, evaluate: Callable[[], dict], log: TrainLog, sched) -> int:
+def _evaluate(model: nn.Module, evaluate: Callable[[], dict], log: TrainLog, sched, on_step) -> int:
     """One evaluation point: metrics from ``evaluate()`` plus the mean training loss since the last one.
     Its time and memory are not training's: ``evaluate`` accounts for them (see ``CostTracker.interval``)."""
     since = log.history[-1]["step"] if log.history else 0
@@ -187,4 +191,5 @@ def _evaluate(model: nn.Module, evaluate: Callable[[], dict], log: TrainLog, sch
     log.history.append({"step": log.steps, "epoch": round(log.epochs, 4),
                         "train_loss": sum(recent) / len(recent) if recent else None,
                         "lr": sched.get_last_lr()[0], "metrics": metrics})
+    on_step(log.steps, {"eval": metrics})
     return log.steps

@@ -16,6 +16,7 @@ from ..costs import CostTracker
 from ..models import LoadedModel
 from ..prompts import PromptEncoder
 from ..tasks.schema import EvalSetDef, Example, TaskDef
+from ..tracking import RunTrackers
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RunContext:
     config_dir: str = "."  # relative paths in the config resolve from here
     load_model: Callable | None = None  # load_model(ModelSpec) -> LoadedModel: another model (a teacher)
     info: dict = field(default_factory=dict)
+    tracker: RunTrackers = field(default_factory=RunTrackers)  # --log-with: per-step values go here
 
 
 @dataclass

@@ -55,7 +55,7 @@ class FineTuneMethod(Method):
         with ctx.costs.phase("train") as phase:
             log = train(model, items, settings, loss_fn=self.loss, pad_id=ctx.loaded.tokenizer.pad_token_id,
                         seed=spec.train_seed, device=ctx.loaded.device, evaluate=evaluator, progress=ctx.progress,
-                        packed=packed)
+                        packed=packed, on_step=ctx.tracker.step)
             phase.tokens, phase.padded_tokens = log.tokens, log.padded_tokens
             phase.extra.update(steps=log.steps, epochs=log.epochs)  # evaluation points: costs["eval_points"]
         ctx.info.update(train_examples=len(items), steps=log.steps, train_losses=[round(x, 5) for x in log.losses],
