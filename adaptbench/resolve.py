@@ -20,7 +20,7 @@ def resolve_task(run: RunSpec, config_dir: str) -> tuple[TaskDef, dict[str, Eval
         return get_task(run.task), {}
     t = run.task
     return build_user_task(t.name, {"train": t.train, "validation": t.validation}, t.text_fields,
-                           t.label_field, t.labels, t.ood, config_dir)
+                           t.label_field, t.labels, t.ood, config_dir, t.hub, t.config, t.revision)
 
 
 def resolve_prompt(spec: PromptSpec, task: TaskDef) -> Prompt:

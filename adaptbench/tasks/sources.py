@@ -77,7 +77,7 @@ def _tried(data_dir: str, dataset: DatasetDef, split: str, mode: str) -> list[st
 @lru_cache(maxsize=32)
 def _read_user_file(dataset: DatasetDef, split: str) -> Split:
     path = dataset.originals[split].paths[0]
-    if not os.path.isfile(path):
+    if not path.startswith("hub:") and not os.path.isfile(path):
         raise DataError(f"task {dataset.name!r}: {split} file {path} does not exist")
     return Split(tuple(dataset.originals[split].reader(path)), path)
 
