@@ -156,6 +156,21 @@ class PrefixCache:
             return self
         return PrefixCache([(k[..., :length, :], v[..., :length, :]) for k, v in self.layers], length)  # no last_hidden
 
+    def extended(self, parts: LMParts, more_ids: Sequence[int]) -> PrefixCache:
+        """The cache of this prefix followed by ``more_ids``: only the new tokens are run, attending to the
+        cached ones at their own positions -- the same keys/values as encoding the whole prefix at once
+        (up to float rounding).  Used where many prefixes share a start (CD's leave-one-out contexts)."""
+        ids = torch.tensor([list(more_ids)], device=parts.device)
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(self.layers):
+            cache.update(k, v, i)
+        n = self.length + len(more_ids)
+        positions = torch.arange(self.length, n, device=parts.device)[None]
+        with torch.inference_mode():
+            out = parts.backbone(input_ids=ids, attention_mask=torch.ones(1, n, dtype=torch.long, device=parts.device),
+                                 position_ids=positions, use_cache=True, **{parts.cache_kwarg: cache})
+        return PrefixCache([(layer.keys, layer.values) for layer in cache.layers], n, out.last_hidden_state[0, -1])
+
     def for_batch(self, batch_size: int) -> Cache:
         return Cache(layers=[_PrefixLayer(k, v, batch_size) for k, v in self.layers])
 

@@ -53,6 +53,26 @@ def test_cached_batched_equals_full_context(tiny_models, rte, arch):
     assert full.tokens == sum(map(len, queries)) + len(queries) * len(ctx)
 
 
+@pytest.mark.parametrize("arch", ["opt", "llama", "gpt2"])
+def test_a_cache_extended_from_a_shared_start_equals_encoding_at_once(tiny_models, rte, arch):
+    """CD's leave-one-out contexts reuse the keys/values of the tokens they share: a truncated cache
+    extended by the rest is the cache of the whole prefix, and queries score the same against it."""
+    loaded = load_model(tiny_models[arch])
+    enc, ctx, queries = _encoded(loaded, rte)
+    parts, pad = lm_parts(loaded.model), loaded.tokenizer.pad_token_id
+    whole = PrefixCache.encode(parts, ctx)
+    other = PrefixCache.encode(parts, ctx[:100] + ctx[-50:])  # shares the first 100 tokens only
+    rebuilt = other.truncated(100).extended(parts, ctx[100:])
+    assert rebuilt.length == whole.length == len(ctx)
+    for (k1, v1), (k2, v2) in zip(whole.layers, rebuilt.layers):
+        assert (k1 - k2).abs().max() < TOL and (v1 - v2).abs().max() < TOL
+    assert (whole.last_hidden - rebuilt.last_hidden).abs().max() < TOL
+    a = score(parts, queries, enc.label_token_ids, pad, prefix_cache=whole, batch_size=8)
+    b = score(parts, queries, enc.label_token_ids, pad, prefix_cache=rebuilt, batch_size=8)
+    np.testing.assert_array_equal(a.predictions, b.predictions)
+    assert np.abs(a.vocab_logprobs - b.vocab_logprobs).max() < TOL
+
+
 @pytest.mark.parametrize("arch", ["opt", "llama"])
 def test_verbalizer_logits_equal_lm_head_logits(tiny_models, rte, arch):
     """Scoring from hidden state x head rows == the model's own full-vocabulary logits at that position."""

@@ -6,7 +6,9 @@ followed by each distillation input, and gives its distribution over the verbali
 at the answer position.  No labelled input is scored by a teacher that has it among its
 demonstrations: each gets a leave-one-out context (the other k - 1 demonstrations); unlabelled inputs
 share the full context.  Context and input are tokenised as one text; the tokens every input of a
-context shares with it are encoded once (KV cache).
+context shares with it are encoded once (KV cache), and a context reuses the keys/values of the tokens
+it shares with the one scored before it (leave-one-out contexts i and i + 1 share demonstrations
+0..i-1), so the k contexts cost about half of k encodings.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from ...contexts import parse_context_setting
 from ...errors import ConfigError, RunSkipped
-from ...prompts import PromptEncoder
+from ...prompts import PromptEncoder, common_prefix_length
 from ...scoring import PrefixCache, lm_parts, log_softmax, prefix_cache_unsupported, score
 from ..base import RunContext
 from .context import context_text
@@ -23,6 +25,8 @@ from .context import context_text
 
 class Teacher:
     """A teacher model with its own tokenizer, the contexts it reads, and the inputs it scores."""
+
+    share_prefixes = True  # False: every context encoded on its own (bench/cd_teacher_cache.py's "before")
 
     def __init__(self, ctx: RunContext, loaded, inputs: list, n_labelled: int):
         settings = ctx.spec.cd
@@ -59,9 +63,18 @@ class Teacher:
                 self.queries[i] = suffix
         self.fits = [self.shared[k] + len(q) <= window for k, q in zip(keys, self.queries)]
 
-    def prefix_cache(self, prefix: list[int]) -> PrefixCache | None:
-        """The prefix's KV cache where the model allows one (else scoring joins prefix and query)."""
-        return PrefixCache.encode(self.parts, prefix) if prefix and self.cache_ok else None
+    def prefix_cache(self, prefix: list[int], previous: tuple[list[int], PrefixCache] | None = None
+                     ) -> PrefixCache | None:
+        """The prefix's KV cache where the model allows one (else scoring joins prefix and query).
+        ``previous`` (its tokens and cache): the tokens both share are not run again -- the leave-one-out
+        contexts of demonstrations i and i + 1 share the first i demonstrations."""
+        if not prefix or not self.cache_ok:
+            return None
+        shared = common_prefix_length(previous[0], prefix) if previous is not None and previous[1] else 0
+        if not shared:
+            return PrefixCache.encode(self.parts, prefix)
+        base = previous[1].truncated(shared)
+        return base if shared == len(prefix) else base.extended(self.parts, prefix[shared:])
 
     def _distribution(self, s) -> np.ndarray:
         return np.exp(log_softmax((s.vocab if self.vocab else s.logits) / self.temperature))
@@ -74,10 +87,12 @@ class Teacher:
         for pos, i in enumerate(indices):
             groups.setdefault(self.keys[i], []).append(pos)
         pad = self.loaded.tokenizer.pad_token_id
+        previous = None  # the last group's prefix and cache: the next one reuses what they share
         for key, positions in groups.items():
             prefix = self.contexts[key][:self.shared[key]]
             queries = [self.queries[indices[p]] for p in positions]
-            cache = self.prefix_cache(prefix) if cached else None
+            cache = self.prefix_cache(prefix, previous if self.share_prefixes else None) if cached else None
+            previous = (prefix, cache)
             s = score(self.parts, queries, self.encoder.label_token_ids, pad, prefix_ids=prefix, prefix_cache=cache,
                       batch_size=8, full_vocab=self.vocab, on_batch=progress)
             out[positions] = self._distribution(s)
