@@ -216,7 +216,8 @@ class GGUFSnapshots:
             folder = tempfile.mkdtemp(prefix="adaptbench-gguf-")
             atexit.register(shutil.rmtree, folder, True)
             try:
-                save_plain(loaded.model, loaded.tokenizer, folder)
+                with library_bars_off():
+                    save_plain(loaded.model, loaded.tokenizer, folder)
                 self.folders[spec] = (folder, dataclasses.replace(loaded, model=None, tokenizer=None))
             except (OSError, ValueError, RuntimeError) as e:  # no snapshot: later loads read the GGUF again
                 warnings.warn(f"could not snapshot {loaded.source} ({e}); it will be dequantized at every load")
