@@ -24,6 +24,9 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from . import shared_prefix
+from .shared_prefix import SharedPrefixLayer
+
 
 @dataclass
 class LMParts:
@@ -130,31 +133,44 @@ class _PrefixLayer(DynamicLayer):
         return keys, values
 
 
+def prefix_attention(config) -> str:
+    """How queries attend to a cached prefix on this model, for the record: ``shared`` (one copy of the
+    prefix per batch, :mod:`adaptbench.shared_prefix`) or ``expanded (<why not shared>)``."""
+    why_not = shared_prefix.unsupported(config)
+    return "shared" if why_not is None else f"expanded ({why_not})"
+
+
 class PrefixCache:
     """Keys/values of a prefix encoded once (batch 1), reusable for any number of query batches."""
 
     def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int,
-                 last_hidden: torch.Tensor | None = None):
+                 last_hidden: torch.Tensor | None = None, shared: bool = False):
         self.layers = layers
         self.length = length
         self.last_hidden = last_hidden  # (hidden,): the final hidden state at the prefix's last token
+        self.shared = shared  # queries attend to it through adaptbench.shared_prefix (else expanded per row)
 
     @classmethod
-    def encode(cls, parts: LMParts, prefix_ids: Sequence[int]) -> PrefixCache:
+    def encode(cls, parts: LMParts, prefix_ids: Sequence[int], shared: bool | None = None) -> PrefixCache:
+        """``shared``: queries attend to it through :mod:`adaptbench.shared_prefix`; None: wherever the
+        model's attention allows (see ``shared_prefix.unsupported``)."""
         ids = torch.tensor([list(prefix_ids)], device=parts.device)
         cache = DynamicCache()
         with torch.inference_mode():
             out = parts.backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
                                  **{parts.cache_kwarg: cache})
         layers = [(layer.keys, layer.values) for layer in cache.layers]
-        return cls(layers, len(prefix_ids), out.last_hidden_state[0, -1])
+        if shared is None:
+            shared = shared_prefix.unsupported(parts.backbone.config) is None
+        return cls(layers, len(prefix_ids), out.last_hidden_state[0, -1], shared)
 
     def truncated(self, length: int) -> PrefixCache:
         """The cache of the first ``length`` tokens: causal attention makes a position's keys/values
         depend only on the tokens up to it, so a slice is exactly the shorter prefix's cache."""
         if length >= self.length:
             return self
-        return PrefixCache([(k[..., :length, :], v[..., :length, :]) for k, v in self.layers], length)  # no last_hidden
+        return PrefixCache([(k[..., :length, :], v[..., :length, :]) for k, v in self.layers], length,
+                           shared=self.shared)  # no last_hidden
 
     def extended(self, parts: LMParts, more_ids: Sequence[int]) -> PrefixCache:
         """The cache of this prefix followed by ``more_ids``: only the new tokens are run, attending to the
@@ -169,10 +185,15 @@ class PrefixCache:
         with torch.inference_mode():
             out = parts.backbone(input_ids=ids, attention_mask=torch.ones(1, n, dtype=torch.long, device=parts.device),
                                  position_ids=positions, use_cache=True, **{parts.cache_kwarg: cache})
-        return PrefixCache([(layer.keys, layer.values) for layer in cache.layers], n, out.last_hidden_state[0, -1])
+        return PrefixCache([(layer.keys, layer.values) for layer in cache.layers], n, out.last_hidden_state[0, -1],
+                           self.shared)
 
     def for_batch(self, batch_size: int) -> Cache:
         return Cache(layers=[_PrefixLayer(k, v, batch_size) for k, v in self.layers])
+
+    def for_shared_batch(self) -> Cache:
+        """The cache for :mod:`adaptbench.shared_prefix` attention: the prefix once, never expanded."""
+        return Cache(layers=[SharedPrefixLayer(k, v) for k, v in self.layers])
 
     @property
     def nbytes(self) -> int:
@@ -218,6 +239,12 @@ def _hidden_states(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
     offset = prefix.length
     full_mask = torch.cat([mask.new_ones(len(seqs), offset), mask], dim=1)
     positions = torch.arange(offset, offset + ids.shape[1], device=parts.device).expand(len(seqs), -1)
+    if prefix.shared:  # the batch's queries attend to the one copy of the prefix together
+        cache = prefix.for_shared_batch()
+        with shared_prefix.enabled(parts.backbone.config):
+            out = parts.backbone(input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
+                                 shared_prefix=cache, **{parts.cache_kwarg: cache})
+        return out.last_hidden_state, mask
     out = parts.backbone(input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
                          **{parts.cache_kwarg: prefix.for_batch(len(seqs))})
     return out.last_hidden_state, mask

@@ -1,12 +1,24 @@
-"""ICL scoring: demonstration-prefix KV cache + batched queries vs re-encoding the context per example.
+"""ICL scoring: three ways to score queries after the same demonstrations, at several context lengths.
 
-    python bench/icl_prefix_cache.py                      # SmolLM2-135M, 16-shot RTE, 200 examples
-    python bench/icl_prefix_cache.py --examples 50 --model opt-125m --device cuda
+    python bench/icl_prefix_cache.py                                # SmolLM2-135M, RTE demos, HANS queries
+    python bench/icl_prefix_cache.py --lengths 1500,4096,8000 --examples 64 --full-examples 8
+    python bench/icl_prefix_cache.py --device cuda --batch-sizes 64 --examples 512
 
-Same model, same context, same evaluation examples, both paths in one process.  Prints examples/s of
-each, the speed-up, and the agreement of predicted labels and verbalizer log-probabilities.  The
-full-context path is what the reference implementation (and lm-evaluation-harness) does: context +
-query as one sequence for every example.
+* ``full``: context + query as one sequence for every example (the reference implementation and
+  lm-evaluation-harness).
+* ``expanded``: the context encoded once (KV cache), only the query tokens run per example; every row
+  of a batch reads its own expanded copy of the prefix keys/values in every layer (adaptbench before
+  issue 15).
+* ``shared``: the same cache, and all queries of a batch attend to the one copy of the prefix together
+  (:mod:`adaptbench.shared_prefix`: one matrix product per key head, the causal part per row, merged by
+  log-sum-exp).
+
+For each context length L: the context is RTE training demonstrations (balanced, seeded), as many as
+fit in L tokens; the queries are HANS lexical-overlap examples (~16 tokens); one process, the paths
+taking turns, a warm-up call of each first.  Prints examples/s of each path (context encoding
+excluded: it is the same one-off cost for both cached paths), the speed-ups, peak memory (CUDA) and
+the agreement of predictions and label log-probabilities with the full path (on the examples it
+scored) and between the two cached paths (on all).
 """
 
 from __future__ import annotations
@@ -17,70 +29,101 @@ import numpy as np
 import torch
 
 from adaptbench.config import PromptSpec
+from adaptbench.costs import timed
 from adaptbench.models import load_model
 from adaptbench.prompts import PromptEncoder
 from adaptbench.resolve import resolve_prompt
 from adaptbench.sampling import few_shot_sample
-from adaptbench.costs import timed
 from adaptbench.scoring import PrefixCache, lm_parts, score
-from adaptbench.tasks import eval_examples, get_task, resolve_data_dir, train_pool
+from adaptbench.tasks import eval_examples, get_eval_set, get_task, resolve_data_dir, train_pool
+
+
+def context_of(enc: PromptEncoder, pool, length: int, seed: int, n_labels: int) -> tuple[list, list[int]]:
+    """The most demonstrations (balanced sample, growing k) whose context fits ``length`` tokens."""
+    best, k = None, 2
+    while True:
+        sample = few_shot_sample(pool, k, seed, n_labels)
+        ids = enc.encode(enc.context_text(sample))
+        if len(ids) > length or k > len(pool):
+            break
+        best, k = (sample, ids), k + 2
+    if best is None:
+        raise SystemExit(f"not even 2 demonstrations fit {length} tokens")
+    return best
+
+
+def peak(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--task", default="rte")
-    ap.add_argument("--shots", type=int, default=16)
-    ap.add_argument("--examples", type=int, default=200)
+    ap.add_argument("--lengths", default="1500,4096,8000", help="context lengths in tokens (comma-separated)")
+    ap.add_argument("--examples", type=int, default=96, help="HANS queries scored by the cached paths")
+    ap.add_argument("--full-examples", type=int, default=8, help="of them, scored by the full path too")
+    ap.add_argument("--batch-sizes", default="8,32", help="batch sizes of the cached paths")
     ap.add_argument("--data-seed", type=int, default=0)
-    ap.add_argument("--batch-sizes", default="1,4,8", help="batch sizes tried on the cached path")
-    ap.add_argument("--full-batch-size", type=int, default=1, help="batch size of the full-context path")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
 
-    task = get_task(args.task)
+    task = get_task("rte")
     data_dir = resolve_data_dir(args.data_dir)
     pool = train_pool(task, data_dir)
-    sample = few_shot_sample(pool, args.shots, args.data_seed, len(task.labels.names))
-    evals, _ = eval_examples(task.validation, data_dir, max_examples=args.examples, seed=0)
-
+    hans, _ = eval_examples(get_eval_set("hans", task), data_dir, max_examples=args.examples, seed=0)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     device = loaded.device
     enc = PromptEncoder(loaded.tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
-    context, queries = enc.icl_inputs(sample, evals)
     parts, pad = lm_parts(loaded.model), loaded.tokenizer.pad_token_id
-    print(f"model {args.model} ({loaded.dtype}, {device}), {args.task} {args.shots}-shot: context "
-          f"{len(context)} tokens, {len(queries)} queries of {np.mean([len(q) for q in queries]):.0f} tokens "
-          f"on average (max {max(len(q) for q in queries)}), torch threads {torch.get_num_threads()}")
-
-    # warm-up: one small call of each path
-    score(parts, queries[:2], enc.label_token_ids, pad, prefix_ids=context, batch_size=1)
-    cache, t_encode = timed(lambda: PrefixCache.encode(parts, context), device)
-    print(f"context encoded once in {t_encode:.2f} s ({cache.nbytes / 2**20:.0f} MiB of keys/values)")
-
-    cached = {}
-    for bs in [int(b) for b in args.batch_sizes.split(",")]:
-        s, t = timed(lambda: score(parts, queries, enc.label_token_ids, pad, prefix_cache=cache, batch_size=bs),
-                     device)
-        cached[bs] = (s, t + t_encode)
-        print(f"cached  batch {bs:3d}: {len(queries) / (t + t_encode):7.2f} examples/s "
-              f"({t + t_encode:.1f} s incl. context encoding)")
-    full, t_full = timed(lambda: score(parts, queries, enc.label_token_ids, pad, prefix_ids=context,
-                                       batch_size=args.full_batch_size), device)
-    print(f"full    batch {args.full_batch_size:3d}: {len(queries) / t_full:7.2f} examples/s ({t_full:.1f} s)")
-
-    best_bs = min(cached, key=lambda b: cached[b][1])
-    best, t_best = cached[best_bs]
-    agree = float((best.predictions == full.predictions).mean())
-    diff = float(np.abs(best.label_logprobs - full.label_logprobs).max())
-    print(f"\nspeed-up (best cached, batch {best_bs}, vs full): {t_full / t_best:.1f}x")
-    for bs, (s, _) in cached.items():
-        print(f"  batch {bs}: agreement {float((s.predictions == full.predictions).mean()):.1%}, max |d log p| "
-              f"{float(np.abs(s.label_logprobs - full.label_logprobs).max()):.2e}")
-    print(f"agreement of predicted labels: {agree:.1%} ({int(agree * len(queries))}/{len(queries)}), "
-          f"max |delta log p(label)| = {diff:.2e}")
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    print(f"model {args.model} ({loaded.dtype}, {device}, window {loaded.window}), {len(hans)} HANS queries, "
+          f"torch threads {torch.get_num_threads()}")
+    summary = []
+    for length in [min(int(x), loaded.window - 64) for x in args.lengths.split(",")]:
+        sample, _ = context_of(enc, pool, length, args.data_seed, len(task.labels.names))
+        context, queries = enc.icl_inputs(sample, hans)
+        print(f"\n== L = {len(context)} context tokens ({len(sample)} RTE demonstrations); queries "
+              f"{np.mean([len(q) for q in queries]):.1f} tokens on average (max {max(map(len, queries))})")
+        expanded = PrefixCache.encode(parts, context, shared=False)
+        shared, t_encode = timed(lambda: PrefixCache.encode(parts, context, shared=True), device)
+        print(f"context encoded once in {t_encode:.1f} s ({shared.nbytes / 2**20:.0f} MiB of keys/values)")
+        for cache in (expanded, shared):  # warm-up
+            score(parts, queries[:2], enc.label_token_ids, pad, prefix_cache=cache, batch_size=2)
+        rows = {}
+        for bs in sizes:
+            for name, cache in (("expanded", expanded), ("shared", shared)):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                s, t = timed(lambda: score(parts, queries, enc.label_token_ids, pad, prefix_cache=cache,
+                                           batch_size=bs), device)
+                rows[(name, bs)] = (s, len(queries) / t, peak(device))
+                mem = f", peak {rows[(name, bs)][2]:.2f} GiB" if device.type == "cuda" else ""
+                print(f"{name:8s} batch {bs:3d}: {len(queries) / t:8.2f} examples/s ({t:.1f} s{mem})", flush=True)
+        n_full = min(args.full_examples, len(queries))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        full, t_full = timed(lambda: score(parts, queries[:n_full], enc.label_token_ids, pad, prefix_ids=context,
+                                           batch_size=1), device)
+        full_rate = n_full / t_full
+        print(f"full     batch   1: {full_rate:8.2f} examples/s ({t_full:.1f} s for {n_full} examples)")
+        best_exp = max((r for k, r in rows.items() if k[0] == "expanded"), key=lambda r: r[1])
+        best_sh = max((r for k, r in rows.items() if k[0] == "shared"), key=lambda r: r[1])
+        same = all((rows[("shared", b)][0].predictions == rows[("expanded", b)][0].predictions).all() for b in sizes)
+        d_cached = max(float(np.abs(rows[("shared", b)][0].label_logprobs - rows[("expanded", b)][0].label_logprobs)
+                             .max()) for b in sizes)
+        d_full = float(np.abs(best_sh[0].label_logprobs[:n_full] - full.label_logprobs).max())
+        same_full = bool((best_sh[0].predictions[:n_full] == full.predictions).all())
+        print(f"shared vs expanded (best batch each): {best_sh[1] / best_exp[1]:.2f}x; vs full: "
+              f"{best_sh[1] / full_rate:.1f}x; predictions identical: {same} (cached paths, {len(queries)}), "
+              f"{same_full} (full, {n_full}); max |delta log p| {d_cached:.1e} vs expanded, {d_full:.1e} vs full")
+        summary.append((len(context), full_rate, best_exp[1], best_sh[1], same and same_full, max(d_cached, d_full)))
+    print("\n================ summary: examples/s ================")
+    print(f"{'L':>6s} {'full':>8s} {'expanded':>9s} {'shared':>8s} {'shared/expanded':>16s} {'shared/full':>12s} "
+          f"{'identical':>10s} {'max |d|':>8s}")
+    for L, f, e, s, same, d in summary:
+        print(f"{L:6d} {f:8.2f} {e:9.2f} {s:8.2f} {s / e:15.2f}x {s / f:11.1f}x {str(same):>10s} {d:8.1e}")
 
 
 if __name__ == "__main__":

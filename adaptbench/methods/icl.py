@@ -14,7 +14,7 @@ import numpy as np
 from .. import distributed
 from ..errors import RunSkipped
 from ..models import free_memory_bytes
-from ..scoring import PrefixCache, auto_batch_size, lm_parts, prefix_cache_unsupported, score
+from ..scoring import PrefixCache, auto_batch_size, lm_parts, prefix_attention, prefix_cache_unsupported, score
 from ..tasks.schema import Example
 from .base import Method, Predictions, RunContext, register
 
@@ -42,6 +42,7 @@ class ICL(Method):
             if use_cache:
                 cache = PrefixCache.encode(parts, context)
                 phase.extra["cache_bytes"] = cache.nbytes
+                ctx.info["prefix_attention"] = prefix_attention(loaded.model.config)
             phase.tokens = phase.padded_tokens = len(context) if use_cache else 0
         ctx.info.update(context_tokens=len(context), prefix_cache=use_cache, context_text=text)
         return ICLPredictor(loaded, ctx.encoder, text, context, cache, ctx.runtime.batch_size, ctx.progress,
