@@ -21,7 +21,7 @@ import yaml
 from pydantic import (BaseModel, Discriminator, Field, NonNegativeInt, PositiveInt, Tag,
                       ValidationError, field_validator, model_validator)
 
-from .errors import ConfigError
+from .errors import ConfigError, not_utf8
 from .settings import (SWEEP_PRESETS, BitfitSettings, CDSettings, ICLSettings, LoraSettings, ModelSpec, PBFTSettings,
                        Strict, TrainSettings, VanillaSettings)
 
@@ -150,14 +150,15 @@ class SweepConfig(Strict):
     preset: Literal["reference", "adaptbench"] | None = Field(
         None, description="reference: the reference study's choices for every setting left unset (train preset, "
                           "pbft.loss: vocab, vanilla.head: mlp, minimal prompt); adaptbench: adaptbench's defaults")
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="results go to <output_dir>/<name>/")
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$",
+                      description="results go to <output_dir>/<name>/ (letters, digits, . _ -; not . or ..)")
     output_dir: str = "results"
     model: list[ModelSpec] = Field(min_length=1)
     task: list[TaskRef] = Field(min_length=1)
     method: list[str] = Field(min_length=1)
     shots: list[NonNegativeInt] = Field(min_length=1)
-    data_seeds: list[int] = Field([0], min_length=1, description="N (= seeds 0..N-1) or a list")
-    train_seeds: list[int] = Field([0], min_length=1, description="N (= seeds 0..N-1) or a list")
+    data_seeds: list[NonNegativeInt] = Field([0], min_length=1, description="N (= seeds 0..N-1) or a list")
+    train_seeds: list[NonNegativeInt] = Field([0], min_length=1, description="N (= seeds 0..N-1) or a list")
     balanced: bool = Field(True, description="few-shot samples balanced across labels")
     prompt: list[PromptSpec] = Field([PromptSpec()], min_length=1)
     eval: EvalSpec = EvalSpec()
@@ -173,6 +174,14 @@ class SweepConfig(Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict,
                                        description="dotted setting -> list of values to sweep over")
     runtime: RuntimeOptions = RuntimeOptions()
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_dot_folder(cls, value: str) -> str:
+        if value in (".", ".."):
+            raise ValueError(f"{value!r} would put the results in the output folder itself or above it; "
+                             f"choose a name")
+        return value
 
     @field_validator("model", mode="before")
     @classmethod
@@ -398,6 +407,8 @@ def load_raw(path: str, overrides: list[str] = ()) -> dict:
             raw = yaml_load(f)
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(not_utf8(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

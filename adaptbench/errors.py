@@ -31,3 +31,20 @@ class RunSkipped(AdaptbenchError):
 
     Not a failure: the runner records the run as ``skipped`` with this message as the reason.
     """
+
+
+def not_utf8(path: str) -> str:
+    """'<path>: line N is not UTF-8 text (byte 0xe9 at column C); save the file as UTF-8' -- for a file whose
+    text reading failed (the decoder's own offset is within a buffer, so the file is decoded again here)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        data.decode("utf-8")
+    except OSError:
+        return f"{path}: not UTF-8 text; save the file as UTF-8"
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        return (f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+                f"save the file as UTF-8")
+    return f"{path}: not UTF-8 text; save the file as UTF-8"

@@ -59,9 +59,9 @@ def read_record(sweep_dir: str, run_id: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return record if record.get("status") in FINISHED else None
+    return record if isinstance(record, dict) and record.get("status") in FINISHED else None
 
 
 @contextmanager

@@ -46,11 +46,11 @@ def make_report(results_dir: str, out_dir: str | None = None) -> Report:
     if curves:
         curve_table = cost_curve_frame(curves)
         report.cost_curve = display_cost_curve(curve_table)
-        curve_table.to_csv(os.path.join(out_dir, "cost_curve.csv"), index=False)
+        spreadsheet_safe(curve_table).to_csv(os.path.join(out_dir, "cost_curve.csv"), index=False)
         report.files.append(os.path.join(out_dir, "cost_curve.csv"))
 
     csv_path, md_path = os.path.join(out_dir, "summary.csv"), os.path.join(out_dir, "summary.md")
-    summary.to_csv(csv_path, index=False)
+    spreadsheet_safe(summary).to_csv(csv_path, index=False)
     with open(md_path, "w", encoding="utf-8") as f:
         f.write(markdown(report, results_dir))
     report.files += [md_path, csv_path]
@@ -92,6 +92,19 @@ def side_by_side(records: list[dict]) -> list[tuple[str, str, list[dict]]]:
 
 def _md_cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|") or " "
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (a model or task name starting with =, +, -,
+    @) get a leading apostrophe, as OWASP advises for CSV exports; numbers are left alone."""
+    out = df.copy()
+    for col in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[col]):
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
+    return out
 
 
 def markdown(report: Report, results_dir: str) -> str:

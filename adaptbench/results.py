@@ -71,8 +71,11 @@ def _read_runs(sweep: str, found: dict[str, dict], out: Results) -> None:
         except FileNotFoundError:
             out.problems.append(f"{folder}: no {RESULT} (a run that did not finish); ignored")
             continue
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             out.problems.append(f"{path}: unreadable ({type(e).__name__}); ignored")
+            continue
+        if not isinstance(rec, dict):
+            out.problems.append(f"{path}: not a result record (a JSON {type(rec).__name__}); ignored")
             continue
         if rec.get("status") in FINISHED and rec.get("run_id") == name:
             found[name] = rec  # finished but missing from the index (killed before the rebuild)

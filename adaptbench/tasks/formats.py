@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import ast
 import csv
-import json
 
-from ..errors import DataError
+from ..errors import DataError, not_utf8
 
 csv.field_size_limit(2**31 - 1)
 
@@ -22,6 +21,8 @@ def read_tsv(path: str, header: bool = True) -> tuple[list[str] | None, list[lis
             rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise DataError(not_utf8(path)) from None
     rows = [r for r in rows if r]
     if header:
         if not rows:
@@ -92,19 +93,25 @@ def _unbytes(text: str) -> str:
 def read_paws_tsv(path: str) -> list[dict]:
     header, rows = read_tsv(path)
     c1, c2, cl = (_column(header, (n,), path) for n in ("sentence1", "sentence2", "label"))
+    for i, r in enumerate(rows):
+        if len(r) <= max(c1, c2, cl):
+            raise DataError(f"{path}: line {i + 2}: {len(r)} fields, expected {len(header)}")
     return [{"sentence1": _unbytes(r[c1]), "sentence2": _unbytes(r[c2]),
              "label": _label(r[cl], ("0", "1"), path, i + 2), "idx": i} for i, r in enumerate(rows)]
 
 
 def read_hans_jsonl(path: str) -> list[dict]:
     """HANS evaluation set as JSON lines with gold_label names (sentence1/sentence2/heuristic)."""
+    from .sources import read_jsonl  # one JSONL reader: bad JSON, non-objects, non-UTF-8 named by line
+
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            row = json.loads(line)
-            out.append({"premise": row["sentence1"], "hypothesis": row["sentence2"],
-                        "label": _label(row["gold_label"], ("entailment", "non-entailment"), path, i + 1),
-                        "heuristic": row.get("heuristic", ""), "idx": i})
+    for i, row in enumerate(read_jsonl(path)):
+        missing = [k for k in ("sentence1", "sentence2", "gold_label") if not isinstance(row.get(k), str)]
+        if missing:
+            raise DataError(f"{path}: row {i + 1}: no text field {missing[0]!r} (fields: {', '.join(row)})")
+        out.append({"premise": row["sentence1"], "hypothesis": row["sentence2"],
+                    "label": _label(row["gold_label"], ("entailment", "non-entailment"), path, i + 1),
+                    "heuristic": row.get("heuristic", ""), "idx": i})
     return out
 
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..errors import DataError
+from ..errors import DataError, not_utf8
 from .schema import DatasetDef, Example, LabelScheme
 
 SOURCES = ("auto", "local", "original", "hub")
@@ -28,6 +28,13 @@ class Split:
 
 
 def read_jsonl(path: str) -> list[dict]:
+    try:
+        return _read_jsonl(path)
+    except UnicodeDecodeError:
+        raise DataError(not_utf8(path)) from None
+
+
+def _read_jsonl(path: str) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -127,6 +134,7 @@ def to_examples(split: Split, dataset: DatasetDef, labels: LabelScheme,
     """Validate raw rows and turn them into examples in ``labels``' coding, keeping rows matching ``where``."""
     out = []
     n_raw = len(dataset.label_names)
+    seen: dict[int, int] = {}  # idx -> row: predictions and records are keyed by it
     for n, row in enumerate(split.rows, 1):
         texts = []
         for f in dataset.fields:
@@ -147,7 +155,15 @@ def to_examples(split: Split, dataset: DatasetDef, labels: LabelScheme,
         if any(dict(meta).get(k) not in allowed for k, allowed in where):
             continue
         idx = row.get("idx", n - 1)
-        out.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label, int(idx), meta))
+        if isinstance(idx, bool) or not isinstance(idx, int):
+            if not (isinstance(idx, str) and idx.strip().lstrip("-").isdigit()):
+                raise DataError(f"{split.origin}: row {n}: idx {idx!r} is not an integer")
+            idx = int(idx)
+        if idx in seen:
+            raise DataError(f"{split.origin}: row {n}: idx {idx} is also the idx of row {seen[idx]} (each row "
+                            f"needs its own)")
+        seen[idx] = n
+        out.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label, idx, meta))
     if not out:
         cond = f" matching {({k: list(v) for k, v in where})}" if where else ""
         raise DataError(f"{split.origin}: no examples{cond} (empty split)")

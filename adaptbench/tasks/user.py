@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import os
 
-from ..errors import DataError
+from ..errors import DataError, not_utf8
 from ..progress import library_bars_off
 from .schema import DatasetDef, EvalSetDef, LabelScheme, OriginalFile, TaskDef
 from .sources import read_jsonl
@@ -31,9 +31,12 @@ def _records(path: str) -> list[tuple[int, dict]]:
         return list(enumerate(read_jsonl(path), 1))
     quoting = csv.QUOTE_NONE if ext == ".tsv" else csv.QUOTE_MINIMAL
     # utf-8-sig: a CSV saved by Excel starts with a byte-order mark, which would become part of the first name
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter=FORMATS[ext], quoting=quoting)
-        return [(reader.line_num, row) for row in reader]
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter=FORMATS[ext], quoting=quoting)
+            return [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError:
+        raise DataError(not_utf8(path)) from None
 
 
 def _table_rows(path: str, ext: str) -> list[tuple[int, dict]]:
