@@ -2,17 +2,18 @@
 
 ICL scores every query after the same demonstrations, and the CD teacher every input after the same
 context.  With a KV cache of that prefix, the usual path still hands each row of a batch its own
-expanded copy of the prefix keys and values in every layer (and, for grouped-query attention, a copy
-per query head): at an 8k-token prefix that is most of the work per query token, and all of it memory
-traffic.  Attention decomposes exactly over a split of the keys:
+expanded copy of the prefix keys and values in every layer and runs attention row by row over it: at
+an 8k-token prefix that is most of the work per query token, and most of it memory traffic.
 
-    softmax over (prefix ++ suffix)  =  weighted merge of the softmax over the prefix and over the suffix,
-    weights exp(lse_prefix - lse) and exp(lse_suffix - lse), lse = logaddexp(lse_prefix, lse_suffix)
-
-so here the queries of *all* rows of the batch meet the single copy of the prefix keys in one matrix
-product (stacked as one sequence: every query sees the whole prefix, no mask), each row meets its own
-new keys in the small causal part, and the two are merged with their log-sum-exp values.  Grouped-query
-heads share their key head's product (no repeated prefix keys).
+Attention decomposes exactly over a split of the keys (softmax over prefix ++ suffix = the softmaxes
+over each, merged by their log-sum-exp values), so the prefix needs no copy per row.  Here the queries
+of *all* rows of a batch are stacked as one sequence that attends to the single copy of the prefix
+keys followed by every row's new keys, under a mask that shows each query the whole prefix and only
+its own row's new keys (causally, padding excluded): exactly each row's attention, in one fused
+``scaled_dot_product_attention`` call instead of one over b expanded copies.  Grouped-query heads share
+their key head (``enable_gqa``: no repeated prefix keys).  Stacking rather than merging two partial
+results by log-sum-exp, because torch's public attention function does not return the log-sum-exp; the
+price is the r * q masked key columns of the other rows in a chunk of r rows (small next to the prefix).
 
 It plugs into transformers through its own extension points: an attention function registered in
 ``AttentionInterface`` (with the sdpa mask in ``AttentionMaskInterface``) and a cache layer
@@ -31,9 +32,9 @@ from transformers.cache_utils import DynamicLayer
 
 NAME = "adaptbench_shared_prefix"
 ALIBI_MODELS = {"bloom", "mpt", "falcon", "baichuan", "jais"}
-#: Batch rows whose prefix scores are computed at once: bounds the (heads x rows x queries x prefix)
-#: score tensor (the prefix part of attention is chunked over the batch, exactly).
-ROWS_PER_CHUNK = 16
+#: Batch rows stacked into one attention call: more rows share one pass over the prefix keys, but each
+#: query also passes over the other rows' (masked) new keys, so very many rows waste work.
+ROWS_PER_CHUNK = 32
 
 
 def unsupported(config) -> str | None:
@@ -69,54 +70,57 @@ class SharedPrefixLayer(DynamicLayer):
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
               shared_prefix=None, **kwargs):
     """query (b, heads, q, d); key/value: the new states (b, kv_heads, q, d); the prefix in ``shared_prefix``
-    (the cache whose layer ``module.layer_idx`` holds it).  Returns (b, q, heads, d), as sdpa does."""
+    (the cache whose layer ``module.layer_idx`` holds it).  Returns (b, q, heads, d), as sdpa does.
+
+    The batch's rows are stacked into one sequence of b * q queries that attends to the one copy of the
+    prefix keys followed by every row's new keys, under a mask that lets each query see the whole prefix
+    and, of the new keys, only its own row's (causally, padding excluded, as the model's mask says).
+    That is exactly each row's attention to prefix + its suffix -- the other rows' keys are masked out --
+    computed by one fused ``scaled_dot_product_attention`` call per chunk of rows, grouped-query heads
+    sharing their key head (``enable_gqa``) instead of a repeated copy."""
     if shared_prefix is None:  # any other forward of the model (training, generation): plain sdpa
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     layer = shared_prefix.layers[module.layer_idx]
-    pk, pv = layer.keys[0], layer.values[0]  # (kv_heads, P, d)
     b, h, q, d = query.shape
+    allowed = _suffix_allowed(attention_mask, b, q, query.device)  # (b, q, q)
+    out = query.new_empty(b, q, h, d)
+    rows = max(1, min(b, ROWS_PER_CHUNK))
+    for start in range(0, b, rows):
+        r = min(rows, b - start)
+        out[start:start + r] = _rows(query[start:start + r], key[start:start + r], value[start:start + r],
+                                     layer.keys, layer.values, allowed[start:start + r], scaling)
+    return out, None
+
+
+def _rows(query, key, value, prefix_keys, prefix_values, allowed, scaling) -> torch.Tensor:
+    """Attention of r rows, stacked as one sequence against prefix ++ their new keys: (r, q, heads, d)."""
+    r, h, q, d = query.shape
     kvh = key.shape[1]
-    g = h // kvh
-    scale = d ** -0.5 if scaling is None else scaling
-    # prefix: every query of every row against the one copy of the prefix, per key head
-    grouped = query.reshape(b, kvh, g * q, d)  # query heads of one key head next to each other
-    out_p = torch.empty_like(grouped)
-    lse_p = grouped.new_empty(b, kvh, g * q)
-    for start in range(0, b, ROWS_PER_CHUNK):
-        rows = grouped[start:start + ROWS_PER_CHUNK]  # (r, kvh, gq, d)
-        stacked = rows.transpose(0, 1).reshape(kvh, -1, d)  # (kvh, r * gq, d): one sequence per key head
-        scores = torch.matmul(stacked, pk.transpose(-1, -2)) * scale  # (kvh, r * gq, P)
-        lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-        out = torch.matmul(torch.exp(scores - lse), pv)  # (kvh, r * gq, d)
-        r = rows.shape[0]
-        out_p[start:start + r] = out.reshape(kvh, r, g * q, d).transpose(0, 1)
-        lse_p[start:start + r] = lse.reshape(kvh, r, g * q).transpose(0, 1)
-    # suffix: each row against its own new keys, causal and padding as the model's mask says
-    ks = key.repeat_interleave(g, dim=1) if g > 1 else key
-    vs = value.repeat_interleave(g, dim=1) if g > 1 else value
-    scores = torch.matmul(query, ks.transpose(-1, -2)) * scale + _suffix_bias(attention_mask, query, q)
-    lse_s = torch.logsumexp(scores, dim=-1, keepdim=True)  # (b, h, q, 1)
-    out_s = torch.matmul(torch.exp(scores - lse_s).nan_to_num(0.0), vs)
-    # merge with the log-sum-exp weights
-    lse_p = lse_p.reshape(b, h, q, 1)
-    total = torch.logaddexp(lse_p, lse_s)
-    merged = torch.exp(lse_p - total) * out_p.reshape(b, h, q, d) + torch.exp(lse_s - total).nan_to_num(0.0) * out_s
-    return merged.transpose(1, 2).contiguous(), None
+    stacked_q = query.transpose(0, 1).reshape(1, h, r * q, d)
+    keys = torch.cat([prefix_keys, key.transpose(0, 1).reshape(1, kvh, r * q, d)], dim=2)
+    values = torch.cat([prefix_values, value.transpose(0, 1).reshape(1, kvh, r * q, d)], dim=2)
+    blocks = torch.zeros(r, q, r, q, dtype=torch.bool, device=query.device)
+    rows = torch.arange(r, device=query.device)
+    blocks[rows, :, rows, :] = allowed  # row i's queries see row i's keys only
+    mask = torch.cat([torch.ones(r * q, prefix_keys.shape[2], dtype=torch.bool, device=query.device),
+                      blocks.reshape(r * q, r * q)], dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(stacked_q, keys, values, attn_mask=mask[None, None],
+                                                           scale=scaling, enable_gqa=h != kvh)
+    return out.reshape(h, r, q, d).permute(1, 2, 0, 3)
 
 
-def _suffix_bias(attention_mask, query: torch.Tensor, q: int) -> torch.Tensor:
-    """Additive (b or 1, 1, q, q) bias of the suffix keys: the last q key columns of the model's mask
-    (the prefix columns are all visible), or causal where the model passed no mask."""
+def _suffix_allowed(attention_mask, b: int, q: int, device) -> torch.Tensor:
+    """(b, q, q) bool: which of its row's new keys each query may see -- the last q key columns of the
+    model's mask (the prefix columns are all visible), or causal where the model passed no mask."""
     if attention_mask is None:
-        causal = torch.ones(q, q, dtype=torch.bool, device=query.device).tril()
-        return torch.zeros(q, q, dtype=query.dtype, device=query.device).masked_fill(~causal, float("-inf"))
+        return torch.ones(q, q, dtype=torch.bool, device=device).tril().expand(b, q, q)
     mask = attention_mask[..., -q:]
-    if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, float("-inf"))
-    return mask.to(query.dtype)
+    if mask.dtype != torch.bool:  # additive: 0 where visible, a large negative number where not
+        mask = mask == 0
+    return mask[:, 0].expand(b, q, q)
 
 
 _registered = False
