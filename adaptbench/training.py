@@ -93,8 +93,9 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
     """Train ``model`` in place.  ``evaluate()`` is called at the evaluation points (model in eval mode,
     no gradients) and returns the metrics to log there.  ``on_step(step, values)`` gets the loss and
     learning rate of every optimizer step and the metrics of every evaluation point (experiment trackers)."""
-    on_step = on_step or (lambda step, values: None)
     from transformers import get_scheduler
+
+    on_step = on_step or (lambda step, values: None)
 
     acc = make_accelerator(settings, device)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -39,4 +39,4 @@ for line in open(sys.argv[1]):
     print(json.dumps(keep, indent=1))
 PYEOF
 ADAPTBENCH_TEST_DEVICE=cuda $PY -m pytest -q tests/test_precision.py -k one_step
-$PY bench/icl_prefix_cache.py --device cuda --examples 100 --batch-sizes 1,8,32 --full-batch-size 4
+$PY bench/icl_prefix_cache.py --device cuda --examples 512 --batch-sizes 8,64 --full-examples 16 --lengths 1500,4096,8000
