@@ -71,6 +71,9 @@ class RunTrackers:
     def open(cls, names: list[str], sweep_dir: str, sweep_name: str, run) -> RunTrackers:
         if not names:
             return cls()
+        from accelerate.state import PartialState
+
+        PartialState()  # accelerate's trackers log through its logger, which needs the state (ICL runs train nothing)
         name, folder = run_name(run), os.path.join(sweep_dir, "trackers")
         os.makedirs(folder, exist_ok=True)
         out = cls()

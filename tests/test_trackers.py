@@ -62,3 +62,4 @@ def test_unknown_or_missing_tracker_is_refused_before_any_run(tmp_path, data_dir
     result = _run(tmp_path, data_dir, _ft_config(tiny_models["llama"]), "--log-with", "tensorbored")
     assert result.exit_code == 2 and "--log-with tensorbored: unknown tracker" in result.output
     assert not glob.glob(str(tmp_path / "results" / "t" / "runs" / "*"))
+
