@@ -26,6 +26,10 @@ class ModelError(AdaptbenchError):
     """A model cannot be found or loaded as specified."""
 
 
+class ResultsWriteError(AdaptbenchError):
+    """A result file could not be written (disk full, quota, permissions): the sweep stops, resumable."""
+
+
 class RunSkipped(AdaptbenchError):
     """The run cannot be done as specified (e.g. the context does not fit the model's window).
 

@@ -15,6 +15,8 @@ import tempfile
 from contextlib import contextmanager
 from typing import Iterable
 
+from .errors import ResultsWriteError
+
 RESULT = "result.json"
 PREDICTIONS = "predictions.jsonl"
 INDEX = "results.jsonl"
@@ -25,20 +27,41 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: str, text: str) -> None:
+    """Write ``path`` whole or not at all: a temp file beside it, fsynced, renamed over it, and the folder
+    fsynced so the rename survives a crash.  A write error (disk full, quota, permissions) leaves the old
+    file as it was and no temp file, and is an error naming the path (the sweep resumes once it is fixed)."""
     folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=os.path.basename(path))
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=os.path.basename(path))
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; records are meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+        _fsync_folder(folder)
+    except OSError as e:
+        raise ResultsWriteError(f"cannot write {path}: {e.strerror or e}; nothing was half-written -- run the "
+                                f"same command again once this is fixed, it resumes where it stopped") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def _fsync_folder(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems do not open folders; the rename itself is done
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def dumps(obj) -> str:

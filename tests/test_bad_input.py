@@ -77,3 +77,33 @@ def test_csv_cells_a_spreadsheet_would_run_are_escaped():
     safe = spreadsheet_safe(df)
     assert list(safe["model"]) == ["'=HYPERLINK(\"x\")", "'+1", "'@cmd", "'-x", "opt"]
     assert list(safe["accuracy"]) == [-0.5, 1, 2, 3, 4]
+
+
+def test_a_full_disk_stops_the_sweep_with_the_path_and_it_resumes(tmp_path, data_dir, tiny_models, monkeypatch):
+    """ENOSPC while writing a record: a clear error naming the file, nothing half-written, no temp file;
+    the same command completes the sweep once there is space again."""
+    import errno
+    import os
+
+    from adaptbench import records
+
+    from .test_run import _config, _records, _run
+
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        if dst.endswith(records.RESULT):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(records.os, "replace", full_disk)
+    result = _run(tmp_path, data_dir, _config(tiny_models["llama"], seeds=1))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert "cannot write " in text and "result.json: No space left on device; nothing was half-written" in text
+    sweep = tmp_path / "results" / "t"
+    leftovers = [p for p in sweep.rglob("*") if p.name.startswith(records.TMP_PREFIX)]
+    assert leftovers == [] and not list(sweep.rglob("result.json"))
+    monkeypatch.setattr(records.os, "replace", real_replace)
+    assert _run(tmp_path, data_dir, _config(tiny_models["llama"], seeds=1)).exit_code == 0
+    assert [r["status"] for r in _records(tmp_path)] == ["ok"]
