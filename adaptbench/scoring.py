@@ -17,7 +17,7 @@ import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -241,12 +241,12 @@ def _hidden_states(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
     positions = torch.arange(offset, offset + ids.shape[1], device=parts.device).expand(len(seqs), -1)
     if prefix.shared:  # the batch's queries attend to the one copy of the prefix together
         cache = prefix.for_shared_batch()
-        with shared_prefix.enabled(parts.backbone.config):
-            out = parts.backbone(input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
-                                 shared_prefix=cache, **{parts.cache_kwarg: cache})
-        return out.last_hidden_state, mask
-    out = parts.backbone(input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
-                         **{parts.cache_kwarg: prefix.for_batch(len(seqs))})
+        attention, extra = shared_prefix.enabled(parts.backbone.config), {"shared_prefix": cache}
+    else:
+        cache, attention, extra = prefix.for_batch(len(seqs)), nullcontext(), {}
+    with attention:
+        out = parts.backbone(input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
+                             **extra, **{parts.cache_kwarg: cache})
     return out.last_hidden_state, mask
 
 
@@ -421,10 +421,4 @@ def auto_batch_size(parts: LMParts, config, prefix_len: int, query_len: int, fre
 
 def prefix_cache_unsupported(config) -> str | None:
     """Why the prefix cache cannot serve this model (sliding-window attention), or None."""
-    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layer_types = getattr(cfg, "layer_types", None) or ()
-    if any("sliding" in str(t) for t in layer_types):
-        return "the model has sliding-window attention layers"
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
-        return "the model uses sliding-window attention"
-    return None
+    return shared_prefix.sliding_window(config)

@@ -37,13 +37,27 @@ ALIBI_MODELS = {"bloom", "mpt", "falcon", "baichuan", "jais"}
 ROWS_PER_CHUNK = 32
 
 
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def sliding_window(config) -> str | None:
+    """Why keys/values cached for a prefix cannot serve later tokens as they are (sliding-window
+    attention: a token sees only the last W positions), or None.  Rules out any prefix cache."""
+    config = _text_config(config)
+    if any("sliding" in str(t) for t in getattr(config, "layer_types", None) or ()):
+        return "the model has sliding-window attention layers"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "the model uses sliding-window attention"
+    return None
+
+
 def unsupported(config) -> str | None:
     """Why this model's attention cannot take the shared-prefix path (None: it can)."""
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layer_types = getattr(config, "layer_types", None) or ()
-    if any("sliding" in str(t) for t in layer_types) or (
-            getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)):
-        return "sliding-window attention"
+    window = sliding_window(config)
+    if window:
+        return window
+    config = _text_config(config)
     if getattr(config, "attn_logit_softcapping", None):
         return "attention logit soft-capping"
     if getattr(config, "alibi", False) or config.model_type in ALIBI_MODELS:
