@@ -64,6 +64,12 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def run_totals(costs: dict) -> tuple[float, int]:
+    """A run's wall seconds (all phases) and peak memory in bytes (the largest phase peak) from its costs."""
+    return (sum(p["seconds"] for p in costs.values()),
+            max((p["peak_memory_bytes"] for p in costs.values()), default=0))
+
+
 def dumps(obj) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .records import FINISHED, INDEX, RESULT
+from .records import FINISHED, INDEX, RESULT, run_totals
 
 KNOWN = {INDEX, "sweep.json", ".lock", "runs", "report", "jobs", "trackers"}  # what a sweep folder may hold
 
@@ -133,9 +133,9 @@ def run_row(rec: dict) -> dict:
         "train_seed": spec.get("train_seed", 0),
         "adapt_seconds": sum(p["seconds"] for n, p in costs.items() if n in ADAPT_PHASES),
         "eval_seconds": sum(p["seconds"] for n, p in costs.items() if _is_eval(n)),
-        "total_seconds": sum(p["seconds"] for p in costs.values()),
+        "total_seconds": run_totals(costs)[0],
         "run_seconds": sum(p["seconds"] for n, p in costs.items() if n in ADAPT_PHASES or _is_eval(n)),
-        "peak_memory_gib": max((p["peak_memory_bytes"] for p in costs.values()), default=0) / 2**30,
+        "peak_memory_gib": run_totals(costs)[1] / 2**30,
         "trainable_params": info.get("trainable_params"), "total_params": info.get("total_params"),
         **distilled_context(info),
         **{f"spec.{k}": v for k, v in flatten(spec).items()},

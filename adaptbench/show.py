@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import AdaptbenchError
-from .records import RESULT, run_dir
+from .records import RESULT, run_dir, run_totals
 from .results import _sweep_dirs, flatten, read_results
 
 MIN_PREFIX = 4  # shortest run id prefix accepted (the tables print 8 characters)
@@ -113,8 +113,8 @@ def render(record: dict, sweep_dir: str) -> Group:
         for phase, c in costs.items():
             table.add_row(phase, f"{c['seconds']:.2f}", f"{c['peak_memory_bytes'] / 2**30:.2f}",
                           _num(c.get("tokens")), c.get("weights_dtype", "-"), c.get("compute_dtype", "-"))
-        table.add_row("[bold]total[/]", f"{sum(c['seconds'] for c in costs.values()):.2f}",
-                      f"{max(c['peak_memory_bytes'] for c in costs.values()) / 2**30:.2f}", "", "", "")
+        seconds, peak = run_totals(costs)
+        table.add_row("[bold]total[/]", f"{seconds:.2f}", f"{peak / 2**30:.2f}", "", "", "")
         parts.append(table)
 
     info = record.get("method_info") or {}

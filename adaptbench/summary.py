@@ -6,6 +6,8 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from .records import run_totals
+
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "red"}
 
 
@@ -32,13 +34,13 @@ def run_line(rec: dict, i: int, n: int) -> str:
                                 f"seed={spec['data_seed']}") if p)
     status = rec["status"]
     head = f"[{i}/{n}] {rec['run_id'][:8]} {what} [{STATUS_STYLE.get(status, '')}]{status}[/]"
-    seconds = sum(p["seconds"] for p in costs.values())
+    seconds, peak = run_totals(costs)
     if status != "ok":
         return f"{head} ({seconds:.1f} s): {escape(rec.get('reason', ''))}"
     parts = [f"{name} {_metric_text(m)}" for name, m in rec.get("metrics", {}).items()]
     if _recovered(rec):
         parts.append(f"recovered {_recovered(rec)}")
-    parts += [f"{seconds:.1f} s", f"{_gib(max((p['peak_memory_bytes'] for p in costs.values()), default=0))} GiB"]
+    parts += [f"{seconds:.1f} s", f"{_gib(peak)} GiB"]
     return f"{head}  " + "  ".join(parts)
 
 
@@ -114,8 +116,8 @@ def run_table(records: list[dict], title: str = "") -> Table:
         row += [_metric_text(r["metrics"][n]) if n in r.get("metrics", {}) else "-" for n in eval_names]
         row += [_unscored_text(r)] if unscored else []
         row += [_recovered(r) or "-"] if recovered else []
-        row += [f"{sum(p['seconds'] for p in costs.values()):.1f}",
-                _gib(max((p["peak_memory_bytes"] for p in costs.values()), default=0))]
+        seconds, peak = run_totals(costs)
+        row += [f"{seconds:.1f}", _gib(peak)]
         table.add_row(*row)
     return table
 
