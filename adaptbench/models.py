@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import owners
 from .errors import ModelError
 from .progress import library_bars_off
 
@@ -172,7 +173,14 @@ def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None
     model.eval()
     pad_from = ensure_pad_token(tok, model)
     return LoadedModel(model, tok, where.describe(), dev, torch_dtype, context_window(model.config), pad_from,
-                       {"architecture": type(model).__name__, "model_type": model.config.model_type})
+                       {"architecture": type(model).__name__, "model_type": model.config.model_type,
+                        **hub_commit(model.config)})
+
+
+def hub_commit(config) -> dict:
+    """``{"commit": sha}`` for weights downloaded from the hub (the revision a branch name resolved to)."""
+    commit = getattr(config, "_commit_hash", None)
+    return {"commit": commit} if commit else {}
 
 
 def save_plain(model: torch.nn.Module, tokenizer, folder: str) -> None:
@@ -193,14 +201,31 @@ def save_plain(model: torch.nn.Module, tokenizer, folder: str) -> None:
     tokenizer.save_pretrained(folder)
 
 
+SNAPSHOT_PREFIX = "adaptbench-gguf-"  # + owner token: <pid>-<started>-<hosttag>-
+
+
+def remove_dead_snapshots(folder: str | None = None) -> int:
+    """Delete snapshot folders whose process was killed (its atexit cleanup never ran): hundreds of MB each."""
+    folder = folder or tempfile.gettempdir()
+    removed = 0
+    for name in os.listdir(folder):
+        owner = owners.parse_token(name[len(SNAPSHOT_PREFIX):]) if name.startswith(SNAPSHOT_PREFIX) else None
+        if owner is not None and owners.gone(owner):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            removed += 1
+    return removed
+
+
 class GGUFSnapshots:
     """Loads models by spec; a model from a GGUF file is dequantized once, then saved as safetensors
-    in a temporary folder (removed at exit) that later loads read instead -- seconds instead of the
-    dequantization's tens of seconds.  Models over ``max_bytes`` are not snapshotted."""
+    in a temporary folder that later loads read instead -- seconds instead of the dequantization's tens
+    of seconds.  The folder goes at exit, or at the next start if the process was killed.  Models over
+    ``max_bytes`` are not snapshotted."""
 
     def __init__(self, max_bytes: int = 4 * 2**30):
         self.max_bytes = max_bytes
         self.folders: dict = {}  # spec -> (snapshot folder, the first load's metadata)
+        remove_dead_snapshots()
 
     def load(self, spec) -> LoadedModel:
         kwargs = {"dtype": spec.dtype, "device": spec.device}
@@ -213,7 +238,7 @@ class GGUFSnapshots:
                             trust_remote_code=spec.trust_remote_code, **kwargs)
         nbytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
         if loaded.source.endswith(".gguf") and nbytes <= self.max_bytes:
-            folder = tempfile.mkdtemp(prefix="adaptbench-gguf-")
+            folder = tempfile.mkdtemp(prefix=f"{SNAPSHOT_PREFIX}{owners.token()}-")
             atexit.register(shutil.rmtree, folder, True)
             try:
                 with library_bars_off():

@@ -15,13 +15,14 @@ import tempfile
 from contextlib import contextmanager
 from typing import Iterable
 
+from . import owners
 from .errors import ResultsWriteError
 
 RESULT = "result.json"
 PREDICTIONS = "predictions.jsonl"
 INDEX = "results.jsonl"
 FINISHED = ("ok", "failed", "skipped")
-TMP_PREFIX = ".tmp-"  # .tmp-<pid>-...: a temp file of a writer that may still be alive
+TMP_PREFIX = ".tmp-"  # .tmp-<pid>-<started>-<hosttag>-...: a temp file of a writer that may still be alive
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -34,7 +35,7 @@ def atomic_write(path: str, text: str) -> None:
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=os.path.basename(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}{owners.token()}-", suffix=os.path.basename(path))
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; records are meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -133,18 +134,9 @@ def rebuild_index(sweep_dir: str) -> int:
     return len(records)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temp_files(sweep_dir: str) -> int:
-    """Delete temp files left by writers that were killed mid-write (their pid is gone)."""
+    """Delete temp files left by writers that were killed mid-write: their owner ran on this host and is
+    gone.  Temp files of other hosts' writers (a shared filesystem) and of live ones are left alone."""
     removed = 0
     runs = os.path.join(sweep_dir, "runs")
     folders = [sweep_dir] + ([os.path.join(runs, d) for d in os.listdir(runs)] if os.path.isdir(runs) else [])
@@ -152,10 +144,11 @@ def remove_stale_temp_files(sweep_dir: str) -> int:
         if not os.path.isdir(folder):
             continue
         for name in os.listdir(folder):
-            if not name.startswith(TMP_PREFIX):
-                continue
-            pid = name[len(TMP_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                os.unlink(os.path.join(folder, name))
-                removed += 1
+            owner = owners.parse_token(name[len(TMP_PREFIX):]) if name.startswith(TMP_PREFIX) else None
+            if owner is not None and owners.gone(owner):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+                except FileNotFoundError:  # another sweep starting at the same time removed it
+                    pass
     return removed

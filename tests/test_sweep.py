@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from adaptbench import records
+from adaptbench import owners, records
 
 from .conftest import REPO, write_config
 from .test_run import _config as _run_config
@@ -69,11 +69,16 @@ def test_parallel_jobs(tmp_path, data_dir, tiny_models):
 
 
 def test_stale_temp_files_are_removed(tmp_path):
+    """Owner = host + PID + start time: a dead writer's file on this host goes (also when its PID was reused
+    since); a live writer's stays, and so does any file of another host's writer (a shared filesystem)."""
     sweep = tmp_path / "s"
     (sweep / "runs" / "abc").mkdir(parents=True)
-    dead = sweep / "runs" / "abc" / ".tmp-999999999-result.json"
-    alive = sweep / f".tmp-{os.getpid()}-results.jsonl"
-    dead.write_text("{")
-    alive.write_text("x")
-    assert records.remove_stale_temp_files(str(sweep)) == 1
-    assert not dead.exists() and alive.exists()
+    here = owners.host_tag()
+    dead = sweep / "runs" / "abc" / f".tmp-999999999-1700000000-{here}-result.json"
+    reused = sweep / f".tmp-{os.getpid()}-1000-{here}-results.jsonl"
+    alive = sweep / f".tmp-{owners.token()}-results.jsonl"
+    elsewhere = sweep / "runs" / "abc" / ".tmp-999999999-1700000000-0badc0de-result.json"
+    for path in (dead, reused, alive, elsewhere):
+        path.write_text("{")
+    assert records.remove_stale_temp_files(str(sweep)) == 2
+    assert not dead.exists() and not reused.exists() and alive.exists() and elsewhere.exists()
