@@ -59,7 +59,9 @@ def run(
         out.quiet = err.quiet = True
     try:
         trackers = [t.strip() for item in log_with or [] for t in item.split(",") if t.strip()]
-        plan = make_plan(config, overrides or [], output_dir, data_dir, batch_size, trackers or None)
+        gpu_jobs = executor == "slurm" and gpus_per_run > 0
+        plan = make_plan(config, overrides or [], output_dir, data_dir, batch_size, trackers or None,
+                         device="cuda" if gpu_jobs else None)
         todo, done = pending(plan, force, retry_failed)
         if dry_run:
             _print_plan(plan, {r.run_id for r in todo})
@@ -80,6 +82,10 @@ def run(
     except AdaptbenchError as e:
         _fail(e)
     out.print(run_table(recs, title=f"{plan.sweep.name} ({plan.sweep_dir})"))
+    if len(recs) < len(plan.runs):
+        err.print(f"{len(plan.runs) - len(recs)} runs are being run by another writer on this folder; their records "
+                  f"appear there when it finishes them (`adaptbench report {plan.sweep_dir}` collects all)",
+                  highlight=False, soft_wrap=True)
     for line in problems(recs):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     if any(r["status"] == "failed" for r in recs):

@@ -119,6 +119,8 @@ class RunSpec(Strict):
     cd: CDSettings | None = None
     pbft: PBFTSettings | None = None
     vanilla: VanillaSettings | None = None
+    resolved: dict[str, Any] | None = Field(None, description="set by the planner, not in configs: the dtype "
+                                            "'auto' resolves to and content hashes of local files (fingerprint.py)")
 
     @property
     def task_name(self) -> str:

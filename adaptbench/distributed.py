@@ -8,6 +8,7 @@ Only rank 0 writes files.  Outside a launch every function here is a no-op for a
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import numpy as np
@@ -20,11 +21,16 @@ def launched() -> bool:
 
 
 def init() -> None:
-    """Join the process group set up by the launcher (gloo on CPU, nccl on GPU) through accelerate."""
+    """Join the process group set up by the launcher (gloo on CPU, nccl on GPU) through accelerate.
+
+    A rank whose run fails ends its process (``runner.stop_launch``) and the launcher stops the others;
+    ``ADAPTBENCH_COLLECTIVE_TIMEOUT_S`` (default 1800) bounds how long a collective waits for a peer
+    that vanished without a launcher noticing."""
     if launched() and not dist.is_initialized():
         from accelerate import PartialState
 
-        PartialState(cpu=not torch.cuda.is_available())
+        seconds = int(os.environ.get("ADAPTBENCH_COLLECTIVE_TIMEOUT_S", "1800"))
+        PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(seconds=seconds))
 
 
 def active() -> bool:

@@ -12,13 +12,17 @@ import json
 import os
 import time
 
-from . import records
+from . import owners, records
 from .errors import AdaptbenchError
 
 
-def run_job(plan, run) -> dict:
-    """A job's body: one run, its record written.  Returns the record (kept by submitit too)."""
+def run_job(plan, run, parent: dict | None = None) -> dict:
+    """A job's body: one run, its record written.  Returns the record (kept by submitit too).  A local
+    job ends itself when ``parent`` (the sweep that started it) dies, so no orphan races a rerun."""
     from .runner import ModelPool, run_and_save
+
+    if parent is not None:
+        owners.exit_when_gone(parent)
 
     return run_and_save(run, plan, ModelPool())
 
@@ -84,15 +88,35 @@ def submit(plan, todo: list, kind: str, options: dict, on_record=None) -> list[d
     return _collect(jobs, on_record)
 
 
+def visible_gpus() -> list[int]:
+    """This process' GPUs as the machine numbers them (submitit sets CUDA_VISIBLE_DEVICES for a local
+    job from these numbers; by default it would hide every GPU)."""
+    import torch
+
+    n = torch.cuda.device_count()
+    shown = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if shown and all(d.isdigit() for d in shown):
+        return [int(d) for d in shown][:n]
+    return list(range(n))
+
+
 def _rolling(executor, plan, todo: list, width: int, on_record) -> list[dict]:
-    """Keep ``width`` local jobs running until every run is done."""
-    waiting, running, finished = list(todo), [], []
+    """Keep ``width`` local jobs running until every run is done; with GPUs, each job gets one GPU of its
+    own while there are enough, all of them when one job runs at a time."""
+    gpus, parent = visible_gpus(), owners.me()
+    waiting, running, finished = list(todo), {}, []
     while waiting or running:
         while waiting and len(running) < width:
-            running.append(executor.submit(run_job, plan, waiting.pop(0)))
+            free = [g for g in gpus if g not in running.values()]
+            if width == 1 or not gpus:
+                mine = gpus
+            else:  # more jobs than GPUs: they share, round robin
+                mine = [free[0] if free else gpus[len(running) % len(gpus)]]
+            executor.update_parameters(gpus_per_node=len(mine), visible_gpus=tuple(mine))
+            running[executor.submit(run_job, plan, waiting.pop(0), parent)] = mine[0] if len(mine) == 1 else None
         time.sleep(0.2)
         for job in [j for j in running if j.done()]:
-            running.remove(job)
+            del running[job]
             finished += _collect([job], None)
             if on_record is not None:
                 on_record(len(finished), len(todo), finished[-1])

@@ -2,7 +2,8 @@
 
 Each worker has its own model pool and, where several GPUs exist, its own GPU (worker i sees GPU
 i mod n); on CPU the cores are shared out between workers.  Workers write their records themselves
-(atomically, the index under a file lock), so a killed sweep resumes the same way as a sequential one.
+(atomically, the index under a file lock, each run claimed first), so a killed sweep resumes the same way
+as a sequential one; workers end themselves within a second of the sweep's death.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
+from . import owners
 from .errors import AdaptbenchError
 
 _POOL = None  # the worker's ModelPool
 
 
-def _init_worker(counter, gpus: int, threads: int) -> None:
+def _init_worker(counter, gpus: int, threads: int, parent: dict) -> None:
     global _POOL
+    owners.exit_when_gone(parent)  # a killed sweep leaves no worker behind to race its rerun
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -48,7 +51,7 @@ def run_parallel(plan, todo: list, jobs: int, on_record=None) -> list[dict]:
     finished = []
     try:
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(counter, gpus, threads)) as pool:
+                                 initargs=(counter, gpus, threads, owners.me())) as pool:
             futures = [pool.submit(_run_one, quiet, run) for run in todo]
             for i, future in enumerate(as_completed(futures)):
                 finished.append(future.result())

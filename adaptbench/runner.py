@@ -8,23 +8,29 @@ process died before writing one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import gc
+import hashlib
 import json
 import os
+import sys
+import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import transformers
 
-from . import distributed, records
+from . import claims, distributed, owners, records
 from .config import RunSpec, RuntimeOptions, SweepConfig, expand, load_raw
 from .settings import ModelSpec
 from .costs import CostTracker
 from .environment import environment
+from .fingerprint import resolve_run
 from .errors import AdaptbenchError, RunSkipped
 from .methods import METHODS, RunContext
 from .metrics import eval_set_metrics
@@ -45,6 +51,8 @@ class Plan:
     config_dir: str
     runtime: RuntimeOptions
     raw: dict = field(default_factory=dict)  # the config as read, overrides applied
+    force: bool = False  # rerun runs that have a record
+    retry_failed: bool = False  # rerun runs recorded as failed
 
     @property
     def sweep_dir(self) -> str:
@@ -56,8 +64,11 @@ class Plan:
 
 
 def make_plan(config: str, overrides: list[str] = (), output_dir: str | None = None,
-              data_dir: str | None = None, batch_size: int | None = None, log_with: list[str] | None = None) -> Plan:
-    """Load and expand a config; command-line options override the file's ``runtime``/``output_dir``."""
+              data_dir: str | None = None, batch_size: int | None = None, log_with: list[str] | None = None,
+              device: str | None = None) -> Plan:
+    """Load and expand a config; command-line options override the file's ``runtime``/``output_dir``.
+    ``device`` (cpu or cuda) is where the runs will execute, for what ``dtype: auto`` resolves to (default:
+    this machine's; Slurm jobs with GPUs submitted from a login node pass cuda)."""
     extra = list(overrides)
     # paths as JSON strings: overrides are YAML, where `results #2` would lose its comment and `2024` be a number
     if output_dir is not None:
@@ -70,7 +81,11 @@ def make_plan(config: str, overrides: list[str] = (), output_dir: str | None = N
         extra.append(f"runtime.log_with={json.dumps(log_with)}")
     raw = load_raw(config, extra)
     sweep, runs = expand(raw, config)
-    return Plan(sweep, runs, os.path.dirname(os.path.abspath(config)), sweep.runtime, raw)
+    config_dir = os.path.dirname(os.path.abspath(config))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    runs = [resolve_run(r, config_dir, device if r.model.device == "auto" else r.model.device.split(":")[0])
+            for r in runs]
+    return Plan(sweep, runs, config_dir, sweep.runtime, raw)
 
 
 class ModelPool:
@@ -117,7 +132,7 @@ class RunOutcome:
 def execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | None = None) -> RunOutcome:
     """Do one run and return its record; exceptions become ``failed``/``skipped`` records."""
     record: dict = {"run_id": run.run_id, "sweep": plan.sweep.name, "status": "running", "spec": run.identity(),
-                    "started_at": _now()}
+                    "started_at": _now(), "writer": owners.me()}
     out = RunOutcome(record)
     try:
         device = pick_device(run.model.device)
@@ -136,12 +151,42 @@ def execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | Non
         record.update(status="failed", reason=str(e))
     except (Exception, torch.cuda.OutOfMemoryError) as e:  # a run's crash must not end the sweep
         record.update(status="failed", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    if record["status"] == "failed" and distributed.active():
+        stop_launch(plan, record, costs)
     record["costs"] = rank_costs(costs.to_dict())
     _precision(record)
     record["environment"] = environment(costs.device)
     record["finished_at"] = _now()
     trackers.finish(record)
     return out
+
+
+def stop_launch(plan: Plan, record: dict, costs: CostTracker) -> None:
+    """A run failed on this rank of a multi-process launch: write the record here and end the process.
+
+    The other ranks may be waiting in a collective (a gradient all-reduce) that this rank will never join;
+    going on would leave them hanging until the backend's timeout.  Exiting lets the launcher (torchrun,
+    accelerate) stop them at once.  Each failing rank leaves a note; the record names every rank's reason,
+    the first to fail first (a rank that fails because its peer vanished comes after the cause)."""
+    rank, folder = distributed.rank(), records.run_dir(plan.sweep_dir, record["run_id"])
+    records.atomic_write(os.path.join(folder, f"rank{rank}-failure.json"),
+                         records.dumps({"rank": rank, "reason": record["reason"], "at": time.time()}) + "\n")
+    notes = []
+    for name in os.listdir(folder):
+        if name.startswith("rank") and name.endswith("-failure.json"):
+            with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, name), encoding="utf-8") as f:
+                notes.append(json.load(f))
+    notes.sort(key=lambda n: n["at"])
+    record.update(reason="; ".join(f"rank {n['rank']}: {n['reason']}" for n in notes)
+                  + f" (multi-process launch of {distributed.world_size()} ranks: the launch was stopped)",
+                  failed_rank=notes[0]["rank"], costs=costs.to_dict(), environment=environment(costs.device),
+                  finished_at=_now())
+    records.atomic_write(os.path.join(folder, records.RESULT), records.dumps(record) + "\n")
+    records.add_to_index(plan.sweep_dir, record)
+    print(f"error: run {record['run_id']} failed on rank {rank}: {record['reason']}; the record is in {folder}. "
+          f"Run the same command again to go on with the next runs.", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def _precision(record: dict) -> None:
@@ -239,20 +284,53 @@ def _nothing_scored(name: str, n: int, record: dict) -> RunSkipped:
 
 
 def run_and_save(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | None = None) -> dict:
-    """Execute one run and write its record; the unit of every executor (here, workers, jobs)."""
-    outcome = execute(run, plan, models, inputs)
-    save(plan, outcome)
-    return outcome.record
+    """Execute one run and write its record while holding the run's claim: the unit of every executor
+    (here, workers, jobs).  A run that another live writer holds is left to it (an unwritten record with
+    status ``elsewhere`` says who); one that another writer finished since the sweep looked is not redone."""
+    with _claimed(plan, run.run_id) as other:
+        if other is not None:
+            return _elsewhere(run, f"being run by another writer ({claims.describe(other)})")
+        if not plan.force:
+            rec = distributed.broadcast(records.read_record(plan.sweep_dir, run.run_id))
+            if rec is not None and not needs_run(rec, plan.retry_failed):
+                return _elsewhere(run, f"done by another writer meanwhile ({rec['status']})")
+        outcome = execute(run, plan, models, inputs)
+        save(plan, outcome)
+        return outcome.record
+
+
+def _elsewhere(run: RunSpec, reason: str) -> dict:
+    """The console's note for a run this process did not execute (never written: the run's own record is
+    the other writer's)."""
+    return {"run_id": run.run_id, "status": "elsewhere", "spec": run.identity(), "costs": {}, "reason": reason}
+
+
+@contextmanager
+def _claimed(plan: Plan, run_id: str):
+    """Rank 0 claims the run for all ranks of a launch; every rank gets the same answer."""
+    if not distributed.is_main():
+        yield distributed.broadcast(None)
+        return
+    with claims.holding(plan.sweep_dir, run_id) as other:
+        yield distributed.broadcast(other)
 
 
 def save(plan: Plan, outcome: RunOutcome) -> None:
-    """Write the run's files (rank 0 only: under a launch the other ranks hold the same record)."""
+    """Write the run's files (rank 0 only: under a launch the other ranks hold the same record).  The
+    record names the predictions file's rows and SHA-256, so a reader can tell they belong together."""
     if not distributed.is_main():
         return
     folder = records.run_dir(plan.sweep_dir, outcome.record["run_id"])
-    records.write_jsonl(os.path.join(folder, records.PREDICTIONS), outcome.predictions)
+    text = "".join(records.dumps(row) + "\n" for row in outcome.predictions)
+    outcome.record["predictions"] = {"rows": len(outcome.predictions),
+                                     "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    records.atomic_write(os.path.join(folder, records.PREDICTIONS), text)
     records.atomic_write(os.path.join(folder, records.RESULT), records.dumps(outcome.record) + "\n")
     records.add_to_index(plan.sweep_dir, outcome.record)
+
+
+def needs_run(rec: dict | None, retry_failed: bool) -> bool:
+    return rec is None or (retry_failed and rec["status"] == "failed")
 
 
 def pending(plan: Plan, force: bool = False, retry_failed: bool = False) -> tuple[list[RunSpec], list[dict]]:
@@ -260,7 +338,7 @@ def pending(plan: Plan, force: bool = False, retry_failed: bool = False) -> tupl
     todo, done = [], []
     for run in plan.runs:
         rec = None if force else records.read_record(plan.sweep_dir, run.run_id)
-        if rec is None or (retry_failed and rec["status"] == "failed"):
+        if needs_run(rec, retry_failed):
             todo.append(run)
         else:
             done.append(rec)
@@ -288,7 +366,9 @@ def preflight(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
 def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_record=None,
               jobs: int = 1, executor: str | None = None, executor_options: dict | None = None) -> list[dict]:
     """Execute the pending runs of a plan -- here (``jobs`` processes) or as submitit jobs (``executor``:
-    local or slurm); returns the records of its runs that are done, in plan order."""
+    local or slurm); returns the records of its runs that are done, in plan order (not those that another
+    writer is running: their records appear in the folder when it finishes them)."""
+    plan = dataclasses.replace(plan, force=force, retry_failed=retry_failed)
     todo, done = pending(plan, force, retry_failed)
     if distributed.active():  # every rank must walk the same runs: rank 0 decides which
         todo_ids = distributed.broadcast([r.run_id for r in todo])
@@ -319,5 +399,8 @@ def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_re
             distributed.barrier()  # the record is written before any rank moves on
             if on_record is not None:
                 on_record(i + 1, len(todo), fresh[-1])
-    by_id = {r["run_id"]: r for r in done + fresh}
+    by_id = {r["run_id"]: r for r in done + fresh if r["status"] in records.FINISHED}
+    for run in plan.runs:  # runs another writer did meanwhile
+        if run.run_id not in by_id and (rec := records.read_record(plan.sweep_dir, run.run_id)) is not None:
+            by_id[run.run_id] = rec
     return [by_id[run.run_id] for run in plan.runs if run.run_id in by_id]

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from .records import run_totals
 
-STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "red"}
+STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "red", "elsewhere": "dim"}
 
 
 def _gib(n: int | None) -> str:
@@ -35,6 +35,8 @@ def run_line(rec: dict, i: int, n: int) -> str:
     status = rec["status"]
     head = f"[{i}/{n}] {rec['run_id'][:8]} {what} [{STATUS_STYLE.get(status, '')}]{status}[/]"
     seconds, peak = run_totals(costs)
+    if status == "elsewhere":
+        return f"{head}: {escape(rec['reason'])}"
     if status != "ok":
         return f"{head} ({seconds:.1f} s): {escape(rec.get('reason', ''))}"
     parts = [f"{name} {_metric_text(m)}" for name, m in rec.get("metrics", {}).items()]

@@ -1,0 +1,133 @@
+"""What a run reads besides its settings: content hashes of its local files, and what ``auto`` resolves to.
+
+A run id is the hash of the run's settings.  Two things the settings do not show change results too:
+the contents of the files they name (a user task's CSV, the ``cd.context`` file, ``cd.inputs``, a local
+model folder or GGUF file) and the dtype ``auto`` resolves to on the machine (float32 on CPU, bfloat16 on
+a GPU).  Both go into the run's identity (``spec.resolved``), so a run whose data was edited, or a
+sweep resumed on another kind of machine, runs again instead of reusing records made from other inputs.
+File hashes are cached by path, size and modification time (``~/.cache/adaptbench/file-hashes.json``),
+so a large model folder is read once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from .contexts import parse_context_setting
+from .errors import AdaptbenchError, ResultsWriteError
+
+_CACHE: dict[str, dict] | None = None
+
+
+def _cache_path() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "adaptbench", "file-hashes.json")
+
+
+def _cache() -> dict[str, dict]:
+    global _CACHE
+    if _CACHE is None:
+        try:
+            with open(_cache_path(), encoding="utf-8") as f:
+                _CACHE = json.load(f)
+        except (OSError, ValueError):
+            _CACHE = {}
+        if not isinstance(_CACHE, dict):
+            _CACHE = {}
+    return _CACHE
+
+
+def _save_cache() -> None:
+    from .records import atomic_write
+
+    try:
+        atomic_write(_cache_path(), json.dumps(_cache()))
+    except ResultsWriteError:  # a cache: without it the hashes are only computed again
+        pass
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes, from the cache while its size and mtime are unchanged."""
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    hit = _cache().get(path)
+    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+        return hit["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    _cache()[path] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+    _save_cache()
+    return digest.hexdigest()
+
+
+def content_sha256(path: str) -> str:
+    """A file's hash, or a folder's: over its files' relative paths and hashes (hidden entries such as
+    ``.git`` or a hub download's ``.cache`` left out)."""
+    if os.path.isfile(path):
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            full = os.path.join(root, name)
+            digest.update(f"{os.path.relpath(full, path)}\0{file_sha256(full)}\n".encode())
+    return digest.hexdigest()
+
+
+def run_files(run, config_dir: str) -> dict[str, str]:
+    """The local files and folders a run reads, by role (``task.train``, ``cd.context``, ``model``, ...)."""
+    from .models import resolve
+
+    found: dict[str, str] = {}
+    task = run.task
+    if not isinstance(task, str):
+        if task.hub is None:
+            found.update({f"task.{split}": getattr(task, split) for split in ("train", "validation")})
+            found.update({f"task.ood.{name}": path for name, path in task.ood.items()})
+        elif os.path.isdir(os.path.join(config_dir, task.hub)):  # a local dataset folder
+            found["task.hub"] = task.hub
+    cd = run.cd
+    if cd is not None:
+        try:
+            source = parse_context_setting(cd.context, config_dir)
+        except AdaptbenchError:
+            source = None  # refused with its message when the run's inputs are checked
+        if source is not None and source.path:
+            found["cd.context"] = source.path
+        if cd.inputs:
+            found["cd.inputs"] = cd.inputs
+    try:
+        where = resolve(run.model.name, run.model.gguf_file)
+    except AdaptbenchError:
+        where = None  # loading the model says why, in the run's record
+    if where is not None:
+        weights = os.path.join(where.path, where.gguf_file) if where.gguf_file else where.path
+        if os.path.exists(weights):  # model paths are relative to the working folder, not the config's
+            found["model"] = os.path.abspath(weights)
+    if run.model.tokenizer and os.path.isdir(run.model.tokenizer):
+        found["model.tokenizer"] = os.path.abspath(run.model.tokenizer)
+    return {role: os.path.join(config_dir, path) for role, path in found.items()}
+
+
+def resolved_dtype(dtype: str, device: str) -> str:
+    """What ``model.dtype`` becomes where the run executes (``device``: cpu or cuda)."""
+    if dtype != "auto":
+        return dtype
+    if device != "cuda":
+        return "float32"
+    import torch
+
+    supported = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()  # a login node: assume bf16
+    return "bfloat16" if supported else "float16"
+
+
+def resolve_run(run, config_dir: str, device: str):
+    """The run with ``resolved``: its resolved dtype and the content hash of every local file it reads."""
+    files = {role: content_sha256(path) for role, path in sorted(run_files(run, config_dir).items())
+             if os.path.exists(path)}
+    resolved = {"dtype": resolved_dtype(run.model.dtype, device), **({"files": files} if files else {})}
+    return run.model_copy(update={"resolved": resolved})
