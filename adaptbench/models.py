@@ -29,6 +29,10 @@ ALIASES: dict[str, str | tuple[str, str, str]] = {
     **{f"pythia-{s}": f"EleutherAI/pythia-{s}" for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")},
     "gpt2": "openai-community/gpt2",
     "llama-2-7b": "meta-llama/Llama-2-7b-hf",
+    # encoder-decoders (see adaptbench.seq2seq)
+    **{f"t5-{s}": f"google-t5/t5-{s}" for s in ("small", "base")},
+    **{f"flan-t5-{s}": f"google/flan-t5-{s}" for s in ("small", "base", "large")},
+    **{f"bart-{s}": f"facebook/bart-{s}" for s in ("base", "large")},
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -107,11 +111,16 @@ def free_memory_bytes(device: torch.device) -> int:
 
 
 def context_window(config) -> int:
-    """The longest sequence the model's position embeddings cover."""
+    """The longest prompt the model reads: what its position embeddings cover -- for an encoder-decoder,
+    less the end-of-sequence token its encoder reads after the prompt (see :mod:`adaptbench.seq2seq`)."""
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
         value = getattr(cfg, attr, None)
         if isinstance(value, int) and value > 0:
+            if getattr(cfg, "is_encoder_decoder", False):
+                from .seq2seq import end_of_input
+
+                value -= len(end_of_input(cfg))
             return value
     raise ModelError(f"cannot tell the context window of {type(cfg).__name__}: no max_position_embeddings")
 
@@ -148,11 +157,22 @@ class LoadedModel:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def model_class(path: str, kwargs: dict):
+    """``AutoModelForSeq2SeqLM`` for an encoder-decoder config (T5, BART), else ``AutoModelForCausalLM``.
+    A GGUF file is taken as a causal LM without reading its config (parsing its header costs seconds)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    if kwargs.get("gguf_file"):
+        return AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+
+
 def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None = None,
                revision: str | None = None, dtype: str = "auto", device: str = "auto",
                trust_remote_code: bool = False) -> LoadedModel:
     """Load model and tokenizer; every failure becomes a :class:`ModelError` naming the model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     where = resolve(name, gguf_file)
     dev = pick_device(device)
@@ -165,7 +185,7 @@ def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None
         tok_kwargs = common if tokenizer is None else {"revision": revision, "trust_remote_code": trust_remote_code}
         with library_bars_off():
             tok = AutoTokenizer.from_pretrained(tok_source, **tok_kwargs)
-            model = AutoModelForCausalLM.from_pretrained(where.path, dtype=torch_dtype, **common)
+            model = model_class(where.path, common).from_pretrained(where.path, dtype=torch_dtype, **common)
     except (OSError, ValueError, ImportError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {name!r} from {where.describe()}: {first}") from None
@@ -174,6 +194,7 @@ def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None
     pad_from = ensure_pad_token(tok, model)
     return LoadedModel(model, tok, where.describe(), dev, torch_dtype, context_window(model.config), pad_from,
                        {"architecture": type(model).__name__, "model_type": model.config.model_type,
+                        "encoder_decoder": bool(model.config.is_encoder_decoder),
                         **hub_commit(model.config)})
 
 

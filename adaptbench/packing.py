@@ -6,6 +6,7 @@ into rows as long as the batch's longest example (first-fit decreasing), restart
 every example, and gives the model a block-diagonal causal mask, so each example attends only to
 itself: the hidden states are those of the examples run alone (checked exactly in the tests, and
 once per model at run time), while the attention cost per row stays that of one padded row.
+Causal LMs only: an encoder-decoder's batches are padded (:func:`packing_unsupported` says why).
 """
 
 from __future__ import annotations
@@ -62,12 +63,27 @@ def mask_dtype_for(model: torch.nn.Module) -> torch.dtype | None:
     return None
 
 
-def packing_works(lm: torch.nn.Module) -> bool:
-    """Whether this model gives packed rows the same hidden states as padded ones (it does for every
-    architecture that takes 4D masks and position ids; flash-attention-2 does not take 4D masks)."""
+def packing_unsupported(lm: torch.nn.Module) -> str | None:
+    """Why this model's training batches cannot be packed, or None.  Packing works for every causal
+    architecture that takes 4D masks and position ids (flash-attention-2 takes no 4D mask)."""
+    if getattr(lm.config, "is_encoder_decoder", False):
+        return ("encoder-decoder model: packing builds causal masks for one sequence per example; batches are "
+                "padded per batch instead")
     impl = getattr(lm.config, "_attn_implementation", "sdpa") or "sdpa"
     if impl not in ("sdpa", "eager"):
-        return False
+        return f"attention implementation {impl!r} takes no 4D attention mask"
+    if not _packed_equals_padded(lm):
+        return "packed rows did not give the hidden states of padded rows on this model"
+    return None
+
+
+def packing_works(lm: torch.nn.Module) -> bool:
+    """Whether this model gives packed rows the same hidden states as padded ones."""
+    return packing_unsupported(lm) is None
+
+
+def _packed_equals_padded(lm: torch.nn.Module) -> bool:
+    """Checked once per model: the last hidden states of a few sequences, packed and padded."""
     from .scoring import last_hidden, lm_parts, pad_right
 
     parts = lm_parts(lm)

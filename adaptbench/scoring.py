@@ -3,7 +3,8 @@
 ICL, PBFT and CD all ask the same question of a causal LM: at the last position of a prompt, how much
 do the verbalizer tokens (" Yes"/" No", ...) score?  Answering it needs the backbone's last hidden state
 at that one position and the LM-head rows of those few tokens -- never full-vocabulary logits at every
-position (50k x sequence length floats per example for nothing).
+position (50k x sequence length floats per example for nothing).  An encoder-decoder (T5, BART)
+answers it at the decoder's first position, its encoder reading the whole prompt (:mod:`adaptbench.seq2seq`).
 
 For ICL the demonstrations of a data seed are the same for every query, so the prefix is encoded once;
 its keys/values are then broadcast to each batch of queries (:class:`PrefixCache`).  Only the query
@@ -19,6 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,12 +32,27 @@ from .shared_prefix import SharedPrefixLayer
 
 @dataclass
 class LMParts:
-    """The pieces of a causal LM that verbalizer scoring needs."""
+    """The pieces of a causal LM that verbalizer scoring needs.  Encoder-decoder models have their own
+    (:class:`adaptbench.seq2seq.Seq2SeqParts`): same interface, another answer position."""
 
     backbone: torch.nn.Module  # returns the final (normed) hidden states
     head: torch.nn.Module  # the model's output layer (a peft LoRA layer when lm_head is adapted)
     cache_kwarg: str  # "cache" in transformers >= 5.2x, "past_key_values" before
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None  # final-logit softcapping / scaling
+    logit_bias: torch.Tensor | None = None  # (vocab,) added after the head (BART's final_logits_bias)
+    encoder_decoder: ClassVar[bool] = False
+
+    def answer_states(self, ids: torch.Tensor, mask: torch.Tensor, ends: torch.Tensor | None = None,
+                      **kwargs) -> torch.Tensor:
+        """Final hidden state at the last real token of each sequence, (n, hidden).
+
+        Right-padded rows (2D ``mask``): one sequence per row, ending at ``mask.sum(1) - 1``.  Packed rows
+        (4D ``mask``, see :mod:`adaptbench.packing`): ``ends`` gives (row, column) of each sequence's end.
+        """
+        hidden = self.backbone(input_ids=ids, attention_mask=kwargs.pop("attention_mask", mask), **kwargs)
+        if ends is None:
+            return hidden.last_hidden_state[torch.arange(ids.shape[0], device=ids.device), mask.sum(dim=1) - 1]
+        return hidden.last_hidden_state[ends[:, 0], ends[:, 1]]
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -58,7 +75,8 @@ class LMParts:
 
 def logit_transform(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """What the model's own forward does to its logits after the LM head, element-wise: final-logit
-    softcapping (Gemma 2/3), ``logit_scale`` (Cohere), ``logits_scaling`` (Granite).  Skipping it would
+    softcapping (Gemma 2/3), ``logit_scale`` (Cohere), ``logits_scaling`` (Granite), T5's scaling of the
+    decoder states (the head is linear without a bias, so scaling its input scales its logits).  Skipping it would
     score other logits than the model computes."""
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     cap = getattr(cfg, "final_logit_softcapping", None)
@@ -70,6 +88,9 @@ def logit_transform(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
     scaling = getattr(cfg, "logits_scaling", None)
     if scaling:
         return lambda z: z / scaling
+    if getattr(cfg, "scale_decoder_outputs", False):  # T5: decoder states * d_model^-0.5 before a bias-free head
+        factor = cfg.d_model ** -0.5
+        return lambda z: z * factor
     return None
 
 
@@ -80,14 +101,25 @@ def lm_parts(model: torch.nn.Module) -> LMParts:
     head = model.get_output_embeddings()
     if head is None:
         raise TypeError(f"{type(model).__name__} has no LM head (get_output_embeddings() is None)")
+    bias = getattr(model, "final_logits_bias", None)
+    bias = bias.reshape(-1) if bias is not None else None
+    if getattr(model.config, "is_encoder_decoder", False):
+        from .seq2seq import seq2seq_parts
+
+        return seq2seq_parts(model, head, logit_transform(model.config), bias)
     backbone = model.base_model
     params = inspect.signature(backbone.forward).parameters
     cache_kwarg = "cache" if "cache" in params else "past_key_values"
-    return LMParts(backbone, head, cache_kwarg, logit_transform(model.config))
+    return LMParts(backbone, head, cache_kwarg, logit_transform(model.config), bias)
 
 
-def _finish(parts: LMParts, logits: torch.Tensor) -> torch.Tensor:
+def _finish(parts: LMParts, logits: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """What the model's forward does after its head: the logit bias (of ``token_ids``, or all), then the
+    element-wise transform; in float32."""
     logits = logits.float()
+    if parts.logit_bias is not None:
+        bias = parts.logit_bias if token_ids is None else parts.logit_bias[token_ids]
+        logits = logits + bias.float()
     return parts.transform(logits) if parts.transform is not None else logits
 
 
@@ -98,12 +130,12 @@ def verbalizer_logits(parts: LMParts, hidden: torch.Tensor, token_ids: torch.Ten
     adapted head (LoRA on ``lm_head``) runs as the model runs it, then the columns are picked.
     """
     if not parts.plain_head:
-        return _finish(parts, parts.head(hidden)[..., token_ids])
+        return _finish(parts, parts.head(hidden)[..., token_ids], token_ids)
     rows = parts.head.weight[token_ids].float()
     logits = hidden.float() @ rows.T
     if parts.head.bias is not None:
         logits = logits + parts.head.bias[token_ids].float()
-    return _finish(parts, logits)
+    return _finish(parts, logits, token_ids)
 
 
 def vocab_logits(parts: LMParts, hidden: torch.Tensor) -> torch.Tensor:
@@ -214,15 +246,9 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 
 def last_hidden(parts: LMParts, ids: torch.Tensor, mask: torch.Tensor, ends: torch.Tensor | None = None,
                 **kwargs) -> torch.Tensor:
-    """Final hidden state at the last real token of each sequence, (n, hidden).
-
-    Right-padded rows (2D ``mask``): one sequence per row, ending at ``mask.sum(1) - 1``.  Packed rows
-    (4D ``mask``, see :mod:`adaptbench.packing`): ``ends`` gives (row, column) of each sequence's end.
-    """
-    hidden = parts.backbone(input_ids=ids, attention_mask=kwargs.pop("attention_mask", mask), **kwargs)
-    if ends is None:
-        return hidden.last_hidden_state[torch.arange(ids.shape[0], device=ids.device), mask.sum(dim=1) - 1]
-    return hidden.last_hidden_state[ends[:, 0], ends[:, 1]]
+    """Final hidden state at the answer position of each sequence, (n, hidden): a causal LM's last real
+    token, an encoder-decoder's first decoder position (see :meth:`LMParts.answer_states`)."""
+    return parts.answer_states(ids, mask, ends, **kwargs)
 
 
 def _hidden_states(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
@@ -252,7 +278,10 @@ def _hidden_states(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
 
 def answer_hidden(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
                   prefix: PrefixCache | None = None) -> torch.Tensor:
-    """Final hidden state at the last real token of each sequence, (batch, hidden)."""
+    """Final hidden state at the answer position of each sequence, (batch, hidden)."""
+    if prefix is None:
+        ids, mask = pad_right(seqs, pad_id)
+        return last_hidden(parts, ids.to(parts.device), mask.to(parts.device), use_cache=False)
     hidden, mask = _hidden_states(parts, seqs, pad_id, prefix)
     return hidden[torch.arange(len(seqs), device=hidden.device), mask.sum(dim=1) - 1]
 
@@ -420,5 +449,8 @@ def auto_batch_size(parts: LMParts, config, prefix_len: int, query_len: int, fre
 
 
 def prefix_cache_unsupported(config) -> str | None:
-    """Why the prefix cache cannot serve this model (sliding-window attention), or None."""
+    """Why the prefix cache cannot serve this model (an encoder-decoder, sliding-window attention), or None."""
+    if getattr(config, "is_encoder_decoder", False):
+        return ("encoder-decoder model: its encoder attends in both directions, so the demonstrations' states "
+                "depend on the query that follows them; the whole prompt is encoded per query")
     return shared_prefix.sliding_window(config)

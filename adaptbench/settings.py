@@ -115,6 +115,11 @@ class VanillaSettings(Strict):
         "linear", description="linear: one layer on the last token's hidden state; mlp: dense -> ReLU -> dropout "
                               "-> output, the reference study's default ClassificationHead")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout inside the mlp head (the reference: OPT's 0.1)")
+    pooling: Literal["decoder_first", "encoder_mean"] | None = Field(
+        None, description="encoder-decoder models only (T5, BART): the head reads the decoder's first hidden state "
+                          "(decoder_first, the default) or the mean of the encoder's states over the input's real "
+                          "tokens (encoder_mean); decoder-only models always use the last token's state, and "
+                          "setting it for them is an error")
 
 
 # Sweep presets fill the settings a config leaves unset (a config's own values win).  "reference" is the

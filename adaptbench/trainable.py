@@ -5,10 +5,10 @@ and report the trainable and total parameter counts measured from the model afte
 
 BitFit (Ben Zaken et al., 2022) trains bias terms only.  Embeddings and the LM head stay frozen --
 unlike the reference code, whose "BitFit" mode still trains the LM head (tied to the input
-embeddings).  Models without biases (Llama) get zero-initialised biases on their attention and MLP
+embeddings).  Models without biases (Llama, T5) get zero-initialised biases on their attention and MLP
 projections only when ``bitfit.add_biases`` asks for it, and the record says so.
 LoRA (Hu et al., 2022) goes through ``peft``; target modules default to peft's per-architecture
-choice (attention query/value projections).
+choice (attention query/value projections: ``q_proj``/``v_proj``, T5's ``q``/``v``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from torch import nn
 from .errors import ConfigError
 from .settings import BitfitSettings, LoraSettings
 
-# Projections that get a zero bias under bitfit.add_biases (Llama/Mistral/Qwen naming).
-BIAS_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Projections that get a zero bias under bitfit.add_biases: Llama/Mistral/Qwen naming, then T5's
+# (attention q/k/v/o; MLP wi/wo, gated wi_0/wi_1 in T5 v1.1 and Flan-T5).
+BIAS_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                "q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1")
 
 
 def embedding_parameters(lm: nn.Module) -> set[int]:
@@ -31,20 +33,25 @@ def embedding_parameters(lm: nn.Module) -> set[int]:
     for module in (lm.get_input_embeddings(), lm.get_output_embeddings()):
         if module is not None:
             found += list(module.parameters())
-    for name, module in lm.named_modules():  # learned positions: OPT embed_positions, GPT-2 wpe
-        if isinstance(module, nn.Embedding) and any(k in name for k in ("embed_positions", "wpe")):
+    for name, module in lm.named_modules():  # learned positions: OPT/BART embed_positions, GPT-2 wpe, T5's buckets
+        if isinstance(module, nn.Embedding) and any(k in name for k in ("embed_positions", "wpe",
+                                                                         "relative_attention_bias")):
             found += list(module.parameters())
     return {id(p) for p in found}
+
+
+def _bias_free_projections(lm: nn.Module) -> list[tuple[str, nn.Linear]]:
+    return [(name, module) for name, module in lm.named_modules()
+            if isinstance(module, nn.Linear) and module.bias is None and name.split(".")[-1] in BIAS_TARGETS]
 
 
 def add_zero_biases(lm: nn.Module) -> list[str]:
     """Give bias-free attention/MLP projections a zero bias (the forward is unchanged until trained)."""
     added = []
-    for name, module in lm.named_modules():
-        if isinstance(module, nn.Linear) and module.bias is None and name.split(".")[-1] in BIAS_TARGETS:
-            w = module.weight
-            module.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
-            added.append(name)
+    for name, module in _bias_free_projections(lm):
+        w = module.weight
+        module.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+        added.append(name)
     return added
 
 
@@ -74,9 +81,10 @@ def apply_policy(model: nn.Module, policy: str, *, lora: LoraSettings | None = N
     elif policy == "bitfit":
         if not _bias_parameters(model.lm):
             if not (bitfit and bitfit.add_biases):
+                names = sorted({n.split(".")[-1] for n, _ in _bias_free_projections(model.lm)})
                 raise ConfigError(f"trainable: bitfit -- {type(model.lm).__name__} has no bias terms to train; set "
                                   f"bitfit.add_biases: true to add zero-initialised biases to its attention and "
-                                  f"MLP projections ({', '.join(BIAS_TARGETS)})")
+                                  f"MLP projections ({', '.join(names or BIAS_TARGETS)})")
             info["added_biases"] = len(add_zero_biases(model.lm))
         for _, p in _bias_parameters(model.lm):
             p.requires_grad_(True)

@@ -11,7 +11,7 @@ from .. import distributed
 from ..errors import RunSkipped
 from ..metrics import eval_set_metrics
 from ..saving import save_adapted
-from ..packing import packing_works
+from ..packing import packing_unsupported
 from ..precision import autocast, check_master_weights
 from ..scoring import batched_logits
 from ..trainable import apply_policy
@@ -50,8 +50,10 @@ class FineTuneMethod(Method):
             settings = settings.model_copy(update={"lr": policy_settings.lr})
         ctx.info["lr"] = settings.lr
         evaluator = Evaluator(ctx, model) if settings.eval_every != "end" else None
-        packed = packing_works(model.lm)
-        ctx.info["packed_batches"] = packed
+        why_not = packing_unsupported(model.lm)
+        packed = ctx.info["packed_batches"] = why_not is None
+        if why_not:
+            ctx.info["packed_batches_disabled"] = why_not
         with ctx.costs.phase("train") as phase:
             log = train(model, items, settings, loss_fn=self.loss, pad_id=ctx.loaded.tokenizer.pad_token_id,
                         seed=spec.train_seed, device=ctx.loaded.device, evaluate=evaluator, progress=ctx.progress,

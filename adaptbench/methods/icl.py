@@ -2,9 +2,10 @@
 
 As in the reference study, one context per data seed is built from the run's sample and reused for
 every evaluation example; the model sees the tokens of context + query tokenised as one text.  With
-``icl.prefix_cache`` (default) the context is encoded once and only the query tokens run per example (see :mod:`adaptbench.scoring`); a context that does not fit the
-model's window skips the run, and a query that does not fit after the context is left unscored and
-counted -- nothing is truncated.
+``icl.prefix_cache`` (default) the context is encoded once and only the query tokens run per example
+(see :mod:`adaptbench.scoring`); a context that does not fit the model's window skips the run, and a query that does not fit after the context is left unscored and
+counted -- nothing is truncated.  An encoder-decoder reads context and query together in its encoder,
+so it gets no prefix cache (``method_info.prefix_cache_disabled`` says why).
 """
 
 from __future__ import annotations

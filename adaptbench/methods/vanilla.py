@@ -1,6 +1,8 @@
 """Vanilla fine-tuning: a new, randomly initialised classification head on the hidden state of the last
 real token (padding-aware through the attention mask, whatever the pad token is), trained with
-cross-entropy together with the policy's LM parameters.
+cross-entropy together with the policy's LM parameters.  An encoder-decoder's head reads the decoder's
+first hidden state (where PBFT scores its verbalizers) or, under ``vanilla.pooling: encoder_mean``, the
+mean of the encoder's states over the input's real tokens.
 
 ``vanilla.head``: ``linear`` (default; one layer with a bias) or ``mlp`` -- dense -> ReLU -> dropout ->
 output, the reference study's default ``ClassificationHead`` (its ``classifier_type: fully-connected``).
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..scoring import last_hidden, lm_parts
+from ..seq2seq import is_encoder_decoder
 from .base import RunContext, register
 from .finetune import FineTuneMethod
 
@@ -31,19 +35,36 @@ def classification_head(hidden: int, n_labels: int, kind: str, init_std: float, 
 
 
 class HeadModel(nn.Module):
-    """``forward(ids, mask)`` -> head logits from each row's last real token."""
+    """``forward(ids, mask)`` -> head logits from each row's answer-position state (``pooling``
+    ``encoder_mean``: from the mean of an encoder-decoder's encoder states)."""
 
     def __init__(self, lm: nn.Module, n_labels: int, init_std: float = 0.02, kind: str = "linear",
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, pooling: str = "last_token"):
         super().__init__()
         self.lm = lm
+        self.pooling = pooling
         hidden = lm.get_output_embeddings().weight.shape[1]  # the final hidden size (after any projection)
         self.head = classification_head(hidden, n_labels, kind, init_std, dropout)
 
     def forward(self, input_ids, attention_mask, position_ids=None, ends=None):
-        hidden = last_hidden(lm_parts(self.lm), input_ids, attention_mask, ends, position_ids=position_ids,
-                             use_cache=False)
+        parts = lm_parts(self.lm)
+        if self.pooling == "encoder_mean":
+            hidden = parts.encoder_mean(input_ids, attention_mask)
+        else:
+            hidden = last_hidden(parts, input_ids, attention_mask, ends, position_ids=position_ids, use_cache=False)
         return self.head(hidden.to(next(self.head.parameters()).dtype))
+
+
+def head_pooling(ctx: RunContext) -> str:
+    """What the head reads: ``last_token`` (decoder-only models), ``decoder_first`` or ``encoder_mean``."""
+    asked = ctx.spec.vanilla.pooling if ctx.spec.vanilla is not None else None
+    if is_encoder_decoder(ctx.loaded.model):
+        return asked or "decoder_first"
+    if asked is not None:
+        raise ConfigError(f"vanilla.pooling: {asked} applies to encoder-decoder models (T5, BART); "
+                          f"{ctx.spec.model.name!r} is a decoder-only model, whose head always reads the last "
+                          f"token's hidden state: remove vanilla.pooling for it")
+    return "last_token"
 
 
 @register
@@ -57,5 +78,5 @@ class Vanilla(FineTuneMethod):
         std = getattr(cfg, "initializer_range", None) or getattr(cfg, "init_std", None) or 0.02
         settings = ctx.spec.vanilla
         kind, dropout = (settings.head, settings.dropout) if settings is not None else ("linear", 0.1)
-        ctx.info["head"] = kind
-        return HeadModel(ctx.loaded.model, len(ctx.task.labels.names), std, kind, dropout)
+        ctx.info.update(head=kind, pooling=head_pooling(ctx))
+        return HeadModel(ctx.loaded.model, len(ctx.task.labels.names), std, kind, dropout, ctx.info["pooling"])

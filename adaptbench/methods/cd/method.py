@@ -13,7 +13,9 @@ reads the input alone and learns the teacher's distribution, so at inference it 
   (:mod:`.heldout`).
 
 By default the teacher's distributions are computed once, with the context's KV cache, and stored
-with the run; the teacher is freed before the student trains.  ``cd.teacher_cache: false`` (labels /
+with the run; the teacher is freed before the student trains.  Encoder-decoder teachers and students
+(:mod:`adaptbench.seq2seq`) take labels / vocab targets, the context in the teacher's encoder and no
+KV cache; sequence targets need causal LMs and refuse them.  ``cd.teacher_cache: false`` (labels /
 vocab) scores a separate teacher online in every batch instead, to compare.
 """
 
@@ -37,7 +39,7 @@ from ..icl import ICLPredictor
 from ..pbft import VerbalizerModel
 from .context import check_inputs
 from .labels import Teacher, check_same_tokenizer
-from .sequence_run import SequenceDistillation
+from .sequence_run import SequenceDistillation, check_causal
 
 
 @register
@@ -133,6 +135,8 @@ class ContextDistillation(FineTuneMethod):
         self.teacher_preds = None
         self.online = None
         self.sequence = SequenceDistillation(ctx.spec.cd) if ctx.spec.cd.target == "sequence" else None
+        if self.sequence is not None:
+            check_causal(ctx.loaded, "student")
         predictor = super().fit(ctx)
         if self.sequence is not None:
             self.sequence.evaluate(ctx, predictor.model)

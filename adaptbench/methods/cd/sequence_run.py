@@ -21,10 +21,11 @@ from torch import nn
 from ...costs import timed
 from ...contexts import parse_context_setting, split_inputs
 from ...distill_targets import CompactTargets, full_bytes_per_position
-from ...errors import RunSkipped
+from ...errors import ConfigError, RunSkipped
 from ...precision import autocast
 from ...sampling import unlabeled_sample
 from ...scoring import LMParts, PrefixCache, lm_parts, prefix_cache_unsupported
+from ...seq2seq import is_encoder_decoder
 from ...settings import CDSettings
 from ...training import TrainItem
 from ..base import RunContext
@@ -37,6 +38,15 @@ from .sequence import (HiddenTargets, SequenceStudent, answer_logits, frozen_hea
                        sequence_loss, teacher_targets)
 
 HELD_OUT_FROM_EVAL_SET = 16  # task inputs: held-out inputs are the first queries of the in-domain eval set
+
+
+def check_causal(loaded, role: str) -> None:
+    """Sequence targets line up a causal LM's next-token predictions along the input, student's and
+    teacher's position by position; an encoder-decoder reads its input in the encoder and predicts nothing there."""
+    if is_encoder_decoder(loaded.model):
+        raise ConfigError(f"cd.target: sequence needs causal LMs; the {role} {loaded.source!r} is an encoder-decoder "
+                          f"model, whose encoder reads the input whole and predicts no token along it: use "
+                          f"cd.target: labels or vocab (scored at its decoder's first position)")
 
 
 class SequenceDistillation:
@@ -71,6 +81,7 @@ class SequenceDistillation:
 
     def items(self, ctx: RunContext, loaded) -> list[TrainItem]:
         """Score every input with the teacher once; training items carry the index of their targets."""
+        check_causal(loaded, "teacher")
         texts, gold, held_texts = self.inputs(ctx, loaded.tokenizer)
         with ctx.costs.phase("teacher") as phase:
             check_same_tokenizer(ctx, loaded.tokenizer)
