@@ -182,18 +182,18 @@ def no_hub_cache():
 
 def test_hub_path_uses_datasets_with_hub_names(monkeypatch, no_hub_cache):
     """The hub path is thin: datasets.load_dataset(path, config, split=...) rows are used as they are."""
-    import datasets
+    from adaptbench.tasks import sources
 
     calls = []
 
-    def fake_load(path, config, split):
+    def fake_load(path, config, split, revision=None):
         calls.append((path, config, split))
-        return [{"sentence1": "A man sleeps.", "sentence2": "A man is awake.", "label": 1, "idx": 0}]
+        return [{"sentence1": "A man sleeps.", "sentence2": "A man is awake.", "label": 1, "idx": 0}], "c0ffee" * 6
 
-    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr(sources, "load_hub_split", fake_load)
     split = load_split(DATASETS["rte"], "validation", None, "hub")
     assert calls == [("nyu-mll/glue", "rte", "validation")]
-    assert split.origin == "hub:nyu-mll/glue/rte"
+    assert split.origin == "hub:nyu-mll/glue/rte@" + "c0ffee" * 6  # the commit the branch resolved to
     ex = to_examples(split, DATASETS["rte"], TASKS["rte"].labels)
     assert ex[0].text2 == "A man is awake." and ex[0].label == 1
 

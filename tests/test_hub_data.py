@@ -57,7 +57,8 @@ def test_a_dataset_through_load_dataset(tmp_path, data_dir, tiny_models):
     assert result.exit_code == 0, result.output
     rec = _records(tmp_path)[0]
     assert rec["metrics"]["mine"]["all"]["n"] == 6 and rec["metrics"]["held"]["all"]["n"] == 4
-    assert rec["eval_sets"]["mine"]["origin"] == f"hub:{folder}:validation"
+    origin, revision = rec["eval_sets"]["mine"]["origin"].split("@")
+    assert origin == f"hub:{folder}:validation" and revision  # with the revision read (a folder: its files' hash)
 
 
 @pytest.mark.parametrize("case,message", [

@@ -86,22 +86,36 @@ def _read_user_file(dataset: DatasetDef, split: str) -> Split:
     path = dataset.originals[split].paths[0]
     if not path.startswith("hub:") and not os.path.isfile(path):
         raise DataError(f"task {dataset.name!r}: {split} file {path} does not exist")
-    return Split(tuple(dataset.originals[split].reader(path)), path)
+    rows = dataset.originals[split].reader(path)
+    rows, origin = rows if isinstance(rows, tuple) else (rows, path)  # a hub reader adds the revision read
+    return Split(tuple(rows), origin)
+
+
+def load_hub_split(path: str, config: str | None, split: str, revision: str | None = None):
+    """A split of a hub dataset (or a local dataset folder) through ``datasets``' builder -- what
+    ``load_dataset`` does -- and the revision it was read at: for a hub dataset the commit its branch
+    resolved to (the builder's hash), for a local folder a hash of its files.  Origins end in ``@<it>``."""
+    import datasets  # imported here: heavy, and only needed for the hub path
+
+    from ..progress import library_bars_off
+
+    with library_bars_off(datasets_only=True):
+        builder = datasets.load_dataset_builder(path, config, revision=revision)
+        builder.download_and_prepare()
+        return builder.as_dataset(split=split), builder.hash
 
 
 @lru_cache(maxsize=8)
 def _read_hub(dataset: DatasetDef, split: str) -> Split:
     """Load from the Hugging Face hub with ``datasets`` (needs network on first use; cached after)."""
     path, config = dataset.hub
-    import datasets  # imported here: heavy, and only needed for the hub path
-
-    ds = datasets.load_dataset(path, config, split=split)
+    ds, commit = load_hub_split(path, config, split)
     rows = []
     for i, row in enumerate(ds):
         row = dict(row)
         row.setdefault("idx", i)
         rows.append(row)
-    return Split(tuple(rows), f"hub:{path}" + (f"/{config}" if config else ""))
+    return Split(tuple(rows), f"hub:{path}" + (f"/{config}" if config else "") + f"@{commit}")
 
 
 def load_split(dataset: DatasetDef, split: str, data_dir: str | None = None, source: str = "auto") -> Split:

@@ -14,7 +14,7 @@ import os
 from ..errors import DataError, not_utf8
 from ..progress import library_bars_off
 from .schema import DatasetDef, EvalSetDef, LabelScheme, OriginalFile, TaskDef
-from .sources import read_jsonl
+from .sources import load_hub_split, read_jsonl
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None, ".parquet": None, ".arrow": None}
 HUB_PREFIX = "hub:"  # the origin of a hub split: hub:<dataset>[/<config>]:<split>
@@ -118,19 +118,18 @@ def validated_rows(origin: str, records: list[tuple[int, dict]], text_fields: tu
 
 def hub_reader(hub: str, config: str | None, revision: str | None, split: str, text_fields: tuple[str, ...],
                label_field: str, labels: tuple[str, ...]):
-    """A reader of one split of a hub dataset (or a local dataset folder), through ``datasets.load_dataset``."""
+    """A reader of one split of a hub dataset (or a local dataset folder), through ``datasets``: its rows,
+    and the origin with the revision read (``hub:<ds>:<split>@<commit>``)."""
 
-    def read(origin: str) -> list[dict]:
-        import datasets
-
+    def read(origin: str) -> tuple[list[dict], str]:
         try:
-            with library_bars_off(datasets_only=True):
-                ds = datasets.load_dataset(hub, config, split=split, revision=revision)
+            ds, commit = load_hub_split(hub, config, split, revision)
         except Exception as e:  # offline, no such dataset/config/split, auth: one clear message
             raise DataError(f"{origin}: cannot load split {split!r} of hub dataset {hub!r}"
                             + (f" (config {config!r})" if config else "")
                             + f": {type(e).__name__}: {_first_line(e)}") from None
-        return validated_rows(origin, _dataset_rows(ds), text_fields, label_field, labels, "row")
+        rows = validated_rows(origin, _dataset_rows(ds), text_fields, label_field, labels, "row")
+        return rows, f"{origin}@{commit}"
 
     return read
 
