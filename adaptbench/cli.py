@@ -65,6 +65,7 @@ def run(
         todo, done = pending(plan, force, retry_failed)
         if dry_run:
             _print_plan(plan, {r.run_id for r in todo})
+            _print_api_plan(plan, todo)
             return
         err.print(f"[bold]{plan.sweep.name}[/]: {len(plan.runs)} runs, {len(done)} already done, "
                   f"{len(todo)} to run -> {plan.sweep_dir}")
@@ -97,6 +98,29 @@ def _print_plan(plan, todo_ids: set[str]) -> None:
 
     specs = [{"run_id": r.run_id, **r.identity()} for r in plan.runs]
     out.print(plan_table(specs, todo_ids, f"{plan.sweep.name}: {len(plan.runs)} runs"))
+
+
+def _print_api_plan(plan, todo) -> None:
+    """What the pending runs would send to api models (nothing is sent): requests, cache hits, ~tokens, ~cost."""
+    from .runner import api_requests
+
+    planned = api_requests(plan, todo)
+    if not planned:
+        return
+    prices = plan.runtime.api
+    total_requests = total_tokens = 0
+    for run, p in planned:
+        if "error" in p:
+            err.print(f"{run.run_id[:8]}: {p['error']}", markup=False, highlight=False, soft_wrap=True)
+            continue
+        tokens = p["approx_prompt_tokens"]  # of the requests not yet cached
+        total_requests, total_tokens = total_requests + p["requests"], total_tokens + tokens
+        err.print(f"{run.run_id[:8]} {run.method} {run.model.name if run.model.api else run.cd.teacher.name}: "
+                  f"{p['requests']} requests ({p['cached']} cached), ~{tokens:,} prompt tokens", highlight=False)
+    cost = (f", ~{total_tokens / 1000 * prices.price_per_1k_prompt:.2f} for prompt tokens"
+            if prices.price_per_1k_prompt is not None else "")
+    err.print(f"api: {total_requests} requests and ~{total_tokens:,} prompt tokens to send (estimated at 4 "
+              f"characters a token{cost}); nothing was sent", highlight=False)
 
 
 @app.command()

@@ -18,8 +18,8 @@ import re
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, Discriminator, Field, NonNegativeInt, PositiveInt, Tag,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (BaseModel, Discriminator, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                      Tag, ValidationError, field_validator, model_validator)
 
 from .errors import ConfigError, not_utf8
 from .settings import (SWEEP_PRESETS, BitfitSettings, CDSettings, ICLSettings, LoraSettings, ModelSpec, PBFTSettings,
@@ -88,6 +88,21 @@ class EvalSpec(Strict):
     seed: int = Field(0, description="seed of the eval subsample (fixed across runs, so they compare)")
 
 
+class ApiRuntime(Strict):
+    """How requests to api models go out (model.api); not part of a run's identity."""
+
+    concurrency: PositiveInt = Field(4, description="requests in flight at once")
+    max_retries: NonNegativeInt = Field(5, description="retries (exponential backoff) on 408/409/429/5xx and "
+                                                       "timeouts")
+    timeout_s: PositiveFloat = Field(60.0, description="seconds per request")
+    price_per_1k_prompt: NonNegativeFloat | None = Field(None, description="for the record's cost: price per "
+                                                                           "1,000 prompt tokens")
+    price_per_1k_completion: NonNegativeFloat | None = Field(None, description="price per 1,000 completion "
+                                                                               "tokens")
+    cache_dir: str | None = Field(None, description="responses on disk, keyed by request (default "
+                                                    "~/.cache/adaptbench/api): a rerun never pays twice")
+
+
 class RuntimeOptions(Strict):
     """How runs execute; not part of a run's identity."""
 
@@ -97,6 +112,7 @@ class RuntimeOptions(Strict):
     progress: bool = True
     log_with: list[str] = Field(default_factory=list, description="experiment trackers (accelerate's): "
                                                                  "tensorboard, mlflow, wandb, ...")
+    api: ApiRuntime = ApiRuntime()
 
 
 class RunSpec(Strict):
@@ -284,6 +300,7 @@ def _cells(sweep: SweepConfig, source: str) -> list[RunSpec]:
     for model, task, method, prompt, shots in itertools.product(sweep.model, sweep.task, sweep.method,
                                                                sweep.prompt, sweep.shots):
         trains = METHODS[method].trains
+        _check_api(model, method, sweep.cd, source)
         for trainable in (sweep.trainable if trains else [None]):
             if trainable is not None:
                 METHODS[method].check_trainable(trainable, source)
@@ -301,6 +318,19 @@ def _cells(sweep: SweepConfig, source: str) -> list[RunSpec]:
                     spec[method] = getattr(sweep, method)
                 out.append(_validate(RunSpec, spec, source))
     return out
+
+
+def _check_api(model, method: str, cd, source: str) -> None:
+    """An api model gives next-token log-probabilities and nothing else: it runs ICL and teaches CD's labels."""
+    if model.api is not None and method != "icl":
+        raise ConfigError(f"{source}: model {model.name!r} (api: {model.api}) cannot run method {method!r}, which "
+                          f"trains local weights; an api model runs icl, and teaches context distillation as "
+                          f"cd.teacher (with a local student model)")
+    teacher = cd.teacher if method == "cd" and cd is not None else None
+    if teacher is not None and teacher.api is not None and cd.target != "labels":
+        raise ConfigError(f"{source}: cd.target: {cd.target} needs the teacher's whole next-token distribution; "
+                          f"an api teacher gives its top {teacher.top_logprobs or 5} log-probabilities: use "
+                          f"cd.target: labels")
 
 
 def _validate(model_cls: type[BaseModel], data: dict, source: str):

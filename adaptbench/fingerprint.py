@@ -80,8 +80,6 @@ def content_sha256(path: str) -> str:
 
 def run_files(run, config_dir: str) -> dict[str, str]:
     """The local files and folders a run reads, by role (``task.train``, ``cd.context``, ``model``, ...)."""
-    from .models import resolve
-
     found: dict[str, str] = {}
     task = run.task
     if not isinstance(task, str):
@@ -100,17 +98,30 @@ def run_files(run, config_dir: str) -> dict[str, str]:
             found["cd.context"] = source.path
         if cd.inputs:
             found["cd.inputs"] = cd.inputs
-    try:
-        where = resolve(run.model.name, run.model.gguf_file)
-    except AdaptbenchError:
-        where = None  # loading the model says why, in the run's record
-    if where is not None:
-        weights = os.path.join(where.path, where.gguf_file) if where.gguf_file else where.path
-        if os.path.exists(weights):  # model paths are relative to the working folder, not the config's
-            found["model"] = os.path.abspath(weights)
-    if run.model.tokenizer and os.path.isdir(run.model.tokenizer):
-        found["model.tokenizer"] = os.path.abspath(run.model.tokenizer)
+    found.update(model_files(run.model, "model"))
+    if cd is not None and cd.teacher is not None:
+        found.update(model_files(cd.teacher, "cd.teacher"))
     return {role: os.path.join(config_dir, path) for role, path in found.items()}
+
+
+def model_files(spec, role: str) -> dict[str, str]:
+    """A local model's weights (folder or GGUF file) and tokenizer folder, as absolute paths: model paths
+    are relative to the working folder, not the config's.  Hub ids and api models have none."""
+    from .models import resolve
+
+    if spec.api is not None:
+        return {}
+    try:
+        where = resolve(spec.name, spec.gguf_file)
+    except AdaptbenchError:
+        return {}  # loading the model says why, in the run's record
+    found = {}
+    weights = os.path.join(where.path, where.gguf_file) if where.gguf_file else where.path
+    if os.path.exists(weights):
+        found[role] = os.path.abspath(weights)
+    if spec.tokenizer and os.path.isdir(spec.tokenizer):
+        found[f"{role}.tokenizer"] = os.path.abspath(spec.tokenizer)
+    return found
 
 
 def resolved_dtype(dtype: str, device: str) -> str:
@@ -129,5 +140,6 @@ def resolve_run(run, config_dir: str, device: str):
     """The run with ``resolved``: its resolved dtype and the content hash of every local file it reads."""
     files = {role: content_sha256(path) for role, path in sorted(run_files(run, config_dir).items())
              if os.path.exists(path)}
-    resolved = {"dtype": resolved_dtype(run.model.dtype, device), **({"files": files} if files else {})}
+    dtype = {} if run.model.api is not None else {"dtype": resolved_dtype(run.model.dtype, device)}
+    resolved = {**dtype, **({"files": files} if files else {})}
     return run.model_copy(update={"resolved": resolved})

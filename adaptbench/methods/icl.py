@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import distributed
+from ..api_runs import fit_icl, is_api
 from ..errors import RunSkipped
 from ..models import free_memory_bytes
 from ..scoring import PrefixCache, auto_batch_size, lm_parts, prefix_attention, prefix_cache_unsupported, score
@@ -27,6 +28,8 @@ class ICL(Method):
 
     def fit(self, ctx: RunContext) -> ICLPredictor:
         loaded = ctx.loaded
+        if is_api(loaded):
+            return fit_icl(ctx)
         text = ctx.encoder.context_text(ctx.sample)
         context = ctx.encoder.encode(text) if text else []
         if len(context) >= loaded.window:

@@ -23,6 +23,19 @@ from ..base import RunContext
 from .context import context_text
 
 
+def teacher_texts(ctx: RunContext, n_inputs: int, n_labelled: int, tokenizer) -> tuple[dict, list]:
+    """The contexts a teacher reads, by key, and each input's key.  Demonstrations: labelled input i
+    (== sample[i]) gets the context without itself (``("loo", i)``), the others the full one."""
+    source = parse_context_setting(ctx.spec.cd.context, ctx.config_dir)
+    if source.kind != "demonstrations":
+        return {("full", 0): context_text(source, ctx, tokenizer)[0]}, [("full", 0)] * n_inputs
+    sample, context = ctx.sample, ctx.encoder.prompt.context
+    keys = [("loo", i) for i in range(n_labelled)] + [("full", 0)] * (n_inputs - n_labelled)
+    texts = {("full", 0): context(sample)}
+    texts.update({("loo", i): context(sample[:i] + sample[i + 1:]) for i in range(n_labelled)})
+    return texts, keys
+
+
 class Teacher:
     """A teacher model with its own tokenizer, the contexts it reads, and the inputs it scores."""
 
@@ -36,16 +49,7 @@ class Teacher:
         self.cache_ok = prefix_cache_unsupported(loaded.model.config) is None  # no KV reuse with sliding windows
         self.temperature = settings.temperature
         self.vocab = settings.target == "vocab"
-        source = parse_context_setting(settings.context, ctx.config_dir)
-        if source.kind == "demonstrations":
-            sample = ctx.sample
-            # labelled input i (== sample[i]) gets the context without itself
-            keys = [("loo", i) for i in range(n_labelled)] + [("full", 0)] * (len(inputs) - n_labelled)
-            texts = {("full", 0): self.encoder.context_text(sample)}
-            texts.update({("loo", i): self.encoder.context_text(sample[:i] + sample[i + 1:]) for i in range(n_labelled)})
-        else:
-            texts = {("full", 0): context_text(source, ctx, loaded.tokenizer)[0]}
-            keys = [("full", 0)] * len(inputs)
+        texts, keys = teacher_texts(ctx, len(inputs), n_labelled, loaded.tokenizer)
         self.texts = texts
         self.contexts = {key: self.encoder.encode(text) if text else [] for key, text in texts.items()}
         window = loaded.window

@@ -28,9 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...api_runs import ApiTeacher, is_api
 from ...config import RunSpec
 from ...errors import ConfigError
 from ...metrics import eval_set_metrics
+from ...precision import dtype_name
 from ...sampling import unlabeled_sample
 from ...training import TrainItem
 from ..base import Predictions, RunContext, register
@@ -38,7 +40,7 @@ from ..finetune import FineTunedPredictor, FineTuneMethod
 from ..icl import ICLPredictor
 from ..pbft import VerbalizerModel
 from .context import check_inputs
-from .labels import Teacher, check_same_tokenizer
+from .labels import Teacher, check_same_tokenizer, teacher_texts
 from .sequence_run import SequenceDistillation, check_causal
 
 
@@ -78,22 +80,28 @@ class ContextDistillation(FineTuneMethod):
         """Score the inputs with the teacher once (returns the targets) or keep it for online scoring."""
         settings = ctx.spec.cd
         loaded = self._load_teacher(ctx)
+        api = is_api(loaded)
         with ctx.costs.phase("teacher") as phase:
-            check_same_tokenizer(ctx, loaded.tokenizer)
-            teacher = Teacher(ctx, loaded, inputs, len(ctx.sample))
+            if api:
+                texts, keys = teacher_texts(ctx, len(inputs), len(ctx.sample), None)
+                teacher = ApiTeacher(ctx, loaded, texts, keys, inputs)
+            else:
+                check_same_tokenizer(ctx, loaded.tokenizer)
+                teacher = Teacher(ctx, loaded, inputs, len(ctx.sample))
             keep = [i for i, ok in enumerate(teacher.fits) if ok]
-            ctx.info.update(teacher=loaded.source, teacher_dtype=str(loaded.dtype).replace("torch.", ""),
-                            context_tokens=len(teacher.contexts[("full", 0)]),
+            ctx.info.update(teacher=loaded.source, teacher_dtype=None if api else dtype_name(loaded.dtype),
+                            context_tokens=None if api else len(teacher.contexts[("full", 0)]),
                             leave_one_out=settings.context == "demonstrations", distill_labelled=len(ctx.sample),
                             distill_unlabelled=n_unlabelled, distill_dropped=len(inputs) - len(keep))
             if settings.teacher_eval:
-                self.teacher_preds = self._teacher_eval(ctx, teacher)
+                self.teacher_preds = teacher.evaluate(ctx) if api else self._teacher_eval(ctx, teacher)
             if not settings.teacher_cache:
                 self.online = teacher
                 return None, keep
             with ctx.progress("teacher", len(keep)) as advance:
                 targets = teacher.targets(keep, cached=True, progress=advance)
-            phase.tokens = sum(len(teacher.queries[i]) for i in keep) + sum(map(len, teacher.contexts.values()))
+            phase.tokens = (ctx.info["api_usage"]["prompt_tokens"] if api else
+                            sum(len(teacher.queries[i]) for i in keep) + sum(map(len, teacher.contexts.values())))
             self._save_targets(ctx, targets, keep, gold)
         del teacher, loaded  # a separate teacher is freed before the student trains
         gc.collect()
