@@ -172,8 +172,6 @@ def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None
                revision: str | None = None, dtype: str = "auto", device: str = "auto",
                trust_remote_code: bool = False) -> LoadedModel:
     """Load model and tokenizer; every failure becomes a :class:`ModelError` naming the model."""
-    from transformers import AutoTokenizer
-
     where = resolve(name, gguf_file)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
@@ -181,14 +179,11 @@ def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None
     if where.gguf_file:
         common["gguf_file"] = where.gguf_file
     try:
-        tok_source = tokenizer or where.path
-        tok_kwargs = common if tokenizer is None else {"revision": revision, "trust_remote_code": trust_remote_code}
         with library_bars_off():
-            tok = AutoTokenizer.from_pretrained(tok_source, **tok_kwargs)
+            tok = _tokenizer(where, tokenizer, common)
             model = model_class(where.path, common).from_pretrained(where.path, dtype=torch_dtype, **common)
-    except (OSError, ValueError, ImportError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"cannot load model {name!r} from {where.describe()}: {first}") from None
+    except LOAD_ERRORS as e:
+        raise ModelError(f"cannot load model {name!r} from {where.describe()}: {first_line(e)}") from None
     model.to(dev)
     model.eval()
     pad_from = ensure_pad_token(tok, model)
@@ -196,6 +191,38 @@ def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None
                        {"architecture": type(model).__name__, "model_type": model.config.model_type,
                         "encoder_decoder": bool(model.config.is_encoder_decoder),
                         **hub_commit(model.config)})
+
+
+LOAD_ERRORS = (OSError, ValueError, ImportError, KeyError)  # what transformers raises for a model it cannot load
+
+
+def first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _tokenizer(where: ResolvedModel, tokenizer: str | None, common: dict):
+    """The model's tokenizer (from its own files, GGUF included), or the one ``model.tokenizer`` names."""
+    from transformers import AutoTokenizer
+
+    if tokenizer is not None:
+        return AutoTokenizer.from_pretrained(tokenizer, revision=common["revision"],
+                                             trust_remote_code=common["trust_remote_code"])
+    return AutoTokenizer.from_pretrained(where.path, **common)
+
+
+def load_tokenizer(spec) -> object:
+    """The tokenizer alone (checks before any model loads: verbalizer words); a :class:`ModelError` if it
+    cannot be loaded."""
+    where = resolve(spec.name, spec.gguf_file)
+    common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    if where.gguf_file:
+        common["gguf_file"] = where.gguf_file
+    try:
+        with library_bars_off():
+            return _tokenizer(where, spec.tokenizer, common)
+    except LOAD_ERRORS as e:
+        raise ModelError(f"cannot load the tokenizer of model {spec.name!r} from {where.describe()}: "
+                         f"{first_line(e)}") from None
 
 
 def hub_commit(config) -> dict:

@@ -33,10 +33,10 @@ from .settings import ModelSpec
 from .costs import CostTracker
 from .environment import environment
 from .fingerprint import resolve_run
-from .errors import AdaptbenchError, RunSkipped
+from .errors import AdaptbenchError, PromptError, RunSkipped
 from .methods import METHODS, RunContext
 from .metrics import eval_set_metrics
-from .models import GGUFSnapshots, LoadedModel, pick_device
+from .models import GGUFSnapshots, LoadedModel, load_tokenizer, pick_device
 from .precision import annotate_phases, training_model_spec
 from .progress import make_progress
 from .prompts import PromptEncoder
@@ -177,12 +177,13 @@ def stop_launch(plan: Plan, record: dict, costs: CostTracker) -> None:
     rank, folder = distributed.rank(), records.run_dir(plan.sweep_dir, record["run_id"])
     records.atomic_write(os.path.join(folder, f"rank{rank}-failure.json"),
                          records.dumps({"rank": rank, "reason": record["reason"], "at": time.time()}) + "\n")
+    started = dt.datetime.fromisoformat(record["started_at"]).timestamp() - 1
     notes = []
     for name in os.listdir(folder):
         if name.startswith("rank") and name.endswith("-failure.json"):
             with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, name), encoding="utf-8") as f:
                 notes.append(json.load(f))
-    notes.sort(key=lambda n: n["at"])
+    notes = sorted((n for n in notes if n.get("at", 0) >= started), key=lambda n: n["at"])  # this execution's
     record.update(reason="; ".join(f"rank {n['rank']}: {n['reason']}" for n in notes)
                   + f" (multi-process launch of {distributed.world_size()} ranks: the launch was stopped)",
                   failed_rank=notes[0]["rank"], costs=costs.to_dict(), environment=environment(costs.device),
@@ -366,8 +367,31 @@ def preflight(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
         if key not in by_key:
             by_key[key] = load_inputs(run, plan.runtime, plan.config_dir)
         out[run.run_id] = by_key[key]
+    check_verbalizers(runs, out)
     check_endpoints(runs, out, plan.runtime)
     return out
+
+
+def check_verbalizers(runs: list[RunSpec], inputs: dict[str, RunInputs]) -> None:
+    """Each verbalizer word one token of its model's tokenizer, no two words one token: checked with the
+    tokenizers alone, so a bad verbalizer stops the sweep before any model loads (a tokenizer that cannot
+    be loaded is left to the run, which fails with the reason)."""
+    tokenizers: dict = {}
+    for run in runs:
+        prompt, labels = inputs[run.run_id].prompt, inputs[run.run_id].task.labels.names
+        teacher = run.cd.teacher if run.cd is not None else None
+        for spec in [s for s in (run.model, teacher) if s is not None and s.api is None]:
+            key = (spec.name, spec.gguf_file, spec.tokenizer, spec.revision)
+            if key not in tokenizers:
+                try:
+                    tokenizers[key] = load_tokenizer(spec)
+                except AdaptbenchError:
+                    tokenizers[key] = None
+            if tokenizers[key] is not None:
+                try:
+                    PromptEncoder(tokenizers[key], prompt, labels)
+                except PromptError as e:
+                    raise PromptError(f"prompt.verbalizer for model {spec.name!r}: {e}") from None
 
 
 def api_requests(plan: Plan, runs: list[RunSpec]) -> list[tuple[RunSpec, dict]]:
@@ -381,8 +405,9 @@ def api_requests(plan: Plan, runs: list[RunSpec]) -> list[tuple[RunSpec, dict]]:
         if not any(s.api for s in (run.model, run.cd.teacher if run.cd else None) if s is not None):
             continue
         key = _inputs_key(run)
-        inputs = by_key.setdefault(key, load_inputs(run, plan.runtime, plan.config_dir))
-        out.append((run, planned_requests(run, inputs, plan.runtime)))
+        if key not in by_key:
+            by_key[key] = load_inputs(run, plan.runtime, plan.config_dir)
+        out.append((run, planned_requests(run, by_key[key], plan.runtime)))
     return out
 
 

@@ -107,3 +107,30 @@ def test_a_full_disk_stops_the_sweep_with_the_path_and_it_resumes(tmp_path, data
     monkeypatch.setattr(records.os, "replace", real_replace)
     assert _run(tmp_path, data_dir, _config(tiny_models["llama"], seeds=1)).exit_code == 0
     assert [r["status"] for r in _records(tmp_path)] == ["ok"]
+
+
+def test_two_verbalizer_words_of_one_token_stop_the_sweep_before_a_model_loads(tmp_path, data_dir, tiny_models,
+                                                                               monkeypatch):
+    """A tokenizer that lowercases makes " Yes" and " yes" one token: exit status 2, the field and the model
+    named, and no model loaded (the check reads the tokenizer alone)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from adaptbench import models as model_loading
+
+    from .test_run import _config, _run
+
+    words = ["answer", ":", "yes", "no", "x"]
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", "[PAD]", *words])}, unk_token="[UNK]"))
+    raw.normalizer, raw.pre_tokenizer = normalizers.Lowercase(), pre_tokenizers.Whitespace()
+    folder = tmp_path / "lowercase-tokenizer"
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(folder)
+    loaded = []
+    monkeypatch.setattr(model_loading, "load_model", lambda *a, **k: loaded.append(a) or 1 / 0)
+    extra = f'prompt: {{verbalizer: [" Yes", " yes"]}}\n'
+    config = _config(f"{{name: {tiny_models['llama']}, tokenizer: {folder}}}", extra, seeds=1)
+    result = _run(tmp_path, data_dir, config)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    text = " ".join(result.output.split())
+    assert "prompt.verbalizer for model" in text and "map to the same token" in text
+    assert loaded == []

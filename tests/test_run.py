@@ -134,13 +134,14 @@ def test_no_query_fits_skips_the_run_and_resumes(tmp_path, data_dir, tokenizer, 
     assert _records(tmp_path) == [rec]
 
 
-def test_multi_token_verbalizer_fails_the_run_with_reason(tmp_path, data_dir, tiny_models):
+def test_multi_token_verbalizer_stops_the_sweep_before_a_model_loads(tmp_path, data_dir, tiny_models):
     text = _config(tiny_models["opt"], "prompt: {verbalizer: [' Yes', ' Nevertheless']}\n")
     result = _run(tmp_path, data_dir, text)
-    assert result.exit_code == 1
-    rec = _records(tmp_path)[0]
-    assert rec["status"] == "failed" and "' Nevertheless'" in rec["reason"] and "not exactly one token" in rec["reason"]
-    assert "traceback" not in rec  # a user error, not a crash
+    assert result.exit_code == 2 and "Traceback" not in result.output  # a user error, not a crash
+    message = " ".join(result.output.split())
+    assert "prompt.verbalizer for model" in message and "' Nevertheless'" in message
+    assert "not exactly one token" in message
+    assert not list((tmp_path / "results").rglob("result.json"))  # checked with the tokenizer alone, no run
 
 
 @pytest.mark.parametrize("extra,message", [
