@@ -91,7 +91,7 @@ def add_usage(info: dict, usage, runtime) -> None:
 
 class ApiICLPredictor:
     """ICL through the endpoint: one request per example, the verbalizer tokens' log-probabilities read
-    from the returned top-N (missing ones floored and counted in ``method_info.api_missing``)."""
+    from the returned top-N (missing ones floored and counted in ``method_info.<label>_api_missing``)."""
 
     def __init__(self, ctx, spec: ModelSpec, encoder: ApiPromptEncoder, context: str, label: str = "icl"):
         self.api, self.encoder, self.context = client(spec, ctx.runtime), encoder, context
