@@ -28,6 +28,7 @@ import numpy as np
 import openai
 
 from .errors import ConfigError, ModelError
+from .fingerprint import user_cache
 from .records import atomic_write
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -115,8 +116,7 @@ class _EchoRefused(ModelError):
 
 
 def default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "adaptbench", "api")
+    return user_cache("api")
 
 
 def api_key(point: Endpoint) -> str:

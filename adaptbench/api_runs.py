@@ -169,13 +169,11 @@ def check_endpoints(runs: list, inputs: dict, runtime) -> None:
                 client(spec, runtime).verbalizer_tokens(list(words))
 
 
-def planned_requests(run, inputs, runtime) -> dict | None:
+def planned_requests(run, inputs, runtime) -> dict:
     """For ``--dry-run``: the requests an api run would send (not yet cached) and about how many tokens."""
     from .sampling import few_shot_sample
 
     specs = api_specs(run)
-    if not specs:
-        return None
     task, prompt = inputs.task, inputs.prompt
     sample = few_shot_sample(inputs.pool, run.shots, run.data_seed, len(task.labels.names), run.balanced)
     context = prompt.context(sample)

@@ -19,11 +19,17 @@ from .contexts import parse_context_setting
 from .errors import AdaptbenchError, ResultsWriteError
 
 _CACHE: dict[str, dict] | None = None
+_DIRTY = False  # hashes computed since the cache file was written
+
+
+def user_cache(*parts: str) -> str:
+    """A path under adaptbench's cache folder ($XDG_CACHE_HOME/adaptbench, else ~/.cache/adaptbench)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "adaptbench", *parts)
 
 
 def _cache_path() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "adaptbench", "file-hashes.json")
+    return user_cache("file-hashes.json")
 
 
 def _cache() -> dict[str, dict]:
@@ -40,8 +46,13 @@ def _cache() -> dict[str, dict]:
 
 
 def _save_cache() -> None:
+    """Write the cache if hashes were computed since it was last written (once per run, not per file)."""
+    global _DIRTY
+    if not _DIRTY:
+        return
     from .records import atomic_write
 
+    _DIRTY = False
     try:
         atomic_write(_cache_path(), json.dumps(_cache()))
     except ResultsWriteError:  # a cache: without it the hashes are only computed again
@@ -50,6 +61,7 @@ def _save_cache() -> None:
 
 def file_sha256(path: str) -> str:
     """SHA-256 of a file's bytes, from the cache while its size and mtime are unchanged."""
+    global _DIRTY
     path = os.path.abspath(path)
     st = os.stat(path)
     hit = _cache().get(path)
@@ -60,7 +72,7 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     _cache()[path] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
-    _save_cache()
+    _DIRTY = True
     return digest.hexdigest()
 
 
@@ -140,6 +152,7 @@ def resolve_run(run, config_dir: str, device: str):
     """The run with ``resolved``: its resolved dtype and the content hash of every local file it reads."""
     files = {role: content_sha256(path) for role, path in sorted(run_files(run, config_dir).items())
              if os.path.exists(path)}
+    _save_cache()
     dtype = {} if run.model.api is not None else {"dtype": resolved_dtype(run.model.dtype, device)}
     resolved = {**dtype, **({"files": files} if files else {})}
     return run.model_copy(update={"resolved": resolved})

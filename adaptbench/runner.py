@@ -357,16 +357,23 @@ def _inputs_key(run: RunSpec) -> str:
     return records.dumps(run.model_dump(mode="json", include={"task", "prompt", "eval"}))
 
 
-def preflight(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
-    """Load and validate every run's data before any model is loaded (bad input fails the sweep now)."""
+def run_inputs(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
+    """Each run's data, read once per distinct task/prompt/eval settings."""
     by_key: dict[str, RunInputs] = {}
     out = {}
     for run in runs:
-        METHODS[run.method].preflight(run, plan.config_dir)
         key = _inputs_key(run)
         if key not in by_key:
             by_key[key] = load_inputs(run, plan.runtime, plan.config_dir)
         out[run.run_id] = by_key[key]
+    return out
+
+
+def preflight(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
+    """Load and validate every run's data before any model is loaded (bad input fails the sweep now)."""
+    for run in runs:
+        METHODS[run.method].preflight(run, plan.config_dir)
+    out = run_inputs(plan, runs)
     check_verbalizers(runs, out)
     check_endpoints(runs, out, plan.runtime)
     return out
@@ -397,18 +404,11 @@ def check_verbalizers(runs: list[RunSpec], inputs: dict[str, RunInputs]) -> None
 def api_requests(plan: Plan, runs: list[RunSpec]) -> list[tuple[RunSpec, dict]]:
     """For ``--dry-run``: per run that calls an api model, the requests it would send (those not in the
     response cache) and about how many prompt tokens -- nothing is sent."""
-    from .api_runs import planned_requests
+    from .api_runs import api_specs, planned_requests
 
-    by_key: dict[str, RunInputs] = {}
-    out = []
-    for run in runs:
-        if not any(s.api for s in (run.model, run.cd.teacher if run.cd else None) if s is not None):
-            continue
-        key = _inputs_key(run)
-        if key not in by_key:
-            by_key[key] = load_inputs(run, plan.runtime, plan.config_dir)
-        out.append((run, planned_requests(run, by_key[key], plan.runtime)))
-    return out
+    calling = [run for run in runs if api_specs(run)]
+    inputs = run_inputs(plan, calling)
+    return [(run, planned_requests(run, inputs[run.run_id], plan.runtime)) for run in calling]
 
 
 def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_record=None,
