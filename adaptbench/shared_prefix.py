@@ -6,14 +6,14 @@ expanded copy of the prefix keys and values in every layer and runs attention ro
 an 8k-token prefix that is most of the work per query token, and most of it memory traffic.
 
 Attention decomposes exactly over a split of the keys (softmax over prefix ++ suffix = the softmaxes
-over each, merged by their log-sum-exp values), so the prefix needs no copy per row.  Here the queries
-of *all* rows of a batch are stacked as one sequence that attends to the single copy of the prefix
-keys followed by every row's new keys, under a mask that shows each query the whole prefix and only
-its own row's new keys (causally, padding excluded): exactly each row's attention, in one fused
-``scaled_dot_product_attention`` call instead of one over b expanded copies.  Grouped-query heads share
-their key head (``enable_gqa``: no repeated prefix keys).  Stacking rather than merging two partial
-results by log-sum-exp, because torch's public attention function does not return the log-sum-exp; the
-price is the r * q masked key columns of the other rows in a chunk of r rows (small next to the prefix).
+over each, weighted by their log-sum-exp values), so the prefix needs no copy per row.  On CPU, where
+torch's fused flash-attention kernel returns the log-sum-exp, the queries of *all* rows of a batch --
+and the query heads that share a key head (grouped-query attention) -- are stacked as one sequence per
+key head that attends to the single copy of the prefix without a mask; each row then attends to its own
+new keys (causally, padding excluded), and the two results are merged (:func:`_merged`).  Elsewhere
+(CUDA's kernels return the log-sum-exp under signatures no test here can run) the rows are stacked
+against the prefix followed by every row's new keys, under a mask that shows each query only its own
+row's (:func:`_rows`): also exact, at the price of the masked key columns of the other rows.
 
 It plugs into transformers through its own extension points: an attention function registered in
 ``AttentionInterface`` (with the sdpa mask in ``AttentionMaskInterface``) and a cache layer
@@ -86,27 +86,62 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     """query (b, heads, q, d); key/value: the new states (b, kv_heads, q, d); the prefix in ``shared_prefix``
     (the cache whose layer ``module.layer_idx`` holds it).  Returns (b, q, heads, d), as sdpa does.
 
-    The batch's rows are stacked into one sequence of b * q queries that attends to the one copy of the
-    prefix keys followed by every row's new keys, under a mask that lets each query see the whole prefix
-    and, of the new keys, only its own row's (causally, padding excluded, as the model's mask says).
-    That is exactly each row's attention to prefix + its suffix -- the other rows' keys are masked out --
-    computed by one fused ``scaled_dot_product_attention`` call per chunk of rows, grouped-query heads
-    sharing their key head (``enable_gqa``) instead of a repeated copy."""
+    Exactly each row's attention to its prefix + its own new keys (causally, padding excluded, as the
+    model's mask says), with the prefix read once per batch: :func:`_merged` where a fused kernel returns
+    the log-sum-exp, :func:`_rows` elsewhere."""
     if shared_prefix is None:  # any other forward of the model (training, generation): plain sdpa
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     layer = shared_prefix.layers[module.layer_idx]
-    b, h, q, d = query.shape
+    b, q = query.shape[0], query.shape[2]
     allowed = _suffix_allowed(attention_mask, b, q, query.device)  # (b, q, q)
-    out = query.new_empty(b, q, h, d)
+    kernel = lse_kernel(query.device)
+    if kernel is not None:
+        return _merged(kernel, query, key, value, layer.keys, layer.values, allowed, scaling), None
+    out = query.new_empty(b, q, query.shape[1], query.shape[3])
     rows = max(1, min(b, ROWS_PER_CHUNK))
     for start in range(0, b, rows):
         r = min(rows, b - start)
         out[start:start + r] = _rows(query[start:start + r], key[start:start + r], value[start:start + r],
                                      layer.keys, layer.values, allowed[start:start + r], scaling)
     return out, None
+
+
+def lse_kernel(device: torch.device):
+    """A fused attention kernel that also returns the log-sum-exp of its scores, or None: torch's CPU
+    flash-attention op.  (CUDA's kernels return it too, but under other signatures that no test here can
+    run; there the stacked path below is used.)"""
+    if device.type != "cpu":
+        return None
+    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _merged(kernel, query, key, value, prefix_keys, prefix_values, allowed, scaling) -> torch.Tensor:
+    """Prefix and suffix attended separately, merged by their log-sum-exp values: (b, q, heads, d).
+
+    Prefix: every query of the batch against the one copy of the prefix, without a mask -- the g query
+    heads that share a key head are stacked with the batch's rows into one sequence per key head, so
+    each prefix block is read once for g * b * q queries.  Suffix: each row against its own new keys
+    (causal, padding excluded; few keys).  softmax over prefix ++ suffix = the two softmaxes weighted
+    by exp(lse_part - lse_total)."""
+    b, h, q, d = query.shape
+    kvh = key.shape[1]
+    g = h // kvh  # query head i reads key head i // g (transformers' repeat_kv)
+    stacked = query.reshape(b, kvh, g, q, d).permute(1, 2, 0, 3, 4).reshape(1, kvh, g * b * q, d)
+    pre_out, pre_lse = kernel(stacked, prefix_keys, prefix_values, scale=scaling)
+    pre_out = pre_out.reshape(kvh, g, b, q, d).permute(2, 0, 1, 3, 4).reshape(b, h, q, d)
+    pre_lse = pre_lse.reshape(kvh, g, b, q).permute(2, 0, 1, 3).reshape(b, h, q)
+    if g > 1:  # the suffix's keys are few: repeating them per query head costs little
+        key, value = key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1)
+    bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+    bias.masked_fill_(~allowed, torch.finfo(query.dtype).min)  # finite: a fully masked row weighs 0 below
+    suf_out, suf_lse = kernel(query, key, value, attn_mask=bias[:, None], scale=scaling)
+    total = torch.logaddexp(pre_lse, suf_lse)
+    out = (pre_out.float() * (pre_lse - total).exp()[..., None]
+           + suf_out.float() * (suf_lse - total).exp()[..., None])
+    return out.to(query.dtype).transpose(1, 2)
 
 
 def _rows(query, key, value, prefix_keys, prefix_values, allowed, scaling) -> torch.Tensor:

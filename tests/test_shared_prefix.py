@@ -21,8 +21,14 @@ def models(tiny_models, tokenizer, tmp_path_factory):
     return {**tiny_models, "sharp-llama": sharp}
 
 
+@pytest.mark.parametrize("kernel", ["merged", "stacked"])
 @pytest.mark.parametrize("arch", ["opt", "llama", "gpt2", "sharp-llama"])
-def test_shared_prefix_attention_equals_the_expanded_and_full_paths(models, rte, arch, monkeypatch):
+def test_shared_prefix_attention_equals_the_expanded_and_full_paths(models, rte, arch, kernel, monkeypatch):
+    """Both ways: prefix and suffix merged by log-sum-exp (CPU) and rows stacked under a mask (elsewhere)."""
+    if kernel == "stacked":
+        monkeypatch.setattr(shared_prefix, "lse_kernel", lambda device: None)
+    else:
+        assert shared_prefix.lse_kernel(torch.device("cpu")) is not None
     loaded = load_model(models[arch])
     enc, ctx, queries = _encoded(loaded, rte)
     parts, pad = lm_parts(loaded.model), loaded.tokenizer.pad_token_id
@@ -72,3 +78,23 @@ def test_attention_it_cannot_decompose_is_named(models, change, reason):
     for key, value in change.items():
         setattr(config, key, value)
     assert reason in shared_prefix.unsupported(config)
+
+
+def test_merging_by_log_sum_exp_equals_one_attention_over_prefix_and_suffix():
+    """Grouped-query heads (9 query heads on 3 key heads), ragged rows, a row whose own keys are all
+    hidden (it weighs 0: the prefix alone): the merge equals attention over the concatenated keys."""
+    gen = torch.Generator().manual_seed(0)
+    b, h, kvh, q, d, L = 4, 9, 3, 5, 16, 37
+    query, key, value = (torch.randn(b, n, q, d, generator=gen) for n in (h, kvh, kvh))
+    prefix_keys, prefix_values = (torch.randn(1, kvh, L, d, generator=gen) for _ in range(2))
+    allowed = torch.ones(q, q, dtype=torch.bool).tril().repeat(b, 1, 1)
+    allowed[1, :, 3:] = False  # a right-padded row: its last two keys are padding
+    allowed[2] = False  # nothing of its own visible
+    kernel = shared_prefix.lse_kernel(torch.device("cpu"))
+    merged = shared_prefix._merged(kernel, query, key, value, prefix_keys, prefix_values, allowed, None)
+    keys = torch.cat([prefix_keys.expand(b, -1, -1, -1), key], dim=2).repeat_interleave(h // kvh, dim=1)
+    values = torch.cat([prefix_values.expand(b, -1, -1, -1), value], dim=2).repeat_interleave(h // kvh, dim=1)
+    mask = torch.cat([torch.ones(b, q, L, dtype=torch.bool), allowed], dim=2)[:, None]
+    expected = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
+    assert merged.shape == (b, q, h, d)
+    assert (merged - expected.transpose(1, 2)).abs().max() <= 1e-5
