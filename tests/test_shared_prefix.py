@@ -98,3 +98,16 @@ def test_merging_by_log_sum_exp_equals_one_attention_over_prefix_and_suffix():
     expected = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
     assert merged.shape == (b, q, h, d)
     assert (merged - expected.transpose(1, 2)).abs().max() <= 1e-5
+
+
+def test_on_cpu_auto_batches_are_larger_where_the_prefix_is_shared(models, rte):
+    """A batch of 32 reads the shared prefix once for all its queries; the expanded path stays at 8."""
+    from adaptbench.methods.icl import ICLPredictor
+
+    loaded = load_model(models["llama"])
+    enc, ctx, _ = _encoded(loaded, rte)
+    parts = lm_parts(loaded.model)
+    for shared, expected in ((True, 32), (False, 8)):
+        cache = PrefixCache.encode(parts, ctx, shared=shared)
+        predictor = ICLPredictor(loaded, enc, "", ctx, cache, "auto", progress=None)
+        assert predictor.batch_size(len(ctx), 20) == expected

@@ -73,9 +73,12 @@ class ICLPredictor:
         if self.requested_batch_size != "auto":
             return self.requested_batch_size
         device = self.loaded.device
-        # On CPU a batch barely beats one example at a time (the matmuls are already large) while
-        # padding costs; on GPU batching is what keeps the device busy.
-        cap = 64 if device.type == "cuda" else 8
+        # On GPU batching is what keeps the device busy.  On CPU a batch barely beats one example at a
+        # time on the expanded path (the matmuls are already large) while padding costs; with shared-prefix
+        # attention a batch of 32 reads the prefix once for all its queries: 1.1-1.4x the examples/s of
+        # batch 8, and 64 slower again (bench/icl_prefix_cache.py, three runs on 2 cores).
+        shared = self.cache is not None and self.cache.shared
+        cap = 64 if device.type == "cuda" else 32 if shared else 8
         return auto_batch_size(self.parts, self.loaded.model.config, prefix_len, max_query,
                                free_memory_bytes(device), cap=cap)
 
