@@ -14,13 +14,12 @@
   log-sum-exp).
 
 For each context length L: the context is RTE training demonstrations (balanced, seeded), as many as
-fit in L tokens; the queries are HANS lexical-overlap examples (~16 tokens); one process, the paths
+fit in L tokens; the queries are HANS lexical-overlap examples (~18 tokens); one process, the paths
 taking turns (``--repeats`` rounds; the fastest pass of each counts, as ``timeit`` does: a shared
 machine's speed varies from minute to minute), a warm-up call of each first.  Prints examples/s of
 each path (context encoding excluded: it is the same one-off cost for both cached paths), the
-speed-ups, peak memory (CUDA) and
-the agreement of predictions and label log-probabilities with the full path (on the examples it
-scored) and between the two cached paths (on all).
+speed-ups, peak memory (CUDA) and the agreement of predictions and label log-probabilities with the
+full path (on the examples it scored) and between the two cached paths (on all).
 """
 
 from __future__ import annotations
