@@ -27,7 +27,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from . import shared_prefix
-from .shared_prefix import SharedPrefixLayer
+from .shared_prefix import SharedPrefixCache, SharedPrefixLayer
 
 
 @dataclass
@@ -223,9 +223,9 @@ class PrefixCache:
     def for_batch(self, batch_size: int) -> Cache:
         return Cache(layers=[_PrefixLayer(k, v, batch_size) for k, v in self.layers])
 
-    def for_shared_batch(self) -> Cache:
+    def for_shared_batch(self, answers_only: bool = False) -> SharedPrefixCache:
         """The cache for :mod:`adaptbench.shared_prefix` attention: the prefix once, never expanded."""
-        return Cache(layers=[SharedPrefixLayer(k, v) for k, v in self.layers])
+        return SharedPrefixCache([SharedPrefixLayer(k, v) for k, v in self.layers], answers_only)
 
     @property
     def nbytes(self) -> int:
@@ -251,12 +251,13 @@ def last_hidden(parts: LMParts, ids: torch.Tensor, mask: torch.Tensor, ends: tor
     return parts.answer_states(ids, mask, ends, **kwargs)
 
 
-def _hidden_states(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
-                   prefix: PrefixCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _hidden_states(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int, prefix: PrefixCache | None,
+                   answers_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Final hidden states of right-padded sequences (batch, width, hidden) and their 2D mask.
 
     With ``prefix``, the sequences are continuations of the cached prefix: positions start at the
-    prefix length and the attention mask covers prefix + sequence.
+    prefix length and the attention mask covers prefix + sequence.  ``answers_only``: the caller reads
+    each row's last real position alone (a shared prefix then skips the others' work in the last layer).
     """
     ids, mask = pad_right(seqs, pad_id)
     ids, mask = ids.to(parts.device), mask.to(parts.device)
@@ -266,7 +267,7 @@ def _hidden_states(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
     full_mask = torch.cat([mask.new_ones(len(seqs), offset), mask], dim=1)
     positions = torch.arange(offset, offset + ids.shape[1], device=parts.device).expand(len(seqs), -1)
     if prefix.shared:  # the batch's queries attend to the one copy of the prefix together
-        cache = prefix.for_shared_batch()
+        cache = prefix.for_shared_batch(answers_only)
         attention, extra = shared_prefix.enabled(parts.backbone.config), {"shared_prefix": cache}
     else:
         cache, attention, extra = prefix.for_batch(len(seqs)), nullcontext(), {}
@@ -282,7 +283,7 @@ def answer_hidden(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int,
     if prefix is None:
         ids, mask = pad_right(seqs, pad_id)
         return last_hidden(parts, ids.to(parts.device), mask.to(parts.device), use_cache=False)
-    hidden, mask = _hidden_states(parts, seqs, pad_id, prefix)
+    hidden, mask = _hidden_states(parts, seqs, pad_id, prefix, answers_only=True)
     return hidden[torch.arange(len(seqs), device=hidden.device), mask.sum(dim=1) - 1]
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
 NAME = "adaptbench_shared_prefix"
 ALIBI_MODELS = {"bloom", "mpt", "falcon", "baichuan", "jais"}
@@ -81,6 +81,15 @@ class SharedPrefixLayer(DynamicLayer):
         return key_states, value_states
 
 
+class SharedPrefixCache(Cache):
+    """The prefix's layers for one forward; ``answers_only``: the caller reads each row's answer position
+    alone (ICL scoring), so the last layer attends to the prefix from those positions only."""
+
+    def __init__(self, layers: list[SharedPrefixLayer], answers_only: bool = False):
+        super().__init__(layers=layers)
+        self.answers_only = answers_only
+
+
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
               shared_prefix=None, **kwargs):
     """query (b, heads, q, d); key/value: the new states (b, kv_heads, q, d); the prefix in ``shared_prefix``
@@ -99,7 +108,8 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     allowed = _suffix_allowed(attention_mask, b, q, query.device)  # (b, q, q)
     kernel = lse_kernel(query.device)
     if kernel is not None:
-        return _merged(kernel, query, key, value, layer.keys, layer.values, allowed, scaling), None
+        needed = _needed(allowed, shared_prefix, module.layer_idx)
+        return _merged(kernel, query, key, value, layer.keys, layer.values, allowed, scaling, needed), None
     out = query.new_empty(b, q, query.shape[1], query.shape[3])
     rows = max(1, min(b, ROWS_PER_CHUNK))
     for start in range(0, b, rows):
@@ -118,19 +128,29 @@ def lse_kernel(device: torch.device):
     return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def _merged(kernel, query, key, value, prefix_keys, prefix_values, allowed, scaling) -> torch.Tensor:
+def _merged(kernel, query, key, value, prefix_keys, prefix_values, allowed, scaling,
+            needed: torch.Tensor | None = None) -> torch.Tensor:
     """Prefix and suffix attended separately, merged by their log-sum-exp values: (b, q, heads, d).
 
     Prefix: every query of the batch against the one copy of the prefix, without a mask -- the g query
     heads that share a key head are stacked with the batch's rows into one sequence per key head, so
-    each prefix block is read once for g * b * q queries.  Suffix: each row against its own new keys
-    (causal, padding excluded; few keys).  softmax over prefix ++ suffix = the two softmaxes weighted
-    by exp(lse_part - lse_total)."""
+    each prefix block is read once for g * b * q queries; with ``needed`` ((b, q) bool) only those
+    positions are stacked, the others get their own part alone (see :func:`_needed`).  Suffix: each row
+    against its own new keys (causal, padding excluded; few keys).  softmax over prefix ++ suffix = the
+    two softmaxes weighted by exp(lse_part - lse_total)."""
     b, h, q, d = query.shape
     kvh = key.shape[1]
     g = h // kvh  # query head i reads key head i // g (transformers' repeat_kv)
-    stacked = query.reshape(b, kvh, g, q, d).permute(1, 2, 0, 3, 4).reshape(1, kvh, g * b * q, d)
-    pre_out, pre_lse = kernel(stacked, prefix_keys, prefix_values, scale=scaling)
+    stacked = query.reshape(b, kvh, g, q, d).permute(1, 2, 0, 3, 4).reshape(kvh, g, b * q, d)
+    picked = None if needed is None or bool(needed.all()) else needed.reshape(-1).nonzero().squeeze(1)
+    if picked is not None:
+        stacked = stacked.index_select(2, picked)
+    n = stacked.shape[2]
+    out, lse = kernel(stacked.reshape(1, kvh, g * n, d), prefix_keys, prefix_values, scale=scaling)
+    pre_out, pre_lse = out.reshape(kvh, g, n, d), lse.reshape(kvh, g, n)
+    if picked is not None:  # the others weigh 0: exp(-inf - lse_total)
+        pre_out = query.new_zeros(kvh, g, b * q, d).index_copy_(2, picked, pre_out.to(query.dtype))
+        pre_lse = lse.new_full((kvh, g, b * q), float("-inf")).index_copy_(2, picked, pre_lse)
     pre_out = pre_out.reshape(kvh, g, b, q, d).permute(2, 0, 1, 3, 4).reshape(b, h, q, d)
     pre_lse = pre_lse.reshape(kvh, g, b, q).permute(2, 0, 1, 3).reshape(b, h, q)
     if g > 1:  # the suffix's keys are few: repeating them per query head costs little
@@ -142,6 +162,17 @@ def _merged(kernel, query, key, value, prefix_keys, prefix_values, allowed, scal
     out = (pre_out.float() * (pre_lse - total).exp()[..., None]
            + suf_out.float() * (suf_lse - total).exp()[..., None])
     return out.to(query.dtype).transpose(1, 2)
+
+
+def _needed(allowed: torch.Tensor, cache, layer_idx: int) -> torch.Tensor:
+    """(b, q) bool: the positions whose attention output anything reads.  Padding is not (under the
+    model's causal + padding mask a position hides its own key only when it is padding; right-padded
+    rows' pads are read by nothing); in the last layer of a forward that wants only each row's answer
+    (``cache.answers_only``) only the row's last real position is."""
+    real = allowed.diagonal(dim1=1, dim2=2)
+    if getattr(cache, "answers_only", False) and layer_idx == len(cache.layers) - 1:
+        return real & (real.cumsum(1) == real.sum(1, keepdim=True))
+    return real
 
 
 def _rows(query, key, value, prefix_keys, prefix_values, allowed, scaling) -> torch.Tensor:

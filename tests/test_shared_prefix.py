@@ -100,6 +100,32 @@ def test_merging_by_log_sum_exp_equals_one_attention_over_prefix_and_suffix():
     assert (merged - expected.transpose(1, 2)).abs().max() <= 1e-5
 
 
+def test_positions_nothing_reads_skip_the_prefix_and_the_others_are_unchanged():
+    """Padding (its own key hidden) and, in a forward that wants answers only, every position but each
+    row's last real one in the last layer skip the prefix; the positions read are as without skipping."""
+    gen = torch.Generator().manual_seed(1)
+    b, h, kvh, q, d, L = 3, 6, 2, 5, 8, 23
+    query, key, value = (torch.randn(b, n, q, d, generator=gen) for n in (h, kvh, kvh))
+    prefix_keys, prefix_values = (torch.randn(1, kvh, L, d, generator=gen) for _ in range(2))
+    allowed = torch.ones(q, q, dtype=torch.bool).tril().repeat(b, 1, 1)
+    allowed[0, :, 2:] = False  # row 0: 2 real tokens, 3 pads
+    allowed[2, :, 4:] = False  # row 2: 4 real tokens
+    real = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    answers = torch.zeros(b, q, dtype=torch.bool)
+    answers[0, 1] = answers[1, 4] = answers[2, 3] = True
+    cache = shared_prefix.SharedPrefixCache([None] * 4, answers_only=True)
+    assert torch.equal(shared_prefix._needed(allowed, cache, 2), real)
+    assert torch.equal(shared_prefix._needed(allowed, cache, 3), answers)
+    assert torch.equal(shared_prefix._needed(allowed, shared_prefix.SharedPrefixCache([None] * 4), 3), real)
+    kernel = shared_prefix.lse_kernel(torch.device("cpu"))
+    every = shared_prefix._merged(kernel, query, key, value, prefix_keys, prefix_values, allowed, None)
+    for needed in (real, answers):
+        some = shared_prefix._merged(kernel, query, key, value, prefix_keys, prefix_values, allowed, None, needed)
+        assert torch.isfinite(some).all()
+        assert (some[needed] - every[needed]).abs().max() <= 1e-6
+        assert (some[~needed] - every[~needed]).abs().max() > 1e-3  # those really skipped the prefix
+
+
 def test_on_cpu_auto_batches_are_larger_where_the_prefix_is_shared(models, rte):
     """A batch of 32 reads the shared prefix once for all its queries; the expanded path stays at 8."""
     from adaptbench.methods.icl import ICLPredictor
