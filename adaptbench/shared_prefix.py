@@ -13,7 +13,9 @@ key head that attends to the single copy of the prefix without a mask; each row 
 new keys (causally, padding excluded), and the two results are merged (:func:`_merged`).  Elsewhere
 (CUDA's kernels return the log-sum-exp under signatures no test here can run) the rows are stacked
 against the prefix followed by every row's new keys, under a mask that shows each query only its own
-row's (:func:`_rows`): also exact, at the price of the masked key columns of the other rows.
+row's (:func:`_rows`): also exact, at the price of the masked key columns of the other rows.  On CPU,
+positions whose output nothing reads (padding; in the last layer every position but the rows'
+answers when only those are read) skip the prefix (:func:`_needed`).
 
 It plugs into transformers through its own extension points: an attention function registered in
 ``AttentionInterface`` (with the sdpa mask in ``AttentionMaskInterface``) and a cache layer
