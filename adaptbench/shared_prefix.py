@@ -151,7 +151,7 @@ def _merged(kernel, query, key, value, prefix_keys, prefix_values, allowed, scal
     out, lse = kernel(stacked.reshape(1, kvh, g * n, d), prefix_keys, prefix_values, scale=scaling)
     pre_out, pre_lse = out.reshape(kvh, g, n, d), lse.reshape(kvh, g, n)
     if picked is not None:  # the others weigh 0: exp(-inf - lse_total)
-        pre_out = query.new_zeros(kvh, g, b * q, d).index_copy_(2, picked, pre_out.to(query.dtype))
+        pre_out = query.new_zeros(kvh, g, b * q, d).index_copy_(2, picked, pre_out)
         pre_lse = lse.new_full((kvh, g, b * q), float("-inf")).index_copy_(2, picked, pre_lse)
     pre_out = pre_out.reshape(kvh, g, b, q, d).permute(2, 0, 1, 3, 4).reshape(b, h, q, d)
     pre_lse = pre_lse.reshape(kvh, g, b, q).permute(2, 0, 1, 3).reshape(b, h, q)
@@ -166,13 +166,13 @@ def _merged(kernel, query, key, value, prefix_keys, prefix_values, allowed, scal
     return out.to(query.dtype).transpose(1, 2)
 
 
-def _needed(allowed: torch.Tensor, cache, layer_idx: int) -> torch.Tensor:
+def _needed(allowed: torch.Tensor, cache: SharedPrefixCache, layer_idx: int) -> torch.Tensor:
     """(b, q) bool: the positions whose attention output anything reads.  Padding is not (under the
     model's causal + padding mask a position hides its own key only when it is padding; right-padded
     rows' pads are read by nothing); in the last layer of a forward that wants only each row's answer
     (``cache.answers_only``) only the row's last real position is."""
     real = allowed.diagonal(dim1=1, dim2=2)
-    if getattr(cache, "answers_only", False) and layer_idx == len(cache.layers) - 1:
+    if cache.answers_only and layer_idx == len(cache.layers) - 1:
         return real & (real.cumsum(1) == real.sum(1, keepdim=True))
     return real
 
