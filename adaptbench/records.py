@@ -105,6 +105,13 @@ def locked(sweep_dir: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def index_order(record: dict) -> tuple[str, str]:
+    """Where a record stands in ``results.jsonl``: by finish time (whole seconds), then run id.  Adding a
+    record and rebuilding the index both keep this order, so a resume never reorders the index (two runs
+    finishing in the same second used to swap places when the index was rebuilt)."""
+    return record.get("finished_at", ""), record["run_id"]
+
+
 def add_to_index(sweep_dir: str, record: dict) -> None:
     """Put one finished record into ``results.jsonl`` (replacing an older one of the same run), by an
     atomic rewrite of the index under the lock: cost grows with the index, not with the run folders."""
@@ -115,11 +122,13 @@ def add_to_index(sweep_dir: str, record: dict) -> None:
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     try:
-                        if json.loads(line).get("run_id") != record["run_id"]:
-                            kept.append(line if line.endswith("\n") else line + "\n")
+                        other = json.loads(line)
                     except json.JSONDecodeError:
                         continue  # cannot happen with atomic writes; a hand-edited file is repaired here
-        atomic_write(path, "".join(kept) + dumps(record) + "\n")
+                    if isinstance(other, dict) and "run_id" in other and other["run_id"] != record["run_id"]:
+                        kept.append((index_order(other), line if line.endswith("\n") else line + "\n"))
+        kept.append((index_order(record), dumps(record) + "\n"))
+        atomic_write(path, "".join(line for _, line in sorted(kept)))
 
 
 def rebuild_index(sweep_dir: str) -> int:
@@ -129,7 +138,7 @@ def rebuild_index(sweep_dir: str) -> int:
     with locked(sweep_dir):
         ids = sorted(os.listdir(runs)) if os.path.isdir(runs) else []
         records = [r for r in (read_record(sweep_dir, i) for i in ids) if r is not None]
-        records.sort(key=lambda r: (r.get("finished_at", ""), r["run_id"]))
+        records.sort(key=index_order)
         write_jsonl(os.path.join(sweep_dir, INDEX), records)
     return len(records)
 

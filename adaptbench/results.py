@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .records import FINISHED, INDEX, RESULT, run_totals
+from .records import FINISHED, INDEX, RESULT, index_order, run_totals
 
 KNOWN = {INDEX, "sweep.json", ".lock", "runs", "report", "jobs", "trackers"}  # what a sweep folder may hold
 
@@ -96,7 +96,7 @@ def read_results(path: str) -> Results:
                 out.problems.append(f"{os.path.join(sweep, name)}: not part of a results folder; ignored")
         found = _read_index(sweep, out)
         _read_runs(sweep, found, out)
-        out.records += sorted(found.values(), key=lambda r: (r.get("finished_at", ""), r["run_id"]))
+        out.records += sorted(found.values(), key=index_order)
     return out
 
 

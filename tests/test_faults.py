@@ -315,3 +315,19 @@ def test_hub_commit_is_recorded():
 
     assert models.hub_commit(Config()) == {"commit": "0123abcd" * 5}
     assert models.hub_commit(object()) == {}
+
+
+def test_index_order_is_the_same_after_adding_and_after_a_rebuild(tmp_path):
+    """Two runs finishing in the same second, indexed in the order they finished: a resume rebuilds the
+    index, and the lines must not swap places (the cause of a flaky resume test)."""
+    sweep = str(tmp_path)
+    recs = [{"run_id": rid, "status": "ok", "finished_at": "2026-12-05T10:00:01+00:00"} for rid in ("bbbb", "aaaa")]
+    for rec in recs:
+        records.atomic_write(os.path.join(records.run_dir(sweep, rec["run_id"]), records.RESULT),
+                             records.dumps(rec) + "\n")
+        records.add_to_index(sweep, rec)
+    index = Path(sweep, records.INDEX)
+    added = index.read_text()
+    assert [json.loads(line)["run_id"] for line in added.splitlines()] == ["aaaa", "bbbb"]
+    records.rebuild_index(sweep)
+    assert index.read_text() == added
