@@ -197,6 +197,23 @@ class CostTracker:
         return max((p.peak_memory_bytes for p in self.phases), default=0)
 
 
+def resident_bytes(device: torch.device) -> int:
+    """What is in memory now (the level a peak rises from): allocated bytes on CUDA, the process' resident
+    set on CPU (after handing freed heap back to the OS)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.memory_allocated(device))
+    _release_freed_memory(collect=False)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def timed(fn: Callable, device: torch.device):
     """``fn()`` and its wall seconds; on CUDA, queued kernels are waited for on both sides."""
     if device.type == "cuda":

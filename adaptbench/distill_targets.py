@@ -107,19 +107,20 @@ class CompactTargets:
         return cls(torch.cat([p.ids for p in parts]), torch.cat([p.logprobs for p in parts]),
                    torch.cat([p.rest for p in parts]), first.vocab_size, first.requested_k, first.metadata)
 
-    def save(self, path: str, metadata: dict | None = None) -> None:
+    def save(self, path: str, metadata: dict | None = None, tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Write the targets to a safetensors file, atomically (a killed run leaves no half file).
 
         ``metadata`` (JSON-serialisable values) is merged into :attr:`metadata` and stored with the
-        vocabulary size and requested k, so the file says what it holds."""
+        vocabulary size and requested k, so the file says what it holds; ``tensors``: more tensors to
+        store beside the targets (the token ids the teacher read)."""
         meta = {**self.metadata, **(metadata or {})}
         header = {"vocab_size": str(self.vocab_size), "requested_k": str(self.requested_k),
                   "metadata": json.dumps(meta, sort_keys=True)}
         from safetensors.torch import save_file
 
-        tensors = {name: getattr(self, name).contiguous().cpu() for name in _TENSORS}
+        stored = {name: getattr(self, name).contiguous().cpu() for name in _TENSORS}
         tmp = f"{path}.tmp{os.getpid()}"
-        save_file(tensors, tmp, metadata=header)
+        save_file({**stored, **(tensors or {})}, tmp, metadata=header)
         os.replace(tmp, path)
 
     @classmethod

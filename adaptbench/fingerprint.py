@@ -148,11 +148,20 @@ def resolved_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if supported else "float16"
 
 
+#: What a ``cd.target: sequence`` run computes, as a version in its identity (``resolved.cd_sequence``), so
+#: that records computed otherwise are not reused: 2 -- the teacher reads context + input as one text, the
+#: held-out measure includes the teacher's replies, a chat context's replies are distilled by default
+#: (1, unrecorded: the input's tokens appended to the context's).  Other runs' ids do not change.
+SEQUENCE_CD_VERSION = 2
+
+
 def resolve_run(run, config_dir: str, device: str):
     """The run with ``resolved``: its resolved dtype and the content hash of every local file it reads."""
     files = {role: content_sha256(path) for role, path in sorted(run_files(run, config_dir).items())
              if os.path.exists(path)}
     _save_cache()
     dtype = {} if run.model.api is not None else {"dtype": resolved_dtype(run.model.dtype, device)}
-    resolved = {**dtype, **({"files": files} if files else {})}
+    sequence = run.method == "cd" and run.cd is not None and run.cd.target == "sequence"
+    resolved = {**dtype, **({"files": files} if files else {}),
+                **({"cd_sequence": SEQUENCE_CD_VERSION} if sequence else {})}
     return run.model_copy(update={"resolved": resolved})

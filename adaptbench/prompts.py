@@ -101,6 +101,25 @@ def check_prompt(prompt: Prompt, n_fields: int, label_names: tuple[str, ...]) ->
                               f"{word!r} starts with one: the answer would follow two spaces")
 
 
+@dataclass(frozen=True)
+class ReadAfter:
+    """Each text read after one context as one string (:meth:`PromptEncoder.read_after`): the model reads
+    ``prefix + suffixes[i]``, in which the text's own tokens are ``suffixes[i][starts[i]:]``."""
+
+    context_ids: list[int]  # encode(context): the context read alone
+    prefix: list[int]  # the tokens every reading starts with (what a KV cache holds)
+    suffixes: list[list[int]]  # the rest of each reading
+    starts: list[int]  # where each text's own tokens begin in its suffix
+    changed: int  # texts whose own tokens differ from the text tokenised alone
+
+    def own(self, i: int) -> list[int]:
+        return self.suffixes[i][self.starts[i]:]
+
+    def seam(self, i: int) -> list[int]:
+        """The tokens between the prefix and text i's own tokens (the context's tail as read before it)."""
+        return self.suffixes[i][:self.starts[i]]
+
+
 class PromptEncoder:
     """A prompt bound to a tokenizer: verbalizer token ids, and the token ids of prompt texts.
 
@@ -187,6 +206,60 @@ class PromptEncoder:
         m = min(shared, default=len(context_ids))
         return m, [context_ids[m:n] + tail for n, tail in zip(shared, tails)]
 
+
+    def read_after(self, context: str, texts: list[str], chunk: int = 512) -> ReadAfter:
+        """What a model reads when each text follows ``context`` as one string (context + text tokenised
+        together, as a user who pastes both into a prompt gets), split for a KV cache and for a student.
+
+        The shared prefix is the longest token prefix of ``encode(context)`` that every reading starts
+        with (the cache holds it); each reading's rest is its suffix, in which the text's *own* tokens
+        begin at the first token that holds one of the text's characters (tokens before it are the
+        context's tail, re-tokenised at the seam: ``"\\n\\n"`` is one token ``ĊĊ`` at the end of a string
+        and two ``Ċ`` before code).  A student that never sees the context reads the own tokens."""
+        context_ids = self.encode(context)
+        fulls, starts = [], []
+        for begin in range(0, len(texts), chunk):  # batched: the tokenizer runs in Rust, in parallel
+            joined = [context + t for t in texts[begin:begin + chunk]]
+            for text, ids, own_from in zip(texts[begin:begin + chunk], *self._ids_and_seams(joined, len(context))):
+                fulls.append(self.start_ids + ids)
+                starts.append(len(self.start_ids) + own_from)
+        shared = min((min(common_prefix_length(f, context_ids), len(f) - 1, b) for f, b in zip(fulls, starts)),
+                     default=len(context_ids))
+        shared = max(shared, 0)
+        suffixes = [f[shared:] for f in fulls]
+        own_starts = [b - shared for b in starts]
+        changed = sum(f[b:] != self.text_ids(t) for f, b, t in zip(fulls, starts, texts))
+        return ReadAfter(context_ids, context_ids[:shared], suffixes, own_starts, changed)
+
+    def text_of_first_tokens(self, text: str, n: int) -> str:
+        """The text that ``encode(text)[:n]`` reads (start tokens count): ``text`` cut where its n-th token
+        ends, so it can be read after as one string.  With a slow tokenizer (no offsets) the tokens are
+        decoded instead."""
+        k = n - len(self.start_ids)
+        if k <= 0:
+            return ""
+        try:
+            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        except (NotImplementedError, TypeError, ValueError):
+            return self.tokenizer.decode(self._ids(text)[:k], clean_up_tokenization_spaces=False)
+        return text if k >= len(offsets) else text[:offsets[k - 1][1]]
+
+    def _ids_and_seams(self, joined: list[str], seam: int) -> tuple[list[list[int]], list[int]]:
+        """Token ids of each string, and the index of its first token that ends after character ``seam``."""
+        try:
+            batch = self.tokenizer(joined, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, TypeError, ValueError):  # a slow tokenizer: no offsets
+            ids = self.tokenizer(joined, add_special_tokens=False)["input_ids"]
+            return ids, [self._seam_without_offsets(x, text[seam:]) for x, text in zip(ids, joined)]
+        seams = [next((j for j, (_, end) in enumerate(offsets) if end > seam), len(offsets))
+                 for offsets in batch["offset_mapping"]]
+        return batch["input_ids"], seams
+
+    def _seam_without_offsets(self, ids: list[int], text: str) -> int:
+        """Without offsets: where the text's own tokens begin, if the reading ends with them, else where
+        as many tokens as the text has alone would begin."""
+        own = self.text_ids(text)
+        return max(len(ids) - len(own), 0)
 
     def icl_inputs(self, demonstrations: list[Example], examples: list[Example]) -> tuple[list[int], list[list[int]]]:
         """``(prefix, queries)``: ``prefix + queries[i]`` are the tokens of example i's ICL prompt text,

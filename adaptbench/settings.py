@@ -167,6 +167,16 @@ class GenerateSettings(Strict):
     seed: int = Field(0, description="sampling seed (per input and sample), so a rerun draws the same text")
 
 
+class ReplySettings(Strict):
+    """How the teacher writes its reply to each held-out input: the reply measure (KL on the reply's tokens,
+    teacher-forced) looks where a context acts on what a model answers, not on the user's words."""
+
+    sample: bool = Field(False, description="false: greedy replies; true: sampled from the teacher's full "
+                                            "distribution at temperature")
+    temperature: PositiveFloat = Field(1.0, description="sampling temperature (sample: true)")
+    seed: int = Field(0, description="sampling seed (per input), so a rerun draws the same replies")
+
+
 class CDSettings(Strict):
     """Context distillation: a teacher with the context, a student without it."""
 
@@ -195,11 +205,18 @@ class CDSettings(Strict):
                               "~2.5e-4 nats/position) or topk (top_k log-probs + rest bucket per position: "
                               "smaller when hidden size > 4 x top_k, but its KL misses p_rest x KL(tails), "
                               "~0.1 nats/position on SmolLM2 text)")
-    generate: GenerateSettings | None = Field(None, description="sequence targets: also distil on continuations "
-                                                                "the teacher samples after each input")
+    generate: GenerateSettings | Literal[False] | None = Field(
+        None, description="sequence targets: also distil on continuations the teacher samples after each input "
+                          "(default: on for a chat context -- its replies, sampled with the context -- with n 1, "
+                          "32 tokens, temperature 1; off otherwise); false: off")
+    replies: ReplySettings | Literal[False] | None = Field(
+        None, description="sequence targets: the teacher's reply to each held-out input (max_new_tokens long; "
+                          "default greedy), on which the held-out KLs are also measured (method_info.heldout.reply)"
+                          "; false: off")
     generations: NonNegativeInt = Field(2, description="held-out inputs continued greedily by the base model, "
                                                        "the teacher and the student, side by side in the record")
-    max_new_tokens: PositiveInt = Field(32, description="length of those generations")
+    max_new_tokens: PositiveInt = Field(32, description="length of those generations and of the teacher's "
+                                                        "held-out replies")
     alpha: float = Field(1.0, ge=0.0, le=1.0, description="loss = alpha * T^2 * KL + (1 - alpha) * CE(gold)")
     temperature: PositiveFloat = Field(1.0, description="softens teacher and student distributions in the KL")
     teacher_cache: bool = Field(True, description="score the teacher once before training (then free it); "
@@ -232,4 +249,4 @@ class CDSettings(Strict):
 
 #: CD settings that only sequence targets read.
 SEQUENCE_ONLY = ("inputs", "held_out", "top_k", "store", "generate", "generations", "max_new_tokens", "context_tokens",
-                 "query_costs")
+                 "query_costs", "replies")

@@ -12,8 +12,9 @@ import torch
 from adaptbench.distill_targets import CompactTargets, compress_topk, full_kl
 from adaptbench.methods.cd.sequence import distributions, predicted_hidden, sequence_loss
 from adaptbench.models import load_model
+from adaptbench.prompts import Prompt, PromptEncoder
 from adaptbench.report import make_report
-from adaptbench.scoring import PrefixCache, lm_parts, vocab_logits
+from adaptbench.scoring import PrefixCache, lm_parts, sequence_hidden, vocab_logits
 
 from .test_cd import other_tokenizer_model, sharp_llama  # noqa: F401  (fixtures)
 from .test_run import _records, _run
@@ -28,19 +29,85 @@ INPUTS = ["The report was late but right.", "A man is playing a guitar on the st
 
 @pytest.mark.parametrize("arch", ["opt", "llama", "gpt2"])
 def test_cached_teacher_equals_reencoding_the_context(tiny_models, tokenizer, arch):
-    """Targets from the context's KV cache == context + input run as one sequence, every position."""
+    """Targets from the shared prefix's KV cache == each reading (context + input as one text) run whole,
+    every position, with and without a start token."""
     loaded = load_model(tiny_models[arch])
     parts, pad = lm_parts(loaded.model), loaded.tokenizer.pad_token_id
-    context = tokenizer(CONTEXT)["input_ids"]
-    inputs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in INPUTS[:5]]
+    enc = PromptEncoder(tokenizer, Prompt("{text1}"), ())
+    reads = enc.read_after(CONTEXT, INPUTS[:5])
+    cache = PrefixCache.encode(parts, reads.prefix)
     for has_start in (True, False):
-        cached = predicted_hidden(parts, context, inputs, has_start, pad, PrefixCache.encode(parts, context),
-                                  batch_size=3)
-        full = predicted_hidden(parts, context, inputs, has_start, pad, None, batch_size=2)
-        for x, c, f in zip(inputs, cached, full):
-            assert len(c) == len(x) + has_start == len(f)
+        firsts = [b - has_start for b in reads.starts]
+        cached = predicted_hidden(parts, reads.prefix, reads.suffixes, firsts, pad, cache, batch_size=3)
+        full = predicted_hidden(parts, reads.prefix, reads.suffixes, firsts, pad, None, batch_size=2)
+        for i, (c, f) in enumerate(zip(cached, full)):
+            assert len(c) == len(reads.own(i)) + has_start == len(f)
             diff = (distributions(parts, c, 1.0) - distributions(parts, f, 1.0)).abs().max()
             assert diff <= 1e-4, float(diff)
+
+
+@pytest.fixture(scope="module")
+def seam_tokenizer(data_dir):
+    """A byte-level BPE that learned ``"\\n\\n"`` as one token, as SmolLM2's did: a string ending in a blank
+    line ends in that token, while before code the pre-tokenizer splits the blank line in two."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([CONTEXT + "\n\n", *(t + "\n\n" for t in INPUTS)] * 20, trainer)
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    assert fast("a.\n\n", add_special_tokens=False)["input_ids"][-1] == fast.convert_tokens_to_ids("ĊĊ")
+    return fast
+
+
+def test_the_teacher_reads_context_and_input_as_one_text(tmp_path, data_dir, seam_tokenizer):
+    """With a tokenizer whose seam merges, the teacher's targets are those of the text C + X tokenised as one
+    string (what a model reads when the file is in the prompt), not of C's tokens followed by X's; the
+    targets file holds the ids it read."""
+    from safetensors.torch import load_file
+
+    from .conftest import save_tiny_model
+
+    model = save_tiny_model("llama", seam_tokenizer, tmp_path / "seam-llama", init_std=0.2)
+    _files(tmp_path)
+    cd = "context: 'file:context.txt', inputs: inputs.jsonl, held_out: 2, store: topk, top_k: 400, generations: 0"
+    result = _run(tmp_path, data_dir, _config(model, cd).replace("max_steps: 40", "max_steps: 1"))
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    assert rec["status"] == "ok", rec.get("reason")
+    info = rec["method_info"]
+    ids = load_file(info["teacher_targets"])
+    targets = CompactTargets.load(info["teacher_targets"])
+    context = CONTEXT + "\n\n"  # a file context is followed by the prompt's separator
+    train = [INPUTS[i] for i in range(len(INPUTS)) if i not in info["split"]["held_out_indices"]]
+    seams = torch.split(ids["seam_ids"], ids["seam_lengths"].tolist())
+    owns = torch.split(ids["input_ids"], ids["input_lengths"].tolist())
+    loaded = load_model(model)
+    parts = lm_parts(loaded.model)
+    row = 0
+    for text, seam, own in zip(train, seams, owns):
+        joint = seam_tokenizer(context + text)["input_ids"]
+        read = ids["context_ids"].tolist() + seam.tolist() + own.tolist()
+        assert read == joint, "the teacher read other tokens than the text's"
+        assert own.tolist() == seam_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert joint != seam_tokenizer(context)["input_ids"] + own.tolist()  # joining the ids is not the text
+        with torch.inference_mode():  # the distilled rows: the token before the input's first, to its end
+            hidden = sequence_hidden(parts, [joint], loaded.tokenizer.pad_token_id)[0][len(joint) - len(own) - 1:]
+        expected = distributions(parts, hidden, 1.0)
+        got = targets.rows(row, row + len(hidden)).logprobs
+        top = expected.gather(1, targets.rows(row, row + len(hidden)).ids.long())
+        assert (got - top).abs().max() <= 1e-4
+        row += len(hidden)
+    assert row == targets.n_positions == info["distill_positions"]
+    assert info["shared_prefix_tokens"] == len(ids["context_ids"]) < info["context_tokens"]
+    assert info["inputs_read_otherwise"] == 0
 
 
 def test_loss_with_top_k_of_the_whole_vocabulary_is_the_full_kl(tiny_models, tokenizer):
@@ -232,3 +299,57 @@ def test_hidden_store_and_teacher_continuations_run_end_to_end(tmp_path, data_di
     cached = continuations(loaded.model, tok, context, xs, PrefixCache.encode(parts, context), 2, 6, 1.0, 0)
     assert cached == continuations(loaded.model, tok, context, xs, None, 2, 6, 1.0, 0)
     assert len(cached) == 4 and all(0 < len(c) <= 6 for c in cached)
+
+
+def test_the_reply_measure_is_the_kl_on_the_teachers_replies(tmp_path, data_dir, sharp_llama):  # noqa: F811
+    """method_info.heldout.reply: the teacher writes a greedy reply to each held-out input (reading the context);
+    KL(teacher || base) is taken where the reply's tokens are predicted, teacher-forced.  Recomputed here
+    from its definition, every reading run whole (no cache)."""
+    _files(tmp_path)
+    cd = "context: 'file:context.txt', inputs: inputs.jsonl, held_out: 3, generations: 0, max_new_tokens: 6"
+    result = _run(tmp_path, data_dir, _config(sharp_llama, cd).replace("max_steps: 40", "max_steps: 2"))
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    info = rec["method_info"]
+    reply = info["heldout"]["reply"]
+    assert reply["replies"] == "greedy" and reply["max_new_tokens"] == 6
+    assert set(reply) >= {"kl_student", "kl_base", "recovered", "positions", "top1_agreement_student"}
+    loaded = load_model(sharp_llama)
+    tok, parts = loaded.tokenizer, lm_parts(loaded.model)
+    context = CONTEXT + "\n\n"
+    kl_sum, positions, texts = 0.0, 0, []
+    with torch.inference_mode():
+        for i in info["split"]["held_out_indices"]:
+            x = tok(INPUTS[i], add_special_tokens=False)["input_ids"]
+            read = tok(context + INPUTS[i])["input_ids"]
+            out = loaded.model.generate(torch.tensor([read]), attention_mask=torch.ones(1, len(read), dtype=torch.long),
+                                        max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+            r = out[0, len(read):].tolist()
+            texts.append(tok.decode(r, skip_special_tokens=True))
+            teacher = loaded.model(torch.tensor([read + r])).logits[0, len(read) - 1:len(read) - 1 + len(r)]
+            student_ids = tok(INPUTS[i])["input_ids"] + r
+            base = loaded.model(torch.tensor([student_ids])).logits[0, len(student_ids) - len(r) - 1:-1]
+            t, b = torch.log_softmax(teacher, -1), torch.log_softmax(base, -1)
+            kl_sum += float((t.exp() * (t - b)).sum())
+            positions += len(r)
+            assert tok(INPUTS[i])["input_ids"][1:] == x
+    assert info["heldout_replies"] == texts
+    assert reply["positions"] == positions > 0
+    assert reply["kl_base"] == pytest.approx(kl_sum / positions, rel=1e-4, abs=1e-5)
+    assert reply["recovered"] == pytest.approx(1 - reply["kl_student"] / reply["kl_base"])
+
+
+def test_a_conversation_distils_the_teachers_replies_by_default(tmp_path, data_dir, tiny_models):
+    """Anthropic's recipe by default for a chat context: the teacher's sampled continuations of the user
+    turns are distilled too; generate: false turns it off."""
+    _files(tmp_path, chat=True)
+    cd = "context: 'chat:chat.jsonl', inputs: inputs.jsonl, held_out: 2, generations: 0, max_new_tokens: 4"
+    base = _config(tiny_models["gpt2"], cd).replace("max_steps: 40", "max_steps: 1")
+    assert _run(tmp_path, data_dir, base).exit_code == 0
+    off = base.replace("max_new_tokens: 4", "max_new_tokens: 4, generate: false")
+    assert _run(tmp_path, data_dir, off).exit_code == 0
+    on, plain = sorted(_records(tmp_path), key=lambda r: "generate" not in r["method_info"])
+    assert on["method_info"]["generate"] == {"n": 1, "max_new_tokens": 32, "temperature": 1.0, "seed": 0}
+    assert on["method_info"]["generated_inputs"] == 8 and on["method_info"]["distill_inputs"] == 16
+    assert "generate" not in plain["method_info"] and plain["method_info"]["distill_inputs"] == 8
+    assert on["spec"]["resolved"]["cd_sequence"] == 2 and on["run_id"] != plain["run_id"]

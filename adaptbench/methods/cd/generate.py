@@ -1,10 +1,12 @@
-"""Teacher-sampled continuations of the distillation inputs (``cd.generate``; Snell et al., 2022).
+"""Text the teacher writes after the context: continuations of the distillation inputs (``cd.generate``;
+Snell et al., 2022) and its replies to the held-out inputs (the reply measure of :mod:`.heldout`).
 
 Distilling only on the given inputs teaches the student what follows *them*; sampling continuations
 from the teacher (which reads the context) and distilling on input + continuation also covers the
-text the context makes likely -- for a user turn, the teacher's own replies.  The continuation is
-sampled from the teacher's full distribution (no top-k/top-p truncation) at ``temperature``; the
-context is encoded once and its KV cache copied into each generation.
+text the context makes likely -- for a user turn, the teacher's own replies (Anthropic's recipe:
+sample with the context, train without it).  A continuation is sampled from the teacher's full
+distribution (no top-k/top-p truncation) at ``temperature``, or taken greedily; the context's shared
+prefix is encoded once and its KV cache copied into each generation.
 """
 
 from __future__ import annotations
@@ -23,21 +25,29 @@ def _cache_copy(cache: PrefixCache) -> DynamicCache:
     return out
 
 
-def continuations(model, tokenizer, context_ids: list[int], inputs: list[list[int]], cache: PrefixCache | None,
-                  n: int, max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
-    """``n`` sampled continuations (token ids, ending at EOS if one is sampled) per input, in order
-    (input 0's n, then input 1's ...); seeded per input and sample, so a rerun draws the same text."""
+def continuations(model, tokenizer, prefix_ids: list[int], suffixes: list[list[int]], cache: PrefixCache | None,
+                  n: int, max_new_tokens: int | list[int], temperature: float, seed: int,
+                  sample: bool = True) -> list[list[int]]:
+    """``n`` continuations (token ids, ending at EOS if one is generated) of each reading ``prefix_ids +
+    suffixes[i]``, in order (reading 0's n, then reading 1's ...); ``cache`` holds the prefix.  Sampled
+    ones are seeded per reading and sample, so a rerun draws the same text; ``sample=False``: greedy.
+    ``max_new_tokens`` may be given per reading (what fits its window); 0 gives an empty continuation."""
     device = next(model.parameters()).device
     cache_kwarg = lm_parts(model).cache_kwarg  # generate renamed past_key_values to cache with forward
+    limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(suffixes)
     out = []
     with torch.inference_mode():
-        for i, x in enumerate(inputs):
-            ids = torch.tensor([list(context_ids) + list(x)], device=device)
+        for i, (x, limit) in enumerate(zip(suffixes, limits)):
+            ids = torch.tensor([list(prefix_ids) + list(x)], device=device)
             for j in range(n):
+                if limit <= 0:
+                    out.append([])
+                    continue
                 torch.manual_seed(seed * 1_000_003 + i * 101 + j)
                 kwargs = {cache_kwarg: _cache_copy(cache)} if cache is not None else {}
-                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                     temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                     pad_token_id=tokenizer.pad_token_id, **kwargs)
+                how = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if sample else {
+                    "do_sample": False}
+                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=limit,
+                                     pad_token_id=tokenizer.pad_token_id, **how, **kwargs)
                 out.append(gen[0, ids.shape[1]:].tolist())
     return out

@@ -2,13 +2,13 @@
 
 Askell et al. (2021) and Snell et al. (2022) distil a context C into the weights by minimising
 ``KL(P(. | C, x<=j) || P_theta(. | x<=j))`` at every position j of a set of inputs X, not at one answer
-position.  The teacher reads C's tokens followed by the input's tokens; the student reads the input's
-tokens alone (after the tokenizer's start token).  Both see *the same input tokens*, so position j of
-the student lines up with position j of the teacher: the input is tokenised once, on its own, and
-appended to the context's tokens (the context's text ends at a separator or a turn boundary, where
-no token spans the seam).  The predictions compared are those of every input token and of the token
-after the input; with a start token (BOS) the student's first prediction is made at BOS, the
-teacher's at the context's last token.
+position.  The teacher reads the text C + X tokenised as one string -- what a model reads when a user
+puts the context in the prompt (a context ending in a blank line is read as two newline tokens before
+code, not as the one token it is at the end of a string: ``PromptEncoder.read_after``); the student
+reads X's own tokens of that reading (after the tokenizer's start token), so position j of the student
+lines up with position j of the teacher.  The predictions compared are those of every input token and
+of the token after the input; with a start token (BOS) the student's first prediction is made at BOS,
+the teacher's at the token before the input's first.
 
 The teacher's distributions are computed once, with the context's KV cache (exactly as ICL scores),
 and kept as compact top-k targets (:mod:`adaptbench.distill_targets`); the teacher is then freed.
@@ -30,30 +30,46 @@ from ...scoring import LMParts, PrefixCache, lm_parts, sequence_hidden, verbaliz
 CHUNK = 512  # positions per vocabulary-wide logits block (memory: CHUNK x vocab floats)
 
 
-def predicted_hidden(parts: LMParts, context_ids: Sequence[int], inputs: Sequence[Sequence[int]], has_start: bool,
-                     pad_id: int, cache: PrefixCache | None, batch_size: int = 4,
+def predicted_hidden(parts: LMParts, prefix_ids: Sequence[int], suffixes: Sequence[Sequence[int]],
+                     firsts: Sequence[int], pad_id: int, cache: PrefixCache | None, batch_size: int = 4,
                      on_batch: Callable[[int], None] | None = None) -> list[torch.Tensor]:
-    """The teacher's final hidden states at the positions whose predictions are distilled, per input:
-    ``len(x) + 1`` rows with a start token (the context's last token, then every input token), else
-    ``len(x)``.  ``cache`` (the context's, with ``last_hidden``) runs only the input tokens; without it
-    context + input run as one sequence (the reference path the cache is tested against)."""
-    out: list[torch.Tensor] = [torch.empty(0)] * len(inputs)
-    n_ctx = len(context_ids)
-    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    """The teacher's final hidden states at the positions whose predictions are distilled: for reading i
+    (``prefix_ids + suffixes[i]``), every row from position ``len(prefix_ids) + firsts[i]`` to its end
+    (``firsts[i] == -1``: from the prefix's last position, whose state the cache keeps as ``last_hidden``).
+    ``cache`` (the prefix's) runs only the suffixes; without it each reading runs whole (the reference path
+    the cache is tested against)."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(suffixes)
+    n_prefix = len(prefix_ids)
+    order = sorted(range(len(suffixes)), key=lambda i: -len(suffixes[i]))
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             if cache is not None:
-                hidden = sequence_hidden(parts, [inputs[i] for i in batch], pad_id, cache)
-                hidden = [torch.cat([cache.last_hidden[None], h]) if has_start else h for h in hidden]
+                hidden = sequence_hidden(parts, [suffixes[i] for i in batch], pad_id, cache)
+                rows = [torch.cat([cache.last_hidden[None], h]) if firsts[i] < 0 else h[firsts[i]:]
+                        for i, h in zip(batch, hidden)]
             else:
-                full = sequence_hidden(parts, [list(context_ids) + list(inputs[i]) for i in batch], pad_id)
-                hidden = [h[n_ctx - 1 if has_start else n_ctx:] for h in full]
-            for i, h in zip(batch, hidden):
+                full = sequence_hidden(parts, [list(prefix_ids) + list(suffixes[i]) for i in batch], pad_id)
+                rows = [h[n_prefix + firsts[i]:] for i, h in zip(batch, full)]
+            for i, h in zip(batch, rows):
                 out[i] = h.float().cpu()
             if on_batch is not None:
                 on_batch(len(batch))
     return out
+
+
+def read_ids(prefix: Sequence[int], readings: Sequence[tuple[Sequence[int], Sequence[int]]]) -> dict[str, torch.Tensor]:
+    """The token ids a teacher read, for its targets file, so anyone can check them: ``context_ids`` (the
+    shared prefix), ``seam_ids`` / ``seam_lengths`` (per input, the tokens read between the prefix and the
+    input's own tokens) and ``input_ids`` / ``input_lengths`` (each input's own tokens, a sampled
+    continuation included: what the student reads after its start tokens), concatenated in target order."""
+    def flat(lists):
+        return torch.tensor([t for ids in lists for t in ids], dtype=torch.int64)
+
+    seams, owns = [r[0] for r in readings], [r[1] for r in readings]
+    return {"context_ids": torch.tensor(list(prefix), dtype=torch.int64), "seam_ids": flat(seams),
+            "seam_lengths": torch.tensor([len(x) for x in seams], dtype=torch.int64), "input_ids": flat(owns),
+            "input_lengths": torch.tensor([len(x) for x in owns], dtype=torch.int64)}
 
 
 def distributions(parts: LMParts, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -106,11 +122,13 @@ class HiddenTargets:
                                         dim=-1)
         return full_kl(teacher, student_logits, temperature)
 
-    def save(self, path: str, metadata: dict | None = None) -> None:
+    def save(self, path: str, metadata: dict | None = None, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """``tensors``: more tensors to store beside the targets (the token ids the teacher read)."""
         from safetensors.torch import save_file
 
         tmp = f"{path}.tmp{os.getpid()}"
-        save_file({"hidden": self.hidden.contiguous()}, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        save_file({"hidden": self.hidden.contiguous(), **(tensors or {})}, tmp,
+                  metadata={k: str(v) for k, v in (metadata or {}).items()})
         os.replace(tmp, path)
 
 

@@ -1,24 +1,27 @@
 """A sequence-level context-distillation run: inputs, the teacher pass, the student's loss, the held-out report.
 
-Steps (each timed as a phase): ``teacher`` -- the context is encoded once (KV cache), every distilled
-and held-out input runs against it, the teacher's distributions at every position are kept as top-k
-targets (``teacher_targets.safetensors`` in the run folder), the held-out inputs' hidden states and the
-base model's distance to the teacher are measured, and a few greedy generations are taken (that
-evaluation is timed apart, as ``heldout_teacher``, so ``teacher`` is what distilling costs); then the
-student trains on the targets (``train``); ``heldout`` measures what it recovered.  ``cd.context_tokens``
-cuts the context to L tokens; ``cd.query_costs`` times queries answered with and without it
-(:mod:`.query_costs`: ``query:icl`` and ``query:icl_cached`` in the teacher phase, ``query:distilled`` last).
+Steps (each timed as a phase): ``teacher`` -- every input is read after the context as one text
+(:meth:`PromptEncoder.read_after`), the token prefix all readings share is encoded once (KV cache),
+every distilled and held-out reading runs against it, the teacher's distributions at every position of
+the inputs are kept as targets (``teacher_targets.safetensors`` in the run folder, with the token ids the
+teacher read), the teacher writes a reply to each held-out input and the held-out states and the base
+model's distance to them are measured (that evaluation is timed apart, as ``heldout_teacher``, so
+``teacher`` is what distilling costs); then the student trains on the targets (``train``); ``heldout``
+measures what it recovered, at the inputs and on the teacher's replies (:mod:`.heldout`).
+``cd.context_tokens`` cuts the context to L tokens; ``cd.query_costs`` times queries answered with and
+without it (:mod:`.query_costs`).
 """
 
 from __future__ import annotations
 
 import gc
 import os
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
-from ...costs import timed
+from ...breakeven import DISTILLED, ICL, ICL_CACHED
 from ...contexts import parse_context_setting, split_inputs
 from ...distill_targets import CompactTargets, full_bytes_per_position
 from ...errors import ConfigError, RunSkipped
@@ -26,15 +29,15 @@ from ...precision import autocast
 from ...sampling import unlabeled_sample
 from ...scoring import LMParts, PrefixCache, lm_parts, prefix_cache_unsupported
 from ...seq2seq import is_encoder_decoder
-from ...settings import CDSettings
+from ...settings import CDSettings, GenerateSettings, ReplySettings
 from ...training import TrainItem
 from ..base import RunContext
 from .context import context_text, input_texts, user_turn_texts
 from .heldout import HeldOut, compare, greedy, recovered
 from .labels import check_same_tokenizer
-from .query_costs import QueryCosts, cut_context
+from .query_costs import DISTILL_PHASES, Query, QueryCosts, QueryPath, answer, cut_context
 from .generate import continuations
-from .sequence import (HiddenTargets, SequenceStudent, answer_logits, frozen_head, predicted_hidden,
+from .sequence import (HiddenTargets, SequenceStudent, answer_logits, frozen_head, predicted_hidden, read_ids,
                        sequence_loss, teacher_targets)
 
 HELD_OUT_FROM_EVAL_SET = 16  # task inputs: held-out inputs are the first queries of the in-domain eval set
@@ -56,6 +59,8 @@ class SequenceDistillation:
         self.student_ids: list[list[int]] = []
         self.held: HeldOut | None = None
         self.meter: QueryCosts | None = None  # cd.query_costs: the cost curve's three paths
+        self.prefix: list[int] = []  # the tokens every teacher reading starts with (its KV cache's)
+        self.together = False  # the paths of the cost curve are measured together, after training
 
     def build(self, ctx: RunContext) -> nn.Module:
         self.student = SequenceStudent(ctx.loaded.model, ctx.encoder.label_token_ids)
@@ -85,89 +90,149 @@ class SequenceDistillation:
         texts, gold, held_texts = self.inputs(ctx, loaded.tokenizer)
         with ctx.costs.phase("teacher") as phase:
             check_same_tokenizer(ctx, loaded.tokenizer)
-            keep, phase.tokens = self._teacher(ctx, loaded, texts, held_texts)
+            origin, phase.tokens = self._teacher(ctx, loaded, texts, held_texts)
         del loaded
         gc.collect()
-        gold = gold + [-1] * (max(keep, default=-1) + 1 - len(gold))  # continuations carry no label
-        return [TrainItem(self.student_ids[j], torch.tensor([float(j), float(gold[i])])) for j, i in enumerate(keep)]
+        return [TrainItem(self.student_ids[j], torch.tensor([float(j), float(gold[i] if i >= 0 else -1)]))
+                for j, i in enumerate(origin)]
 
     def _teacher(self, ctx: RunContext, loaded, texts: list[str], held_texts: list[str]) -> tuple[list[int], int]:
+        """The teacher pass; returns each training item's input index (-1: a sampled continuation's) and
+        the tokens the teacher read."""
         settings, enc = self.settings, ctx.encoder
         source = parse_context_setting(settings.context, ctx.config_dir)
         text, about = context_text(source, ctx, loaded.tokenizer)
-        context = cut_context(enc.encode(text), settings.context_tokens, source)
-        if len(context) >= loaded.window:
-            raise RunSkipped(f"the context is {len(context)} tokens; the teacher's window is {loaded.window} tokens "
-                             f"(no truncation is done)")
-        parts, pad = lm_parts(loaded.model), loaded.tokenizer.pad_token_id
-        inputs = [enc.text_ids(t) for t in texts]
-        self._icl_costs(ctx, parts, pad, context, inputs, held_texts, loaded.window)
-        no_cache = prefix_cache_unsupported(loaded.model.config)
-        cache, encode_seconds = timed(lambda: None if no_cache else PrefixCache.encode(parts, context), parts.device)
-        keep = [i for i, x in enumerate(inputs) if x and len(context) + len(x) <= loaded.window]
-        dropped = len(texts) - len(keep)
-        if settings.generate is not None:  # input + teacher-sampled continuation, as extra inputs
-            inputs, keep = self._continued(ctx, loaded, context, cache, inputs, keep)
-        with ctx.progress("teacher", len(keep)) as advance:
-            hidden = predicted_hidden(parts, context, [inputs[i] for i in keep], bool(enc.start_ids), pad, cache,
-                                      on_batch=advance)
+        reads = enc.read_after(cut_context(enc, text, settings.context_tokens, source), texts + held_texts)
+        if len(reads.context_ids) >= loaded.window:
+            raise RunSkipped(f"the context is {len(reads.context_ids)} tokens; the teacher's window is {loaded.window} "
+                             f"tokens (no truncation is done)")
+        self.prefix = reads.prefix
+        parts, pad, first = lm_parts(loaded.model), loaded.tokenizer.pad_token_id, bool(enc.start_ids)
+        fits = [i for i in range(len(reads.suffixes))
+                if reads.own(i) and len(reads.prefix) + len(reads.suffixes[i]) <= loaded.window]
+        keep, held = [i for i in fits if i < len(texts)], [i for i in fits if i >= len(texts)]
+        cache = self._cache_and_icl_costs(ctx, loaded, parts, pad, reads, keep, held)
+        items = [(reads.suffixes[i], reads.starts[i], i) for i in keep]
+        if self.generate(source) is not None:  # input + teacher-sampled continuation, as extra inputs
+            items += self._continued(ctx, loaded, cache, items)
+        with ctx.progress("teacher", len(items)) as advance:
+            hidden = predicted_hidden(parts, self.prefix, [x for x, _, _ in items], [b - first for _, b, _ in items],
+                                      pad, cache, on_batch=advance)
         targets = teacher_targets(parts, hidden, settings.temperature, settings.store, settings.top_k)
         bounds = torch.tensor([0] + [len(h) for h in hidden]).cumsum(0).tolist()
         self.targets = [targets.rows(a, b) for a, b in zip(bounds, bounds[1:])]
-        self.student_ids = [enc.start_ids + inputs[i] for i in keep]
-        if self.meter is not None:  # before the held-out states exist, as for the other two paths
-            self.meter.icl_cached(parts, cache, encode_seconds, no_cache)
+        self.student_ids = [enc.start_ids + x[b:] for x, b, _ in items]
         with ctx.costs.interval("heldout_teacher"):  # evaluation, not part of what distilling costs
             # one frozen copy of the teacher's output layer serves the hidden targets and the held-out states
             head = targets.head if isinstance(targets, HiddenTargets) else None
-            self._held_out(ctx, loaded, parts, context, cache, held_texts, head)
-        self._save(ctx, targets, about, len(context), dropped)
-        return keep, len(context) + sum(len(inputs[i]) for i in keep)
+            self._held_out(ctx, loaded, parts, reads, held, cache, head)
+        ctx.info["inputs_read_otherwise"] = reads.changed  # own tokens not those of the input read alone
+        self._save(ctx, targets, about, reads, items, len(texts) - len(keep))
+        return [i for _, _, i in items], len(self.prefix) + sum(len(x) for x, _, _ in items)
 
-    def _continued(self, ctx: RunContext, loaded, context, cache, inputs, keep) -> tuple[list, list]:
-        """The inputs plus ``generate.n`` teacher-sampled continuations of each (kept if they fit the window)."""
+    def generate(self, source) -> GenerateSettings | None:
+        """``cd.generate`` as it applies: by default a conversation's inputs are continued by the teacher
+        (Anthropic's recipe: its replies are sampled with the context and distilled without it); ``false``
+        turns it off."""
         g = self.settings.generate
-        sampled = continuations(loaded.model, loaded.tokenizer, context, [inputs[i] for i in keep], cache, g.n,
+        if g is None:
+            return GenerateSettings() if source.kind == "chat" else None
+        return g or None
+
+    def _cache_and_icl_costs(self, ctx: RunContext, loaded, parts, pad: int, reads, keep, held) -> PrefixCache | None:
+        """The shared prefix's KV cache; with ``cd.query_costs``, the queries to time and -- unless they are
+        measured after training with the student (:attr:`together`) -- the ICL paths, timed before the
+        teacher's targets exist (their cache then serves the teacher pass)."""
+        why_not = prefix_cache_unsupported(loaded.model.config) or (
+            None if self.prefix else "the readings of the inputs share no token prefix with the context")
+        encode = None if why_not else (lambda: PrefixCache.encode(parts, self.prefix))
+        if self.settings.query_costs:
+            first = bool(ctx.encoder.start_ids)
+            query = [Query(reads.suffixes[i], reads.own(i), len(reads.own(i)) + first) for i in held + keep]
+            self.meter = QueryCosts(ctx, self.settings.query_costs)
+            self.meter.choose(query[:len(held)], query[len(held):])
+            self.together = self.settings.teacher is None and ctx.spec.trainable == "lora"
+            if not self.together:
+                return self.meter.measure(self._icl_paths(parts, pad, why_not)).get(ICL_CACHED) or (
+                    encode() if encode else None)
+        return encode() if encode else None
+
+    def _icl_paths(self, parts, pad: int, why_not: str | None, view=nullcontext) -> list[QueryPath]:
+        """ICL re-reading the context with every query, and ICL with the shared prefix's KV cache."""
+        prefix = self.prefix
+        paths = [QueryPath(ICL, lambda q, _: answer(parts, prefix + q.suffix, q.n, pad), view=view,
+                           tokens=lambda q: len(prefix) + len(q.suffix))]
+        if why_not:
+            self.meter.note(f"icl_cached not measured: {why_not}")
+        else:
+            paths.append(QueryPath(ICL_CACHED, lambda q, cache: answer(parts, q.suffix, q.n, pad, cache),
+                                   setup=lambda: PrefixCache.encode(parts, prefix), view=view,
+                                   tokens=lambda q: len(q.suffix)))
+        return paths
+
+    def _continued(self, ctx: RunContext, loaded, cache, items: list) -> list:
+        """``generate.n`` teacher-sampled continuations of each input, as (suffix + continuation, start, -1),
+        kept where they fit the window."""
+        g = self.generate(parse_context_setting(self.settings.context, ctx.config_dir))
+        sampled = continuations(loaded.model, loaded.tokenizer, self.prefix, [x for x, _, _ in items], cache, g.n,
                                 g.max_new_tokens, g.temperature, g.seed)
-        extra = [inputs[i] + c for i, c in zip([i for i in keep for _ in range(g.n)], sampled)]
-        fits = [len(inputs) + j for j, x in enumerate(extra) if len(context) + len(x) <= loaded.window]
-        ctx.info["generated_inputs"] = len(fits)
-        return inputs + extra, keep + fits
+        extra = [(x + c, b, -1) for (x, b, _), c in zip([it for it in items for _ in range(g.n)], sampled)
+                 if len(self.prefix) + len(x) + len(c) <= loaded.window]
+        ctx.info["generated_inputs"] = len(extra)
+        ctx.info["generate"] = g.model_dump()
+        return extra
 
-    def _icl_costs(self, ctx: RunContext, parts, pad: int, context: list[int], inputs: list[list[int]],
-                   held_texts: list[str], window: int) -> None:
-        """cd.query_costs: choose the timed queries and time ICL re-encoding the context, with the teacher
-        loaded and before its cache exists (the cached path is timed once the teacher has built it)."""
-        if not self.settings.query_costs:
-            return
-        self.meter = QueryCosts(ctx, self.settings.query_costs, pad)
-        self.meter.choose([ctx.encoder.text_ids(t) for t in held_texts], inputs, window - len(context))
-        self.meter.icl(parts, context)
-
-    def _held_out(self, ctx: RunContext, loaded, parts, context, cache, held_texts: list[str],
-                  head: LMParts | None) -> None:
-        """The held-out inputs' teacher states, the base model's distance to them, and the generations."""
-        enc, pad = ctx.encoder, loaded.tokenizer.pad_token_id
-        held = [x for x in (enc.text_ids(t) for t in held_texts) if x and len(context) + len(x) <= loaded.window]
+    def _held_out(self, ctx: RunContext, loaded, parts, reads, held: list[int], cache, head: LMParts | None) -> None:
+        """The held-out inputs' teacher states, with the teacher's replies, the base model's distance to them,
+        and the generations side by side."""
         if not held:
             return
-        hidden = predicted_hidden(parts, context, held, bool(enc.start_ids), pad, cache)
-        self.held = HeldOut([enc.tokenizer.decode(x) for x in held], [enc.start_ids + x for x in held], hidden,
-                            head or frozen_head(parts))
+        enc, pad, first = ctx.encoder, loaded.tokenizer.pad_token_id, bool(ctx.encoder.start_ids)
+        suffixes, starts = [reads.suffixes[i] for i in held], [reads.starts[i] for i in held]
+        own = [reads.own(i) for i in held]
+        replies = self._replies(ctx, loaded, cache, suffixes, own)
+        hidden = predicted_hidden(parts, self.prefix, [x + r for x, r in zip(suffixes, replies)],
+                                  [b - first for b in starts], pad, cache)
+        n_input = [len(x) + first for x in own]
+        self.held = HeldOut([enc.tokenizer.decode(x) for x in own], [enc.start_ids + x + r for x, r in zip(own, replies)],
+                            [len(enc.start_ids) - first] * len(own), n_input, replies, [], head or frozen_head(parts))
+        self.held.teacher_hidden = [h[:self.held.rows(i)] for i, h in enumerate(hidden)]
         base_model = ctx.loaded.model  # the student's model before training, without the context
         self.held.base = compare(self.held, lm_parts(base_model), pad)
         n = min(self.settings.generations, len(held))
         tok, new = loaded.tokenizer, self.settings.max_new_tokens
-        self.held.generations = [{"input": self.held.texts[i],
-                                  "base": greedy(base_model, tok, self.held.student_ids[i], new),
-                                  "teacher": greedy(loaded.model, tok, context + held[i], new)} for i in range(n)]
+        greedy_replies = self._reply_settings() is not None and not self._reply_settings().sample
+        teacher = ([tok.decode(r, skip_special_tokens=True) for r in replies[:n]] if greedy_replies else
+                   [tok.decode(c, skip_special_tokens=True) for c in continuations(
+                       loaded.model, tok, self.prefix, suffixes[:n], cache, 1, new, 1.0, 0, sample=False)])
+        self.held.generations = [{"input": self.held.texts[i], "base": greedy(base_model, tok, enc.start_ids + own[i],
+                                                                              new), "teacher": teacher[i]}
+                                 for i in range(n)]
 
-    def _save(self, ctx: RunContext, targets, about: dict, context_tokens: int, dropped: int) -> None:
+    def _reply_settings(self) -> ReplySettings | None:
+        replies = self.settings.replies
+        return ReplySettings() if replies is None else (replies or None)
+
+    def _replies(self, ctx: RunContext, loaded, cache, suffixes: list[list[int]], own: list[list[int]]) -> list:
+        """The teacher's reply to each held-out input (``cd.replies``: greedy by default), at most
+        ``cd.max_new_tokens`` tokens, fewer where the teacher's or the student's window ends; [] when off."""
+        how = self._reply_settings()
+        if how is None:
+            return [[] for _ in suffixes]
+        room = [min(self.settings.max_new_tokens, loaded.window - len(self.prefix) - len(x),
+                    ctx.loaded.window - len(ctx.encoder.start_ids) - len(o)) for x, o in zip(suffixes, own)]
+        replies = continuations(loaded.model, loaded.tokenizer, self.prefix, suffixes, cache, 1, room,
+                                how.temperature, how.seed, sample=how.sample)
+        ctx.info["heldout_replies"] = [loaded.tokenizer.decode(r, skip_special_tokens=True) for r in replies]
+        return replies
+
+    def _save(self, ctx: RunContext, targets, about: dict, reads, items: list, dropped: int) -> None:
         full = full_bytes_per_position(targets.vocab_size)
-        ctx.info.update(about, target="sequence", store=self.settings.store, context_tokens=context_tokens,
-                        distill_inputs=len(self.targets), distill_dropped=dropped,
-                        distill_positions=targets.n_positions, bytes_per_position=targets.bytes_per_position,
-                        full_bytes_per_position=full, target_bytes_ratio=round(targets.bytes_per_position / full, 5))
+        ctx.info.update(about, target="sequence", store=self.settings.store, context_tokens=len(reads.context_ids),
+                        shared_prefix_tokens=len(self.prefix), distill_inputs=len(self.targets),
+                        distill_dropped=dropped, distill_positions=targets.n_positions,
+                        bytes_per_position=targets.bytes_per_position, full_bytes_per_position=full,
+                        target_bytes_ratio=round(targets.bytes_per_position / full, 5))
         if isinstance(targets, CompactTargets):
             ctx.info["top_k"] = targets.k
             if targets.clamped:
@@ -176,7 +241,8 @@ class SequenceDistillation:
         if ctx.out_dir:
             os.makedirs(ctx.out_dir, exist_ok=True)
             path = os.path.join(ctx.out_dir, "teacher_targets.safetensors")
-            targets.save(path, {"temperature": self.settings.temperature, "inputs": len(self.targets)})
+            targets.save(path, {"temperature": self.settings.temperature, "inputs": len(self.targets)},
+                         read_ids(self.prefix, [(x[:b], x[b:]) for x, b, _ in items]))
             ctx.info["teacher_targets"] = path
 
     def loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -195,17 +261,30 @@ class SequenceDistillation:
 
     def evaluate(self, ctx: RunContext, model: nn.Module) -> None:
         """What the trained student recovered on the held-out inputs, and its generations beside the others';
-        with cd.query_costs, what a query costs the student, and the break-even counts."""
+        with cd.query_costs, what a query costs the student (and, measured together with it where the teacher
+        is the student's model under a LoRA adapter, the ICL paths), and the break-even counts."""
         self.targets = []  # training is over: they need not weigh on the memory measured from here on
+        pad = ctx.loaded.tokenizer.pad_token_id
         if self.held is not None:
             with ctx.costs.phase("heldout"), autocast(ctx.loaded.device, ctx.spec.train.mixed_precision):
                 parts = lm_parts(model.lm)
-                ctx.info["heldout"] = recovered(self.held.base,
-                                                compare(self.held, parts, ctx.loaded.tokenizer.pad_token_id))
-                for g, ids in zip(self.held.generations, self.held.student_ids):
+                how = self._reply_settings()
+                about = {"replies": "sampled" if how.sample else "greedy", "max_new_tokens": self.settings.max_new_tokens,
+                         **({"temperature": how.temperature, "seed": how.seed} if how.sample else {})} if how else {}
+                ctx.info["heldout"] = recovered(self.held.base, compare(self.held, parts, pad), about)
+                for i, g in enumerate(self.held.generations):  # the student reads the input alone, no reply
+                    ids = self.held.student_ids[i][:len(self.held.student_ids[i]) - len(self.held.replies[i])]
                     g["student"] = greedy(model.lm, ctx.loaded.tokenizer, ids, self.settings.max_new_tokens)
             ctx.info["generations"] = self.held.generations
             self.held = None
         if self.meter is not None:  # the held-out states are freed: memory as when the ICL paths were timed
-            self.meter.distilled(lm_parts(model.lm), ctx.encoder.start_ids)
+            student, start = lm_parts(model.lm), ctx.encoder.start_ids
+            setup = sum(p.seconds for p in ctx.costs.phases if p.name in DISTILL_PHASES)
+            paths = [QueryPath(DISTILLED, lambda q, _: answer(student, start + q.own, q.n, pad), setup_seconds=setup,
+                               tokens=lambda q: len(start) + len(q.own))]
+            if self.together:  # the teacher is this model with its adapters off
+                why_not = prefix_cache_unsupported(ctx.loaded.model.config) or (
+                    None if self.prefix else "the readings of the inputs share no token prefix with the context")
+                paths = self._icl_paths(student, pad, why_not, view=model.lm.disable_adapter) + paths
+            self.meter.measure(paths)
             self.meter.finish()
