@@ -53,18 +53,42 @@ def autocast(device: torch.device, mixed_precision: str):
     return torch.autocast(device_type=device.type, dtype=AUTOCAST[mixed_precision])
 
 
+class ObservedDtype:
+    """The dtype a model's matrix products really ran in: the output of its first linear layer in the first
+    forward pass that runs while this is open (a setting says what autocast should do; this says what it did)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.dtype: torch.dtype | None = None
+        linear = next((m for m in model.modules() if isinstance(m, torch.nn.Linear)), None)
+        self._handle = linear.register_forward_hook(self._seen) if linear is not None else None
+
+    def _seen(self, module, inputs, output) -> None:
+        if self.dtype is None and isinstance(output, torch.Tensor):
+            self.dtype = output.dtype
+
+    def close(self) -> str | None:
+        """Stop watching; the dtype seen (its name), or None if no linear layer ran."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        return dtype_name(self.dtype) if self.dtype is not None else None
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
 def annotate_phases(costs: dict, weights: torch.dtype, mixed_precision: str | None,
                     teacher: torch.dtype | None = None) -> None:
-    """Give every phase of a record its ``weights_dtype`` and ``compute_dtype``.  Training, evaluation
-    points and the trained model's predictions compute under the run's autocast; a separate teacher in
-    its own dtype; everything else in the weights' dtype."""
+    """Give every phase of a record its ``weights_dtype`` and ``compute_dtype``: the dtype a phase observed
+    its matmuls run in (``extra.observed_compute_dtype``: training, the trained model's predictions), else
+    what the settings give -- training, evaluation points and the trained model's predictions compute under
+    the run's autocast; a separate teacher in its own dtype; everything else in the weights' dtype."""
     trained = compute_dtype(weights, mixed_precision or "no")
     for name, phase in costs.items():
         w = teacher if name in ("teacher", "load_teacher") and teacher is not None else weights
         autocast_phase = mixed_precision in AUTOCAST and (name in ("train", "eval_points") or name.startswith("predict:"))
         phase["weights_dtype"] = dtype_name(w)
-        phase["compute_dtype"] = dtype_name(trained if autocast_phase else w)
+        # where the phase observed its matmuls' dtype (ObservedDtype), that is what it says
+        phase["compute_dtype"] = phase.get("extra", {}).get("observed_compute_dtype") or dtype_name(
+            trained if autocast_phase else w)

@@ -257,6 +257,8 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
         with costs.phase(f"predict:{req.name}") as phase:
             pred = predictor.predict(examples, req.name)
             phase.tokens, phase.padded_tokens = pred.tokens, pred.padded_tokens
+            if pred.compute_dtype:
+                phase.extra["observed_compute_dtype"] = pred.compute_dtype
         labels = pred.labels
         if not (labels >= 0).any():
             raise _nothing_scored(req.name, len(examples), record)

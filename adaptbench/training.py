@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from . import distributed
 from .errors import AdaptbenchError
 from .packing import mask_dtype_for, pack
+from .precision import ObservedDtype
 from .scoring import pad_right
 from .settings import TrainSettings
 
@@ -61,6 +62,7 @@ class TrainLog:
     distributed_type: str = "NO"  # accelerate's: NO, MULTI_GPU, MULTI_CPU, FSDP, DEEPSPEED
     processes: int = 1
     history: list[dict] = field(default_factory=list)  # evaluation points
+    compute_dtype: str | None = None  # what the first forward's matmuls ran in (precision.ObservedDtype)
 
 
 def make_accelerator(settings: TrainSettings, device: torch.device):
@@ -122,6 +124,7 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
     last_eval = -1
     step_loss = [0.0, 0]  # this rank's sum of example losses and examples over the step's micro-batches
     model.train()
+    observed = ObservedDtype(model)
     with progress("train", steps) as advance:
         epoch = 0
         while log.steps < steps:
@@ -129,6 +132,7 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
             for i, batch in enumerate(loader):
                 with acc.accumulate(model):
                     logits = model(**batch["inputs"])
+                    log.compute_dtype = log.compute_dtype or observed.close()
                     loss = loss_fn(logits.float(), batch["target"])
                     if not _finite_everywhere(loss, acc):
                         raise TrainingDiverged(f"the training loss became {loss.item()} at step {log.steps + 1} "

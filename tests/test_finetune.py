@@ -18,13 +18,15 @@ from adaptbench.resolve import resolve_prompt
 from adaptbench.sampling import few_shot_sample
 from adaptbench.scoring import PrefixCache, lm_parts, score
 from adaptbench.settings import BitfitSettings, LoraSettings, TrainSettings
-from adaptbench.trainable import apply_policy, embedding_parameters
+from adaptbench.trainable import apply_policy
 from adaptbench.training import TrainItem, train
 from adaptbench.progress import make_progress
 
 from .conftest import write_config
 from .test_run import _records, _run
 
+# Token and position embeddings and the LM head, by module name (OPT, Llama, GPT-2): BitFit leaves them frozen.
+EMBEDDING_MODULES = ("embed_tokens", "embed_positions", "wte", "wpe", "lm_head")
 CASES = [("pbft", "full"), ("pbft", "bitfit"), ("pbft", "lora"),
          ("vanilla", "full"), ("vanilla", "head"), ("vanilla", "bitfit"), ("vanilla", "lora")]
 
@@ -61,13 +63,14 @@ def test_policy_trains_intended_parameters_and_loss_drops(tiny_models, rte_sampl
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    # the policy's parameter set, stated independently of the implementation
+    # the policy's parameter set, stated independently of the implementation: by the parameters' names
     lm_names = {n for n, _ in model.named_parameters() if n.startswith("lm.")}
-    emb = {n for n, p in model.named_parameters() if id(p) in embedding_parameters(model.lm)}
+    emb = {n for n in lm_names if any(f".{k}." in n for k in EMBEDDING_MODULES)}
+    assert emb and emb <= lm_names
     head = {n for n in before if n.startswith("head.")}
     expected = {"full": lm_names | head, "head": head,
-                "bitfit": {n for n in lm_names if n.endswith("bias") and n not in emb} | head,
-                "lora": {n for n in lm_names if "lora_" in n} | head}[policy]
+                "bitfit": {n for n in lm_names if n.endswith(".bias") and n not in emb} | head,
+                "lora": {n for n in lm_names if ".lora_A." in n or ".lora_B." in n} | head}[policy]
     assert trainable == expected and trainable
     if policy == "bitfit":
         assert not trainable & emb

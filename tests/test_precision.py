@@ -103,9 +103,17 @@ runtime: {{progress: false}}
     rec = _records(tmp_path)[0]
     assert rec["status"] == "ok" and rec["model"]["dtype"] == "float32"
     costs = rec["costs"]
+    # observed, not derived from the settings: the matmuls of training and of the predictions ran in bf16
+    assert costs["train"]["extra"]["observed_compute_dtype"] == "bfloat16"
+    assert costs["predict:rte"]["extra"]["observed_compute_dtype"] == "bfloat16"
     assert costs["train"]["weights_dtype"] == "float32" and costs["train"]["compute_dtype"] == "bfloat16"
     assert costs["predict:rte"]["compute_dtype"] == "bfloat16"
     assert costs["load_model"]["compute_dtype"] == "float32"
+    # and it changed the numbers: the same run without autocast trains and predicts otherwise
+    assert _run(tmp_path, data_dir, text.replace("mixed_precision: bf16", "mixed_precision: 'no'")).exit_code == 0
+    fp32 = next(r for r in _records(tmp_path) if r["spec"]["train"]["mixed_precision"] == "no")
+    assert fp32["costs"]["train"]["extra"]["observed_compute_dtype"] == "float32"
+    assert fp32["method_info"]["train_losses"] != rec["method_info"]["train_losses"]
     # an explicit bfloat16 model cannot be fully fine-tuned: the run fails with the reason
     result = _run(tmp_path, data_dir, text.replace(f"model: {tiny_models['opt']}",
                                                    f"model: {{name: {tiny_models['opt']}, dtype: bfloat16}}"))

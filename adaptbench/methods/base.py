@@ -48,6 +48,7 @@ class Predictions:
     log_norm: np.ndarray | None = None  # (n,) full-vocabulary log normaliser, where the method has one
     tokens: int = 0
     padded_tokens: int = 0
+    compute_dtype: str | None = None  # what the scoring's matmuls ran in, where observed
 
     @property
     def scored(self) -> np.ndarray:

@@ -12,7 +12,7 @@ from ..errors import RunSkipped
 from ..metrics import eval_set_metrics
 from ..saving import save_adapted
 from ..packing import packing_unsupported
-from ..precision import autocast, check_master_weights
+from ..precision import ObservedDtype, autocast, check_master_weights
 from ..scoring import batched_logits
 from ..trainable import apply_policy
 from ..training import TrainItem, train
@@ -60,6 +60,8 @@ class FineTuneMethod(Method):
                         packed=packed, on_step=ctx.tracker.step)
             phase.tokens, phase.padded_tokens = log.tokens, log.padded_tokens
             phase.extra.update(steps=log.steps, epochs=log.epochs)  # evaluation points: costs["eval_points"]
+            if log.compute_dtype:
+                phase.extra["observed_compute_dtype"] = log.compute_dtype
         ctx.info.update(train_examples=len(items), steps=log.steps, train_losses=[round(x, 5) for x in log.losses],
                         history=log.history, distributed_type=log.distributed_type, processes=log.processes)
         chosen = None
@@ -144,7 +146,8 @@ class FineTunedPredictor:
     def predict(self, examples, name: str) -> Predictions:
         if self.stored is not None:  # scored at the selected evaluation point during training
             return Predictions(self.stored[name])
+        observed = ObservedDtype(self.model)
         with self.ctx.progress(f"{self.ctx.spec.method} {name}", len(examples)) as advance, \
                 autocast(self.ctx.loaded.device, self.ctx.spec.train.mixed_precision):  # as in training
             logits, tokens, padded = score_examples(self.ctx, self.model, examples, advance)
-        return Predictions(logits, None, tokens, padded)
+        return Predictions(logits, None, tokens, padded, observed.close())
