@@ -36,8 +36,19 @@ class PromptSpec(Strict):
     target_prefix: str | None = Field(None, description="text between pattern and answer, e.g. ' answer:'")
     separator: str | None = Field(None, description="between demonstrations")
     verbalizer: list[str] | dict[str, str] | None = Field(
-        None, description="one single-token word per label (list in label order, or label -> word)")
+        None, description="one single-token word per label (list in label order, or label -> word; a label "
+                          "written as a number or boolean is its name)")
     instruction: str = Field("", description="text before the demonstrations")
+
+    @field_validator("verbalizer", mode="before")
+    @classmethod
+    def _label_keys(cls, v):
+        """``{0: " No", 1: " Yes"}``: YAML reads the keys as numbers; they name labels, as text."""
+        if isinstance(v, dict):
+            from .tasks.user import label_name
+
+            return {label_name(k) if isinstance(k, (bool, int, float)) else k: w for k, w in v.items()}
+        return v
 
 
 class UserTaskSpec(Strict):
@@ -49,8 +60,10 @@ class UserTaskSpec(Strict):
     validation: str = Field(description="file of the in-domain eval set, or its split name with hub")
     text_fields: list[str] = Field(min_length=1, max_length=2)
     label_field: str = "label"
-    labels: list[str | int] = Field(min_length=2, description="label values in label-id order (for a hub "
-                                                              "class-label column: its names or integer codes)")
+    labels: list[bool | int | str] = Field(min_length=2, description="label values in label-id order, as they are "
+                                                                    "in the data (strings, numbers or booleans; "
+                                                                    "for a hub class-label column: its names or "
+                                                                    "integer codes)")
     ood: dict[str, str] = Field(default_factory=dict, description="name -> file (or hub split) of extra eval sets")
     hub: str | None = Field(None, description="a hub dataset id (org/name) or a local dataset folder, loaded "
                                               "with datasets.load_dataset")
@@ -247,11 +260,12 @@ def expand(raw: dict, source: str = "<config>") -> tuple[SweepConfig, list[RunSp
         base = {k: v for k, v in raw.items() if k != "include"}
         blocks = [_merge(base, block) for block in includes]
     sweep, runs = None, []
+    overrides = getattr(raw, "overrides", {})
     for i, block in enumerate(blocks):
         where = f"{source} (include[{i}])" if includes is not None else source
         block = _with_preset(block, where)
         for variant in _grid_variants(block, where):
-            sweep_i = _validate(SweepConfig, variant, where)
+            sweep_i = _validate(SweepConfig, variant, where, overrides)
             sweep = sweep or sweep_i
             runs += _cells(sweep_i, where)
     seen: dict[str, RunSpec] = {}
@@ -278,10 +292,24 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+#: Settings that are not a run's: ``grid:`` over them would silently use one value for the whole sweep.
+NOT_SWEEPABLE = {"name": "it names the sweep's results folder -- make one sweep per name",
+                 "output_dir": "it is where the sweep's results go -- make one sweep per folder",
+                 "runtime": "runtime options do not change a run's result -- set them once",
+                 "grid": "a grid cannot sweep the grid", "include": "include blocks are expanded on their own",
+                 "preset": "presets fill settings before the grid is expanded -- use include blocks, one per preset"}
+
+
 def _grid_variants(block: dict, source: str) -> list[dict]:
     grid = block.get("grid") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
         raise ConfigError(f"{source}: grid must map dotted settings to lists of values")
+    for key in grid:
+        first = ALIASES.get(str(key).split(".")[0], str(key).split(".")[0])
+        if first in NOT_SWEEPABLE:
+            raise ConfigError(f"{source}: grid: {key!r} cannot be swept: {NOT_SWEEPABLE[first]}")
+        if not grid[key]:
+            raise ConfigError(f"{source}: grid: {key!r} has no values (an empty list would make no runs)")
     out = []
     for values in itertools.product(*grid.values()):
         cfg = copy.deepcopy(block)
@@ -333,11 +361,11 @@ def _check_api(model, method: str, cd, source: str) -> None:
                           f"cd.target: labels")
 
 
-def _validate(model_cls: type[BaseModel], data: dict, source: str):
+def _validate(model_cls: type[BaseModel], data: dict, source: str, overrides: dict | None = None):
     try:
         return model_cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_errors(e, source, model_cls)) from None
+        raise ConfigError(format_errors(e, source, model_cls, overrides)) from None
 
 
 def _allowed(model_cls: type[BaseModel], loc: tuple) -> list[str]:
@@ -364,37 +392,91 @@ def _model_in(annotation) -> type[BaseModel] | None:
     return _model_in(origin) if origin is not None and origin is not annotation else None
 
 
-def format_errors(e: ValidationError, source: str, model_cls: type[BaseModel]) -> str:
-    lines = [f"{source}: invalid config"]
-    for err in e.errors():
+# Locations of union members in pydantic's errors ("constrained-int", "literal['auto']", "function-after[...]",
+# a model's class name): how pydantic tells the members apart, never a setting's name.
+_UNION_TAG = re.compile(r"^(?:constrained-\w+|[a-z-]+\[.*\]|str|int|float|bool|none|[A-Z]\w*)$")
+
+
+def _where(loc: tuple) -> str:
+    parts = [p for p in loc if p not in (_BY_NAME, _INLINE) and not (isinstance(p, str) and _UNION_TAG.match(p))]
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".") or "(top level)"
+
+
+def _message(err: dict, model_cls: type[BaseModel]) -> str:
+    if err["type"] == "extra_forbidden":
         loc = tuple(p for p in err["loc"] if p not in (_BY_NAME, _INLINE))
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed(model_cls, loc[:-1])
-            msg = "unknown field" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        lines.append(f"  - {where}: {msg}")
+        allowed = _allowed(model_cls, loc[:-1])
+        return "unknown field" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+    if err["type"] == "missing":
+        return "required field is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if isinstance(value, str) and "," in value and err["type"] in ("int_type", "float_type", "list_type"):
+        msg += f" -- for a list, write [{value}]"
+    return msg
+
+
+def format_errors(e: ValidationError, source: str, model_cls: type[BaseModel], overrides: dict | None = None) -> str:
+    """One line per setting at fault: where (without pydantic's union tags), what is wrong, the value given;
+    a setting given on the command line is named as the override it came from."""
+    lines, by_where = [f"{source}: invalid config"], {}
+    for err in e.errors():
+        where = _where(err["loc"])
+        msgs = by_where.setdefault(where, [[], err.get("input")])[0]
+        if (msg := _message(err, model_cls)) not in msgs:
+            msgs.append(msg)
+    for where, (msgs, value) in by_where.items():
+        given = "" if "required field is missing" in msgs or "unknown field" in msgs[0] or isinstance(
+            value, (dict, list)) else f" (got {value!r})"
+        setting = re.sub(r"\[\d+\]", "", where)  # model[0].dtype is the setting model.dtype
+        origin = next((f" (from the override {typed})" for k, typed in (overrides or {}).items()
+                       if setting == k or setting.startswith(f"{k}.") or where.startswith(f"{k}[")), "")
+        lines.append(f"  - {where}: {'; or '.join(msgs)}{given}{origin}")
     return "\n".join(lines)
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with the booleans of YAML 1.2 (true/false only).  YAML 1.1 also reads yes/no/on/off as
-    booleans, which silently turns a label or verbalizer key named ``no`` into ``False``."""
+    """YAML with the booleans and numbers of YAML 1.2: true/false only (YAML 1.1 also reads yes/no/on/off as
+    booleans, which silently turns a label or verbalizer key named ``no`` into ``False``), and ``1e-5`` is a
+    number (YAML 1.1 wants ``1.0e-5``).  A key given twice in one mapping is an error naming both lines:
+    YAML keeps the last one silently, and a second ``train:`` block would discard the first."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice in one mapping (line {seen[key] + 1} and line "
+                                    f"{key_node.start_mark.line + 1}); YAML would keep the second silently -- "
+                                    f"merge them or remove one", key_node.start_mark)
+                seen.setdefault(key, key_node.start_mark.line)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float",
+                                                             "tag:yaml.org,2002:int")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(  # integers without YAML 1.1's base-60 (1:30 is text, not 90)
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0o[0-7_]+)$"),
+    list("-+0123456789"))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
+_Loader.add_implicit_resolver(  # YAML 1.2 core schema floats: 1e-5, 1.0e-5, .5, -2.5E+3, .inf, .nan
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
 
 
 def yaml_load(text):
     return yaml.load(text, Loader=_Loader)
 
 
+MODEL_RUN_SETTINGS = ("dtype", "device")  # what model=X on the command line keeps of the file's model
 ALIASES = {"seeds": "data_seeds", "models": "model", "tasks": "task", "methods": "method"}
 
 
@@ -413,7 +495,9 @@ def _set_dotted(cfg: dict, key: str, value: Any, source: str) -> None:
         node = child
     last = parts[-1]
     if last == "model" and isinstance(node.get("model"), dict) and isinstance(value, str):
-        node["model"] = {**node["model"], "name": value}  # keep dtype/device set in the file
+        # another model keeps how the file runs models (dtype, device), nothing of the old model's own:
+        # not its GGUF file, tokenizer or revision, and never its trust_remote_code
+        node["model"] = {**{k: v for k, v in node["model"].items() if k in MODEL_RUN_SETTINGS}, "name": value}
     else:
         node[last] = value
 
@@ -430,6 +514,13 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
         out.append((key.strip(), value))
     return out
+
+
+class RawConfig(dict):
+    """A config as read, overrides applied; ``overrides`` maps each overridden setting (its dotted name, aliases
+    resolved) to the override as typed, so that an error in it names the override, not the file."""
+
+    overrides: dict[str, str]
 
 
 def load_raw(path: str, overrides: list[str] = ()) -> dict:
@@ -450,9 +541,13 @@ def load_raw(path: str, overrides: list[str] = ()) -> dict:
         raise ConfigError(f"{path}: empty config")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of settings, got {type(raw).__name__}")
+    raw = RawConfig(raw)
     raw.setdefault("name", os.path.splitext(os.path.basename(path))[0])
-    for key, value in parse_overrides(list(overrides)):
+    raw.overrides = {}
+    for item, (key, value) in zip(overrides, parse_overrides(list(overrides))):
         _set_dotted(raw, key, value, path)
+        parts = key.split(".")
+        raw.overrides[".".join([ALIASES.get(parts[0], parts[0]), *parts[1:]])] = item
     return raw
 
 

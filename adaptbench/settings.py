@@ -13,7 +13,10 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativ
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown fields are errors, and no value is coerced into another type: ``shots: true`` is not 1, ``balanced:
+    "no"`` is not false (a float field takes an integer, nothing else)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ModelSpec(Strict):
@@ -40,6 +43,18 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _api_fields(self):
+        if self.base_url is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.base_url)
+            if parts.query or parts.fragment:
+                raise ValueError("base_url must not carry a query string or fragment (the openai client drops or "
+                                 "mangles it, and a key there would be written wherever the URL is); put the key in "
+                                 "the environment variable named by api_key_env")
+            if parts.password:
+                from .secrets import register_credentials
+
+                register_credentials(parts.username or "", parts.password)  # records show ***@host
         local = ("gguf_file", "tokenizer", "revision")
         remote = [f for f in ("base_url", "api_key_env", "top_logprobs") if getattr(self, f) is not None]
         if self.api is not None:

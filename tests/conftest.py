@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 # Tests never touch the network: hub lookups fail at once instead of retrying.
@@ -118,6 +119,21 @@ def smollm2_path() -> str | None:
     except importlib.metadata.PackageNotFoundError:
         return None
     return next((str(f.locate()) for f in files if f.name.endswith(".gguf")), None)
+
+
+def with_settings(base: str, extra: str) -> str:
+    """``base`` (a config's text) with the top-level settings of ``extra`` replacing its own: a config that
+    repeats a key is refused (YAML would keep the last one silently)."""
+    keys = {m.group(1) for m in re.finditer(r"^([A-Za-z_]\w*):", extra, re.M)}
+    kept, dropping = [], False
+    for line in base.splitlines(keepends=True):
+        if (m := re.match(r"([A-Za-z_]\w*):", line)) is not None:
+            dropping = m.group(1) in keys
+        elif not line.startswith((" ", "\t", "-")):  # a comment or blank line ends a dropped block
+            dropping = False
+        if not dropping:
+            kept.append(line)
+    return "".join(kept) + extra
 
 
 def write_config(folder: Path, text: str, name: str = "sweep.yaml") -> str:

@@ -16,13 +16,13 @@ from adaptbench.tasks.formats import read_hans
 from adaptbench.tasks.schema import DatasetDef, LabelScheme
 from adaptbench.tasks.sources import Split, read_jsonl, to_examples
 
-from .conftest import write_config
+from .conftest import with_settings, write_config
 from .test_config import BASE
 
 
 @pytest.mark.parametrize("text,match", [
-    (BASE + "name: ..\n", r"name: .*would put the results in the output folder itself or above it"),
-    (BASE + "name: .\n", r"name: .*would put the results"),
+    (with_settings(BASE, "name: ..\n"), r"name: .*would put the results in the output folder itself or above it"),
+    (with_settings(BASE, "name: .\n"), r"name: .*would put the results"),
     (BASE.replace("data_seeds: 3", "data_seeds: [-1]"), r"data_seeds\[0\]: Input should be greater than or equal to 0"),
 ])
 def test_names_and_seeds(tmp_path, text, match):

@@ -22,7 +22,7 @@ from adaptbench.sampling import few_shot_sample, unlabeled_sample
 from adaptbench.scoring import lm_parts, score
 from adaptbench.settings import CDSettings
 
-from .conftest import _corpus, save_tiny_model
+from .conftest import _corpus, save_tiny_model, with_settings
 from .test_run import _records, _run
 
 
@@ -69,7 +69,7 @@ def test_leave_one_out_contexts_and_cached_equals_online(tiny_models, rte):
 
 
 def _cd_config(model: str, extra: str = "") -> str:
-    return f"""# adaptbench run sweep.yaml
+    return with_settings(f"""# adaptbench run sweep.yaml
 name: t
 model: {model}
 task: rte
@@ -81,7 +81,7 @@ cd: {{unlabeled: 4}}
 train: {{max_steps: 60, batch_size: 8, lr: 3.0e-3, warmup_ratio: 0.0, schedule: constant, save: true}}
 eval: {{max_examples: 6}}
 runtime: {{progress: false}}
-{extra}"""
+""", extra)
 
 
 def _student_distribution(model_dir: str, rec: dict, queries_from: list) -> np.ndarray:

@@ -16,6 +16,7 @@ from adaptbench.prompts import Prompt, PromptEncoder
 from adaptbench.report import make_report
 from adaptbench.scoring import PrefixCache, lm_parts, sequence_hidden, vocab_logits
 
+from .conftest import with_settings
 from .test_cd import other_tokenizer_model, sharp_llama  # noqa: F401  (fixtures)
 from .test_run import _records, _run
 
@@ -126,7 +127,7 @@ def test_loss_with_top_k_of_the_whole_vocabulary_is_the_full_kl(tiny_models, tok
 
 
 def _config(model: str, cd: str, extra: str = "") -> str:
-    return f"""# adaptbench run sweep.yaml
+    return with_settings(f"""# adaptbench run sweep.yaml
 name: t
 model: {model}
 task: none
@@ -137,7 +138,7 @@ data_seeds: [0]
 cd: {{target: sequence, {cd}}}
 train: {{max_steps: 40, batch_size: 4, lr: 3.0e-3, warmup_ratio: 0.0, schedule: constant}}
 runtime: {{progress: false}}
-{extra}"""
+""", extra)
 
 
 def _files(tmp_path, chat: bool = False):

@@ -11,7 +11,7 @@ import pytest
 from adaptbench.config import expand, load_raw, load_sweep
 from adaptbench.errors import ConfigError
 
-from .conftest import REPO, write_config
+from .conftest import REPO, with_settings, write_config
 
 BASE = """
 name: t
@@ -32,7 +32,7 @@ def test_expansion_counts_and_seed_shorthand(tmp_path):
 
 
 def test_overrides_models_and_aliases(tmp_path):
-    path = write_config(tmp_path, BASE + "model: {name: some/model, dtype: bfloat16}\n")
+    path = write_config(tmp_path, with_settings(BASE, "model: {name: some/model, dtype: bfloat16}\n"))
     _, runs = load_sweep(path, ["model=facebook/opt-1.3b", "seeds=2", "icl.prefix_cache=false"])
     assert runs[0].model.name == "facebook/opt-1.3b" and runs[0].model.dtype == "bfloat16"  # dtype kept
     assert len(runs) == 4 and runs[0].icl.prefix_cache is False
@@ -55,7 +55,7 @@ def test_run_ids_stable_across_processes(tmp_path):
 
 
 def test_grid_over_any_setting(tmp_path):
-    path = write_config(tmp_path, BASE + "grid: {icl.prefix_cache: [true, false], eval.max_examples: [10, 20]}\n")
+    path = write_config(tmp_path, with_settings(BASE, "grid: {icl.prefix_cache: [true, false], eval.max_examples: [10, 20]}\n"))
     _, runs = load_sweep(path)
     assert len(runs) == 6 * 4
     assert {(r.icl.prefix_cache, r.eval.max_examples) for r in runs} == {(True, 10), (True, 20), (False, 10),
@@ -63,14 +63,14 @@ def test_grid_over_any_setting(tmp_path):
 
 
 @pytest.mark.parametrize("text,match", [
-    (BASE + "icl: {prefix_cash: true}\n", r"icl.prefix_cash: unknown field \(allowed: prefix_cache\)"),
-    (BASE + "shotz: 3\n", r"shotz: unknown field \(allowed: .*shots"),
+    (with_settings(BASE, "icl: {prefix_cash: true}\n"), r"icl.prefix_cash: unknown field \(allowed: prefix_cache\)"),
+    (with_settings(BASE, "shotz: 3\n"), r"shotz: unknown field \(allowed: .*shots"),
     (BASE.replace("method: icl", "method: magic"), "unknown method 'magic'; methods: icl"),
     (BASE.replace("shots: [4, 8]", "shots: [-1]"), r"shots\[0\]: Input should be greater than or equal to 0"),
-    (BASE + "model: {dtype: float16}\n", r"model\[0\].name: required field is missing"),
-    (BASE + "model: {name: x, dtype: fp8}\n", r"model\[0\].dtype: Input should be 'auto'"),
-    (BASE + "task: {name: mine, train: a.csv}\n", r"task\[0\].validation: required field is missing"),
-    (BASE + "data_seeds: 0\n", "a seed count must be >= 1"),
+    (with_settings(BASE, "model: {dtype: float16}\n"), r"model\[0\].name: required field is missing"),
+    (with_settings(BASE, "model: {name: x, dtype: fp8}\n"), r"model\[0\].dtype: Input should be 'auto'"),
+    (with_settings(BASE, "task: {name: mine, train: a.csv}\n"), r"task\[0\].validation: required field is missing"),
+    (with_settings(BASE, "data_seeds: 0\n"), "a seed count must be >= 1"),
     (BASE.replace("method: icl", "method: cd") + "cd: {context_tokens: 512}\n",
      r"cd: .*cd.context_tokens applies to cd.target: sequence only \(this target is 'labels'\)"),
     (BASE.replace("method: icl", "method: cd") + "cd: {target: sequence, top_k: 64}\n",
@@ -95,10 +95,10 @@ def test_malformed_yaml_and_overrides(tmp_path):
 
 def test_yes_and_no_stay_strings(tmp_path):
     """YAML 1.1 would read `no`/`yes` as booleans: a label or verbalizer key named no/yes must survive."""
-    raw = load_raw(write_config(tmp_path, BASE + "task: {name: m, train: a.csv, validation: b.csv, "
-                                                "text_fields: [t], labels: [no, yes]}\n"), ["runtime.progress=off"])
+    raw = load_raw(write_config(tmp_path, with_settings(BASE, "task: {name: m, train: a.csv, validation: b.csv, "
+                                                "text_fields: [t], labels: [no, yes]}\n")), ["runtime.progress=off"])
     assert raw["task"]["labels"] == ["no", "yes"] and raw["runtime"]["progress"] == "off"
-    assert load_raw(write_config(tmp_path, BASE + "icl: {prefix_cache: false}\n"))["icl"]["prefix_cache"] is False
+    assert load_raw(write_config(tmp_path, with_settings(BASE, "icl: {prefix_cache: false}\n")))["icl"]["prefix_cache"] is False
 
 
 def test_include_blocks_and_method_settings(tmp_path):
@@ -128,7 +128,7 @@ def test_train_presets_and_policy_checks(tmp_path):
     with pytest.raises(ConfigError, match="pbft adds no head"):
         load_sweep(write_config(tmp_path, BASE.replace("method: icl", "method: pbft") + "trainable: head\n"))
     with pytest.raises(ConfigError, match=r"include\[0\]"):
-        load_sweep(write_config(tmp_path, BASE + "include: [{method: pbft, train: {lr: -1}}]\n"))
+        load_sweep(write_config(tmp_path, with_settings(BASE, "include: [{method: pbft, train: {lr: -1}}]\n")))
 
 
 def test_duplicate_cells_collapse():

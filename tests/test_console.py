@@ -51,8 +51,8 @@ def test_show_a_run_by_id_folder_and_sweep(tmp_path, data_dir, tiny_models):
 
 
 def test_a_failed_run_says_why_on_its_line(tmp_path, data_dir, tiny_models):
-    result = _run(tmp_path, data_dir, _config(tiny_models["llama"], seeds=1) + "data_seeds: [0]\n"
-                  "include:\n  - {method: icl}\n  - {method: icl, shots: 400}\n")
+    result = _run(tmp_path, data_dir, _config(tiny_models["llama"], "data_seeds: [0]\n"
+                  "include:\n  - {method: icl}\n  - {method: icl, shots: 400}\n", seeds=1))
     lines = [line for line in result.output.splitlines() if re.match(r"\[\d/2\] ", line)]
     assert len(lines) == 2
     skipped = [line for line in lines if " skipped " in line]

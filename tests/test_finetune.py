@@ -22,7 +22,7 @@ from adaptbench.trainable import apply_policy
 from adaptbench.training import TrainItem, train
 from adaptbench.progress import make_progress
 
-from .conftest import write_config
+from .conftest import with_settings, write_config
 from .test_run import _records, _run
 
 # Token and position embeddings and the LM head, by module name (OPT, Llama, GPT-2): BitFit leaves them frozen.
@@ -108,7 +108,7 @@ def test_pbft_logits_equal_full_vocabulary_path(tiny_models, rte_sample):
 
 
 def _ft_config(model: str, extra: str = "") -> str:
-    return f"""# adaptbench run sweep.yaml
+    return with_settings(f"""# adaptbench run sweep.yaml
 name: t
 model: {model}
 task: rte
@@ -119,7 +119,7 @@ data_seeds: [0]
 train: {{max_steps: 4, batch_size: 4, lr: 1e-3, eval_every: 2, select: last}}
 eval: {{max_examples: 10}}
 runtime: {{progress: false}}
-{extra}"""
+""", extra)
 
 
 def test_same_seeds_same_metrics_and_learning_curves(tmp_path, data_dir, tiny_models):

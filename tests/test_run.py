@@ -10,13 +10,13 @@ from typer.testing import CliRunner
 
 from adaptbench.cli import app
 
-from .conftest import save_tiny_model, write_config
+from .conftest import save_tiny_model, with_settings, write_config
 
 runner = CliRunner()
 
 
 def _config(model: str, extra: str = "", seeds: int = 2, max_examples: int = 12) -> str:
-    return f"""# adaptbench run sweep.yaml
+    return with_settings(f"""# adaptbench run sweep.yaml
 name: t
 model: {model}
 task: rte
@@ -26,7 +26,7 @@ data_seeds: {seeds}
 eval:
   max_examples: {max_examples}
 runtime: {{progress: false}}
-{extra}"""
+""", extra)
 
 
 def _run(tmp_path: Path, data_dir: str, text: str, *args: str):

@@ -78,8 +78,13 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
+def label_name(value) -> str:
+    """A label value as the task names it: booleans as YAML and JSON spell them (``true``), others as text."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value).strip()
+
+
 def _label_index(value, labels: tuple[str, ...]) -> int | None:
-    for candidate in (str(int(value)), value.name) if isinstance(value, _ClassValue) else (str(value).strip(),):
+    for candidate in (str(int(value)), value.name) if isinstance(value, _ClassValue) else (label_name(value),):
         if candidate in labels:
             return labels.index(candidate)
     return None
@@ -103,7 +108,9 @@ def validated_rows(origin: str, records: list[tuple[int, dict]], text_fields: tu
         raise DataError(f"{origin}: no rows (only a header, or an empty file)")
     for i, (line, row) in enumerate(records):
         for f in (*text_fields, label_field):
-            if row.get(f) is None:
+            if f in row and row[f] is None:
+                raise DataError(f"{origin}: {unit} {line}: field {f!r} is null (empty)")
+            if f not in row:
                 raise DataError(f"{origin}: {unit} {line}: no field {f!r} (fields: {', '.join(map(str, row))})")
         label = _label_index(row[label_field], labels)
         if label is None:
@@ -141,7 +148,7 @@ def build_user_task(name: str, files: dict[str, str], text_fields: list[str], la
     or, with ``hub``, the named splits of that hub dataset (``ood`` values are then split names too)."""
     if not 1 <= len(text_fields) <= 2:
         raise DataError(f"task {name!r}: text_fields must name one or two columns, got {text_fields}")
-    label_names = tuple(str(v) for v in labels)
+    label_names = tuple(label_name(v) for v in labels)
     if len(set(label_names)) != len(label_names) or len(label_names) < 2:
         raise DataError(f"task {name!r}: labels must be at least two distinct values, got {labels}")
     all_files = {**files, **{f"ood:{k}": v for k, v in ood.items()}}
