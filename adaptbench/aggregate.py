@@ -50,8 +50,10 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     per_run = ok.drop_duplicates("run_id").copy()
     per_run[keys] = per_run[keys].astype(object).where(per_run[keys].notna(), "")
     measured = [c for c in DISTILLED if c in per_run and per_run[c].notna().any()]
+    dropped = {"train_dropped": ("train_dropped", "sum")} if "train_dropped" in per_run and (
+        per_run["train_dropped"].fillna(0) > 0).any() else {}
     out = per_run.groupby(keys, sort=False, dropna=False).agg(
-        n=("run_id", "count"), **{f"{c}": (c, "mean") for c in COSTS + measured}).reset_index()
+        n=("run_id", "count"), **{f"{c}": (c, "mean") for c in COSTS + measured}, **dropped).reset_index()
     for name in eval_set_order(overall):
         part = overall[overall["eval_set"] == name].copy()
         part[keys] = part[keys].astype(object).where(part[keys].notna(), "")
@@ -117,6 +119,8 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     for col, header, fmt in DISTILLED_DISPLAY:
         if col in summary:
             shown[header] = summary[col].map(lambda v, fmt=fmt: "-" if pd.isna(v) else fmt.format(v))
+    if "train_dropped" in summary:  # examples fine-tuning left out (longer than the window), summed over runs
+        shown["train dropped"] = summary["train_dropped"].map(lambda v: f"{int(v)}" if v else "-")
     shown["adapt s"] = summary["adapt_seconds"].map(lambda v: f"{v:.1f}")
     shown["eval s"] = summary["eval_seconds"].map(lambda v: f"{v:.1f}")
     shown["peak GiB"] = summary["peak_memory_gib"].map(lambda v: f"{v:.2f}")

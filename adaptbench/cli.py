@@ -7,9 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import AdaptbenchError
+from .secrets import redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Which adaptation method should I use, and what does it cost? "
@@ -19,9 +21,27 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
+def _show_notices() -> None:
+    """adaptbench's own notices (errors.Notice) as ``warning: ...`` lines; other warnings as Python shows them."""
+    import warnings
+
+    from .errors import Notice
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, Notice):
+            err.print("[bold yellow]warning:[/] ", end="")
+            err.print(str(message), markup=False, highlight=False, soft_wrap=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def _fail(e: AdaptbenchError) -> None:
     err.print("[bold red]error:[/] ", end="")
-    err.print(str(e), markup=False, highlight=False, soft_wrap=True)  # no hard breaks inside paths
+    err.print(redact(str(e)), markup=False, highlight=False, soft_wrap=True)  # no hard breaks inside paths
     raise typer.Exit(2)
 
 
@@ -55,6 +75,7 @@ def run(
     from .summary import problems, run_line, run_table
 
     distributed.init()  # under accelerate launch / torchrun: join the process group
+    _show_notices()
     if not distributed.is_main():  # only rank 0 talks
         out.quiet = err.quiet = True
     try:
@@ -67,8 +88,8 @@ def run(
             _print_plan(plan, {r.run_id for r in todo})
             _print_api_plan(plan, todo)
             return
-        err.print(f"[bold]{plan.sweep.name}[/]: {len(plan.runs)} runs, {len(done)} already done, "
-                  f"{len(todo)} to run -> {plan.sweep_dir}")
+        err.print(f"[bold]{escape(plan.sweep.name)}[/]: {len(plan.runs)} runs, {len(done)} already done, "
+                  f"{len(todo)} to run -> {escape(plan.sweep_dir)}")
 
         def on_record(i, n, rec):
             err.print(run_line(rec, i, n), highlight=False, soft_wrap=True)
@@ -78,15 +99,16 @@ def run(
         recs = run_sweep(plan, force, retry_failed, on_record, jobs=jobs, executor=executor, executor_options=options)
         if executor == "slurm" and not wait:
             err.print(f"submitted; logs in {plan.sweep_dir}/jobs. Check with `adaptbench report {plan.sweep_dir}`, "
-                      "or run the same command again: it submits only runs that are neither done nor in flight")
+                      "or run the same command again: it submits only runs that are neither done nor in flight",
+                      markup=False)
             return
     except AdaptbenchError as e:
         _fail(e)
-    out.print(run_table(recs, title=f"{plan.sweep.name} ({plan.sweep_dir})"))
+    out.print(run_table(recs, title=f"{plan.sweep.name} ({plan.sweep_dir})", width=out.width))
     if len(recs) < len(plan.runs):
         err.print(f"{len(plan.runs) - len(recs)} runs are being run by another writer on this folder; their records "
                   f"appear there when it finishes them (`adaptbench report {plan.sweep_dir}` collects all)",
-                  highlight=False, soft_wrap=True)
+                  markup=False, highlight=False, soft_wrap=True)
     for line in problems(recs):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     if any(r["status"] == "failed" for r in recs):
@@ -116,7 +138,8 @@ def _print_api_plan(plan, todo) -> None:
         tokens = p["approx_prompt_tokens"]  # of the requests not yet cached
         total_requests, total_tokens = total_requests + p["requests"], total_tokens + tokens
         err.print(f"{run.run_id[:8]} {run.method} {run.model.name if run.model.api else run.cd.teacher.name}: "
-                  f"{p['requests']} requests ({p['cached']} cached), ~{tokens:,} prompt tokens", highlight=False)
+                  f"{p['requests']} requests ({p['cached']} cached), ~{tokens:,} prompt tokens", markup=False,
+                  highlight=False)
     cost = (f", ~{total_tokens / 1000 * prices.price_per_1k_prompt:.2f} for prompt tokens"
             if prices.price_per_1k_prompt is not None else "")
     err.print(f"api: {total_requests} requests and ~{total_tokens:,} prompt tokens to send (estimated at 4 "
@@ -131,21 +154,24 @@ def report(
     """Tables (Markdown, CSV), plots (PNG, SVG) and one offline HTML page from finished runs."""
     from .report import make_report
 
-    rep = make_report(results_dir, out_dir)
+    try:
+        rep = make_report(results_dir, out_dir)
+    except AdaptbenchError as e:
+        _fail(e)
     if rep.table.empty:
-        err.print(f"no finished runs under {results_dir}")
+        err.print(f"no finished runs under {results_dir}", markup=False)
     else:
-        table = Table(title=f"{results_dir}: mean ± std over seeds", header_style="bold", box=None,
+        table = Table(title=escape(f"{results_dir}: mean ± std over seeds"), header_style="bold", box=None,
                       padding=(0, 1), pad_edge=False)
         for col in rep.table.columns:
-            table.add_column(str(col), no_wrap=True, justify="left" if col in ("model", "task", "method",
-                                                                              "trainable") else "right")
+            table.add_column(escape(str(col)), no_wrap=True, justify="left" if col in ("model", "task", "method",
+                                                                                      "trainable") else "right")
         for row in rep.table.itertuples(index=False):
-            table.add_row(*[str(v) for v in row])
+            table.add_row(*[escape(str(v)) for v in row])
         out.print(table)
     for line in rep.problems:
         err.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
-    err.print(f"wrote {len(rep.files)} files to {rep.out_dir} (open {rep.out_dir}/report.html)")
+    err.print(f"wrote {len(rep.files)} files to {rep.out_dir} (open {rep.out_dir}/report.html)", markup=False)
 
 
 @app.command()
@@ -163,8 +189,9 @@ def show(
     except AdaptbenchError as e:
         _fail(e)
     if isinstance(found, list):  # a folder of several runs: which one?
-        out.print(run_table(found, title=f"{target}: {len(found)} runs"))
-        err.print(f"pass one run id to see it: adaptbench show {found[0]['run_id'][:8]} --results-dir {target}")
+        out.print(run_table(found, title=f"{target}: {len(found)} runs", width=out.width))
+        err.print(f"pass one run id to see it: adaptbench show {found[0]['run_id'][:8]} --results-dir {target}",
+                  markup=False)
         return
     out.print(render(*found))
 

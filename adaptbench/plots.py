@@ -16,6 +16,7 @@ from collections import defaultdict
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
+import matplotlib.ticker  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -116,6 +117,16 @@ def in_vs_out(df: pd.DataFrame, out_dir: str) -> list[tuple[str, list[str]]]:
     return figures
 
 
+def shots_axis(ax, shots: list[int]) -> None:
+    """A log-2 axis with a tick at each number of shots, labelled as the number (4, 16 -- not 2², 2⁴); labels
+    turn when there are many, so they never overlap."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(shots, [str(int(k)) for k in shots])
+    ax.minorticks_off()
+    if len(shots) > 6:
+        ax.tick_params(axis="x", labelrotation=45)
+
+
 def accuracy_vs_shots(df: pd.DataFrame, out_dir: str) -> list[tuple[str, list[str]]]:
     ok = _overall(df)
     figures = []
@@ -132,7 +143,7 @@ def accuracy_vs_shots(df: pd.DataFrame, out_dir: str) -> list[tuple[str, list[st
                 ax.plot(stats.index, stats["mean"], marker="o", color=colors[lab], label=lab)
                 ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                                 color=colors[lab], alpha=0.15)
-            ax.set_xscale("log", base=2)
+            shots_axis(ax, sorted(part["shots"].unique()))
             ax.set(xlabel="shots (k)", ylabel="accuracy", title=name)
             ax.grid(alpha=0.3)
         caption = f"{model}, {task}: accuracy vs number of shots; bands are one standard deviation over seeds."
@@ -160,6 +171,8 @@ def accuracy_vs_cost(df: pd.DataFrame, out_dir: str) -> list[tuple[str, list[str
             ax.set(xlabel=xlabel, ylabel=f"in-domain accuracy ({task})")
             ax.grid(alpha=0.3)
         axes[0].set_xscale("log")
+        axes[0].xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels crowd a log axis
         caption = (f"{model}, {task}: in-domain accuracy against what a run costs (means over seeds, bars: one "
                    "standard deviation); time is adaptation plus evaluation, model loading left out.")
         figures.append(_finish(fig, axes[1], f"{model}: {task} accuracy vs cost", caption, out_dir,

@@ -16,7 +16,8 @@ import pandas as pd
 
 from . import plots
 from .aggregate import UNSCORED_NOTE, cost_curve_frame, cost_curves, display_cost_curve, display_frame, summarize
-from .results import read_results, to_frame
+from .errors import AdaptbenchError, ResultsWriteError
+from .results import read_results, sweep_dirs, to_frame
 
 
 @dataclass
@@ -32,8 +33,25 @@ class Report:
 
 
 def make_report(results_dir: str, out_dir: str | None = None) -> Report:
+    """Read every run under ``results_dir`` and write the report's files; a folder that is not there or holds
+    no sweep is an error (nothing is written), as is one the report cannot be written to."""
+    if not os.path.exists(results_dir):
+        raise AdaptbenchError(f"{results_dir}: no such folder (a sweep's results folder, e.g. results/quickstart)")
+    if not os.path.isdir(results_dir):
+        raise AdaptbenchError(f"{results_dir} is a file; give a sweep's results folder (it holds runs/ and "
+                              f"results.jsonl) or a folder of them")
+    if not sweep_dirs(results_dir):
+        raise AdaptbenchError(f"{results_dir}: no sweep results here or one level down (a sweep's folder holds "
+                              f"runs/ and results.jsonl)")
     results = read_results(results_dir)
     out_dir = out_dir or os.path.join(results_dir, "report")
+    try:
+        return _write_report(results, results_dir, out_dir)
+    except OSError as e:
+        raise ResultsWriteError(f"cannot write the report to {out_dir}: {e.strerror or e}") from None
+
+
+def _write_report(results, results_dir: str, out_dir: str) -> Report:
     os.makedirs(out_dir, exist_ok=True)
     df = to_frame(results.records)
     summary = summarize(df) if not df.empty else pd.DataFrame()
@@ -50,7 +68,7 @@ def make_report(results_dir: str, out_dir: str | None = None) -> Report:
         report.files.append(os.path.join(out_dir, "cost_curve.csv"))
 
     csv_path, md_path = os.path.join(out_dir, "summary.csv"), os.path.join(out_dir, "summary.md")
-    spreadsheet_safe(summary).to_csv(csv_path, index=False)
+    spreadsheet_safe(whole_numbers(summary)).to_csv(csv_path, index=False)
     with open(md_path, "w", encoding="utf-8") as f:
         f.write(markdown(report, results_dir))
     report.files += [md_path, csv_path]
@@ -92,6 +110,20 @@ def side_by_side(records: list[dict]) -> list[tuple[str, str, list[dict]]]:
 
 def _md_cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|") or " "
+
+
+COUNTS = ("n", "shots", "trainable_params", "total_params", "train_dropped", "context_tokens")
+
+
+def whole_numbers(df: pd.DataFrame) -> pd.DataFrame:
+    """Counts as integers in the CSV (a mean over runs of one count is a float to pandas: 12.0 params)."""
+    out = df.copy()
+    for col in out.columns:
+        if (col in COUNTS or col.endswith((" unscored", " examples"))) and pd.api.types.is_float_dtype(out[col]):
+            values = out[col].dropna()
+            if (values == values.round()).all():
+                out[col] = out[col].round().astype("Int64")
+    return out
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .records import FINISHED, INDEX, RESULT, index_order, run_totals
+from .records import FINISHED, INDEX, PREDICTIONS, RESULT, index_order, run_totals
 
 KNOWN = {INDEX, "sweep.json", ".lock", "runs", "report", "jobs", "trackers"}  # what a sweep folder may hold
 
@@ -20,9 +21,10 @@ KNOWN = {INDEX, "sweep.json", ".lock", "runs", "report", "jobs", "trackers"}  # 
 class Results:
     records: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # what was skipped and why, for the user
+    found_in: dict[str, list[str]] = field(default_factory=dict)  # run id -> the sweep folders holding it
 
 
-def _sweep_dirs(path: str) -> list[str]:
+def sweep_dirs(path: str) -> list[str]:
     """``path`` itself if it is a sweep folder, else the sweep folders inside it (results/)."""
     if os.path.isfile(os.path.join(path, INDEX)) or os.path.isdir(os.path.join(path, "runs")):
         return [path]
@@ -30,11 +32,12 @@ def _sweep_dirs(path: str) -> list[str]:
                   if os.path.isfile(os.path.join(path, d, INDEX)) or os.path.isdir(os.path.join(path, d, "runs")))
 
 
-def _read_index(sweep: str, out: Results) -> dict[str, dict]:
-    found: dict[str, dict] = {}
+def _index_ids(sweep: str, out: Results) -> set[str]:
+    """The run ids ``results.jsonl`` lists (it is only an index: the run folders are what counts)."""
+    ids: set[str] = set()
     path = os.path.join(sweep, INDEX)
     if not os.path.isfile(path):
-        return found
+        return ids
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -42,61 +45,101 @@ def _read_index(sweep: str, out: Results) -> dict[str, dict]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
-                out.problems.append(f"{path}: line {n} is not a complete JSON record (truncated?); skipped")
+                out.problems.append(f"{path}: line {n} is not a complete JSON record (truncated?); the run folders "
+                                    f"were read instead")
                 continue
-            if not isinstance(rec, dict) or "run_id" not in rec or rec.get("status") not in FINISHED:
-                out.problems.append(f"{path}: line {n} is not a result record; skipped")
-                continue
-            if rec["run_id"] in found:
-                out.problems.append(f"{path}: run {rec['run_id']} appears twice; the later line is used")
-            found[rec["run_id"]] = rec
-    return found
+            if isinstance(rec, dict) and isinstance(rec.get("run_id"), str):
+                ids.add(rec["run_id"])
+    return ids
 
 
-def _read_runs(sweep: str, found: dict[str, dict], out: Results) -> None:
-    runs = os.path.join(sweep, "runs")
-    if not os.path.isdir(runs):
+def _read_run(folder: str, name: str, out: Results) -> dict | None:
+    """A run folder's finished record, or None with the reason noted; its predictions are checked against the
+    rows and SHA-256 the record carries."""
+    path = os.path.join(folder, RESULT)
+    try:
+        with open(path, encoding="utf-8") as f:
+            rec = json.load(f)
+    except FileNotFoundError:
+        out.problems.append(f"{folder}: no {RESULT} (a run that did not finish); ignored")
+        return None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        out.problems.append(f"{path}: unreadable ({type(e).__name__}: truncated or edited?); not counted")
+        return None
+    if not isinstance(rec, dict):
+        out.problems.append(f"{path}: not a result record (a JSON {type(rec).__name__}); not counted")
+        return None
+    if rec.get("status") not in FINISHED or rec.get("run_id") != name:
+        out.problems.append(f"{path}: not the finished record of run {name}; not counted")
+        return None
+    _check_predictions(folder, rec, out)
+    return rec
+
+
+def _check_predictions(folder: str, rec: dict, out: Results) -> None:
+    expected = rec.get("predictions")
+    if not isinstance(expected, dict) or "sha256" not in expected:
         return
-    for name in sorted(os.listdir(runs)):
+    path = os.path.join(folder, PREDICTIONS)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        out.problems.append(f"{path}: missing; run {rec['run_id']}'s record says it has {expected.get('rows')} rows "
+                            f"(its metrics are counted, its predictions cannot be checked)")
+        return
+    if hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        out.problems.append(f"{path}: does not match run {rec['run_id']}'s record (SHA-256 differs: edited or "
+                            f"truncated); its metrics are counted from the record")
+
+
+def _read_sweep(sweep: str, out: Results) -> list[dict]:
+    """Every finished run folder of a sweep; index lines without one are noted, never counted."""
+    indexed = _index_ids(sweep, out)
+    runs = os.path.join(sweep, "runs")
+    found = []
+    for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
         folder = os.path.join(runs, name)
-        if name in found:
-            continue
         if not os.path.isdir(folder):
             out.problems.append(f"{folder}: not a run folder; ignored")
             continue
-        path = os.path.join(folder, RESULT)
-        try:
-            with open(path, encoding="utf-8") as f:
-                rec = json.load(f)
-        except FileNotFoundError:
-            out.problems.append(f"{folder}: no {RESULT} (a run that did not finish); ignored")
-            continue
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            out.problems.append(f"{path}: unreadable ({type(e).__name__}); ignored")
-            continue
-        if not isinstance(rec, dict):
-            out.problems.append(f"{path}: not a result record (a JSON {type(rec).__name__}); ignored")
-            continue
-        if rec.get("status") in FINISHED and rec.get("run_id") == name:
-            found[name] = rec  # finished but missing from the index (killed before the rebuild)
+        rec = _read_run(folder, name, out)
+        if rec is not None:
+            found.append(rec)
+    for run_id in sorted(indexed - {r["run_id"] for r in found}):
+        if not os.path.isdir(os.path.join(runs, run_id)):
+            out.problems.append(f"{os.path.join(sweep, INDEX)}: lists run {run_id}, whose folder has no record "
+                                f"(deleted?); not counted")
+    return found
+
+
+def _same_result(a: dict, b: dict) -> bool:
+    return a.get("status") == b.get("status") and a.get("metrics") == b.get("metrics")
 
 
 def read_results(path: str) -> Results:
-    """Every finished record under ``path`` (a sweep folder, or a folder of sweep folders)."""
+    """Every finished record under ``path`` (a sweep folder, or a folder of sweep folders), read from the run
+    folders.  A run is one record wherever it is found: two sweeps that share a run (same settings, same id)
+    count it once, and copies that disagree are noted (the first sweep's, in name order, is used)."""
     out = Results()
     if not os.path.isdir(path):
         out.problems.append(f"{path}: no such folder")
         return out
-    sweeps = _sweep_dirs(path)
+    sweeps = sweep_dirs(path)
     if not sweeps:
         out.problems.append(f"{path}: no results.jsonl or runs/ here or one level down")
+    by_id: dict[str, dict] = {}
     for sweep in sweeps:
         for name in sorted(os.listdir(sweep)):
             if name not in KNOWN and not name.startswith(".tmp-"):
                 out.problems.append(f"{os.path.join(sweep, name)}: not part of a results folder; ignored")
-        found = _read_index(sweep, out)
-        _read_runs(sweep, found, out)
-        out.records += sorted(found.values(), key=index_order)
+        for rec in _read_sweep(sweep, out):
+            out.found_in.setdefault(rec["run_id"], []).append(sweep)
+            first = by_id.setdefault(rec["run_id"], rec)
+            if first is not rec and not _same_result(first, rec):
+                out.problems.append(f"run {rec['run_id']} is in {out.found_in[rec['run_id']][0]} and in {sweep} with "
+                                    f"different results ({first['status']} vs {rec['status']}); the first is used")
+    out.records = sorted(by_id.values(), key=index_order)
     return out
 
 
@@ -137,6 +180,7 @@ def run_row(rec: dict) -> dict:
         "run_seconds": sum(p["seconds"] for n, p in costs.items() if n in ADAPT_PHASES or _is_eval(n)),
         "peak_memory_gib": run_totals(costs)[1] / 2**30,
         "trainable_params": info.get("trainable_params"), "total_params": info.get("total_params"),
+        "train_dropped": info.get("train_dropped_too_long"),
         **distilled_context(info),
         **{f"spec.{k}": v for k, v in flatten(spec).items()},
     }

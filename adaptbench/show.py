@@ -14,48 +14,44 @@ from rich.table import Table
 
 from .errors import AdaptbenchError
 from .records import RESULT, run_dir, run_totals
-from .results import _sweep_dirs, flatten, read_results
+from .results import flatten, read_results
 
 MIN_PREFIX = 4  # shortest run id prefix accepted (the tables print 8 characters)
 
 
-def find_run(target: str, results_dir: str = "results") -> tuple[dict, str] | list[dict]:
-    """The record and its sweep folder for a run folder, a sweep folder holding one run, or a run id
-    (prefix) under ``results_dir``; the sweep's records when a folder holds several runs."""
+def find_run(target: str, results_dir: str = "results") -> tuple[dict, str, str] | list[dict]:
+    """(record, its sweep folder, a note) for a run folder, a sweep folder holding one run, or a run id
+    (prefix) under ``results_dir``; the sweep's records when a folder holds several runs.  The note says
+    where else the run is, when several sweeps hold it (they share its settings), or is empty."""
     if os.path.isfile(os.path.join(target, RESULT)):  # a run folder: <sweep>/runs/<id>
         sweep = os.path.dirname(os.path.dirname(os.path.abspath(target)))
-        return _one(read_results(sweep).records, os.path.basename(os.path.normpath(target)), sweep)
+        return _one(read_results(sweep), os.path.basename(os.path.normpath(target)), sweep)
     if os.path.isdir(target):
-        records = read_results(target).records
-        if len(records) == 1:
-            return records[0], _sweep_of(target, records[0])
-        if not records:
+        results = read_results(target)
+        if len(results.records) == 1:
+            return _one(results, results.records[0]["run_id"], target)
+        if not results.records:
             raise AdaptbenchError(f"{target}: no finished run in this folder")
-        return records
+        return results.records
     if len(target) < MIN_PREFIX or not all(c in "0123456789abcdef" for c in target.lower()):
         raise AdaptbenchError(f"{target!r} is neither a folder nor a run id (a run id: {MIN_PREFIX}+ hex characters, "
                               f"as in the tables)")
     if not os.path.isdir(results_dir):
         raise AdaptbenchError(f"run {target}: no results folder {results_dir!r} to look in (use --results-dir)")
-    return _one(read_results(results_dir).records, target.lower(), results_dir)
+    return _one(read_results(results_dir), target.lower(), results_dir)
 
 
-def _one(records: list[dict], prefix: str, where: str) -> tuple[dict, str]:
-    hits = [r for r in records if r["run_id"].startswith(prefix)]
+def _one(results, prefix: str, where: str) -> tuple[dict, str, str]:
+    hits = [r for r in results.records if r["run_id"].startswith(prefix)]
     if not hits:
         raise AdaptbenchError(f"no finished run {prefix} under {where}")
     if len({r["run_id"] for r in hits}) > 1:
         raise AdaptbenchError(f"run id {prefix} is ambiguous under {where}: "
                               + ", ".join(sorted(r["run_id"][:12] for r in hits)))
-    return hits[0], _sweep_of(where, hits[0])
-
-
-def _sweep_of(path: str, record: dict) -> str:
-    """The sweep folder under ``path`` that holds the record's run."""
-    for sweep in _sweep_dirs(path) if os.path.isdir(path) else []:
-        if os.path.isdir(run_dir(sweep, record["run_id"])):
-            return sweep
-    return os.path.join(path, record.get("sweep", ""))
+    sweeps = results.found_in.get(hits[0]["run_id"]) or [os.path.join(where, hits[0].get("sweep", ""))]
+    note = (f"run {hits[0]['run_id']} is in {len(sweeps)} sweeps ({', '.join(sweeps)}): they share its settings; "
+            f"showing the copy in {sweeps[0]}") if len(sweeps) > 1 else ""
+    return hits[0], sweeps[0], note
 
 
 def _table(title: str, columns: list[str]) -> Table:
@@ -74,7 +70,12 @@ def _num(v) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def render(record: dict, sweep_dir: str) -> Group:
+def _short(text: str, limit: int = 160) -> str:
+    """A long value (the ICL context's whole text) as its start and its length: ``show`` is for reading."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters; in result.json)"
+
+
+def render(record: dict, sweep_dir: str, note: str = "") -> Group:
     """Header, settings, metrics per eval set and slice, costs per phase, method details, files."""
     status = record["status"]
     style = {"ok": "green", "skipped": "yellow", "failed": "red"}.get(status, "")
@@ -87,12 +88,14 @@ def render(record: dict, sweep_dir: str) -> Group:
         lines.append(f"model {escape(model.get('name', ''))} from {escape(str(model.get('source', '')))}: "
                      f"{_num(model.get('n_params'))} parameters, {model.get('dtype')} on {model.get('device')}, "
                      f"window {_num(model.get('window'))}")
+    if note:
+        lines.append(f"[yellow]note:[/] {escape(note)}")
     parts: list = ["\n".join(lines)]
 
     spec = _table("settings", ["setting", "value"])
     spec.columns[1].justify = "left"
     for key, value in flatten(record["spec"]).items():
-        spec.add_row(key, escape(str(value)))
+        spec.add_row(escape(key), escape(str(value)))
     parts.append(spec)
 
     metrics = record.get("metrics") or {}
@@ -111,19 +114,24 @@ def render(record: dict, sweep_dir: str) -> Group:
     if costs:
         table = _table("costs", ["phase", "seconds", "peak GiB", "tokens", "weights", "compute"])
         for phase, c in costs.items():
-            table.add_row(phase, f"{c['seconds']:.2f}", f"{c['peak_memory_bytes'] / 2**30:.2f}",
+            table.add_row(escape(phase), f"{c['seconds']:.2f}", f"{c['peak_memory_bytes'] / 2**30:.2f}",
                           _num(c.get("tokens")), c.get("weights_dtype", "-"), c.get("compute_dtype", "-"))
         seconds, peak = run_totals(costs)
         table.add_row("[bold]total[/]", f"{seconds:.2f}", f"{peak / 2**30:.2f}", "", "", "")
         parts.append(table)
 
     info = record.get("method_info") or {}
-    shown = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool)) and not isinstance(v, list)}
-    if shown or info.get("heldout"):
+    shown = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
+    held = info.get("heldout") or {}
+    shown.update({f"heldout.{k}": v for k, v in held.items() if not isinstance(v, dict)})
+    shown.update({f"heldout.reply.{k}": v for k, v in (held.get("reply") or {}).items()})
+    if shown:
         table = _table("method details", ["key", "value"])
+        # a long value (the ICL context's text) wraps; the key column keeps its width
+        table.columns[0].no_wrap, table.columns[0].min_width = True, min(max(map(len, shown)), 32)
         table.columns[1].justify = "left"
-        for key, value in {**shown, **{f"heldout.{k}": v for k, v in (info.get("heldout") or {}).items()}}.items():
-            table.add_row(key, escape(_num(value)))
+        for key, value in shown.items():
+            table.add_row(escape(key), escape(_short(_num(value))))
         parts.append(table)
 
     folder = run_dir(sweep_dir, record["run_id"])

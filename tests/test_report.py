@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import adaptbench
 from adaptbench.cli import app
+from adaptbench.errors import AdaptbenchError
 from adaptbench.report import make_report
 
 from .test_run import _run
@@ -135,7 +136,8 @@ def test_corrupt_results_are_reported_not_fatal(sweep, tmp_path):
     assert "not a complete JSON record (truncated?)" in text and "notes.txt" in text and "stray.json" in text
     assert "0123456789ab: no result.json" in text
     assert rep.n_records == 12  # the truncated line's run is recovered from its run folder
-    assert make_report(str(tmp_path / "nothing-here")).problems
+    with pytest.raises(AdaptbenchError, match="nothing-here: no such folder"):
+        make_report(str(tmp_path / "nothing-here"))
 
 
 def test_unscored_examples_are_shown_where_they_are_not_zero(sweep, tmp_path):
