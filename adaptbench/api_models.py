@@ -30,6 +30,7 @@ import openai
 from .errors import ConfigError, ModelError
 from .fingerprint import user_cache
 from .records import atomic_write
+from .secrets import redact, register
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 RETRIED_STATUS = (408, 409, 429)  # and every 5xx: what the openai client retries with backoff
@@ -123,6 +124,7 @@ def api_key(point: Endpoint) -> str:
     """The key from the endpoint's environment variable; a local server needs none."""
     key = os.environ.get(point.api_key_env)
     if key:
+        register(key)  # never written or printed, whatever a server echoes
         return key
     if point.base_url and urlparse(point.base_url).hostname in LOCAL_HOSTS:
         return "none"  # llama.cpp / vLLM on this machine: any key is accepted unless the server sets one
@@ -146,7 +148,13 @@ def retries(point: Endpoint) -> str:
 
 
 def api_error(error: openai.OpenAIError, point: Endpoint, url: str) -> ModelError:
-    """The one place an openai client error becomes a user-facing message: what failed, where, what to do."""
+    """The one place an openai client error becomes a user-facing message: what failed, where, what to do --
+    credentials redacted (a server's error body may echo the request's headers)."""
+    found = _api_error(error, point, url)
+    return type(found)(redact(str(found)))
+
+
+def _api_error(error: openai.OpenAIError, point: Endpoint, url: str) -> ModelError:
     where = f"model {point.name!r} at {url}"
     if isinstance(error, openai.APITimeoutError):
         return ModelError(f"{where}: no answer within {point.timeout_s:g} s{retries(point)}; the server is down "
@@ -252,8 +260,8 @@ class CompletionsClient:
             response = self.client.completions.create(**params).to_dict()
         except openai.OpenAIError as e:
             raise api_error(e, self.endpoint, self.url) from None
-        atomic_write(path, json.dumps({"request": {"base_url": self.url, **params}, "response": response},
-                                      ensure_ascii=False))
+        atomic_write(path, redact(json.dumps({"request": {"base_url": self.url, **params}, "response": response},
+                                             ensure_ascii=False)))
         return response, True
 
     def _params(self, prompt: str, **overrides) -> dict:

@@ -30,6 +30,11 @@ class ResultsWriteError(AdaptbenchError):
     """A result file could not be written (disk full, quota, permissions): the sweep stops, resumable."""
 
 
+class Notice(UserWarning):
+    """Something the user should know that is not an error (a model allowed to run its own code): the CLI
+    prints it as ``warning: ...``; from Python it is a warning."""
+
+
 class RunSkipped(AdaptbenchError):
     """The run cannot be done as specified (e.g. the context does not fit the model's window).
 

@@ -10,6 +10,7 @@ import atexit
 import dataclasses
 import importlib.metadata
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -78,6 +79,49 @@ def resolve(name: str, gguf_file: str | None = None) -> ResolvedModel:
         raise ModelError(f"model folder {target!r} has no config.json"
                          + (f" and several GGUF files {ggufs}: set model.gguf_file" if ggufs else ""))
     return ResolvedModel(target, gguf_file)
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # org/name (or a legacy name): else a path
+
+
+def _did_you_mean(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(ALIASES), n=2, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else " (adaptbench models lists the aliases)"
+
+
+def check_findable(spec) -> None:
+    """Fail fast, before a sweep starts, on a model that cannot be found: a typo'd alias, a local path that
+    does not exist, a hub id that is neither in the local cache nor reachable.  One quick question to the hub
+    (no retries), where loading would retry for most of a minute -- in every run."""
+    if spec.api is not None:
+        return
+    where = resolve(spec.name, spec.gguf_file)  # aliases, GGUF files, model folders: ModelError if not there
+    if os.path.exists(where.path):
+        return
+    if not HUB_ID.match(where.path):
+        raise ModelError(f"model {spec.name!r}: no such folder or file {where.path!r} (model paths are relative to "
+                         f"the folder you run adaptbench in)" + _did_you_mean(spec.name))
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if huggingface_hub.try_to_load_from_cache(where.path, where.gguf_file or "config.json", revision=spec.revision):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ModelError(f"model {spec.name!r} is not a local folder or file, and HF_HUB_OFFLINE is set while the hub "
+                         f"cache has no copy of {where.path!r}" + _did_you_mean(spec.name))
+    try:
+        huggingface_hub.HfApi().model_info(where.path, revision=spec.revision, timeout=10)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise ModelError(f"model {spec.name!r}: {type(e).__name__} on the hub for {where.path!r} (not an alias, a "
+                         f"local folder or a hub model; a private one needs HF_TOKEN)" + _did_you_mean(spec.name)) from None
+    except HfHubHTTPError:
+        return  # the hub answered (gated, rate-limited ...): loading the model says what it needs
+    except Exception as e:  # no network: one clear message instead of a minute of retries per run
+        raise ModelError(f"model {spec.name!r}: cannot reach the hub for {where.path!r} ({type(e).__name__}: "
+                         f"{first_line(e)}); offline, set HF_HUB_OFFLINE=1 and use a cached or local model"
+                         + _did_you_mean(spec.name)) from None
 
 
 def pick_device(device: str) -> torch.device:

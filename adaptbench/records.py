@@ -17,6 +17,7 @@ from typing import Iterable
 
 from . import owners
 from .errors import ResultsWriteError
+from .secrets import redact
 
 RESULT = "result.json"
 PREDICTIONS = "predictions.jsonl"
@@ -72,7 +73,8 @@ def run_totals(costs: dict) -> tuple[float, int]:
 
 
 def dumps(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str)
+    """JSON as adaptbench writes it, credentials redacted (:mod:`adaptbench.secrets`)."""
+    return redact(json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str))
 
 
 def write_jsonl(path: str, rows: Iterable[dict]) -> None:

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -33,10 +34,10 @@ from .settings import ModelSpec
 from .costs import CostTracker
 from .environment import environment
 from .fingerprint import resolve_run
-from .errors import AdaptbenchError, PromptError, RunSkipped
+from .errors import AdaptbenchError, Notice, PromptError, ResultsWriteError, RunSkipped
 from .methods import METHODS, RunContext
 from .metrics import eval_set_metrics
-from .models import GGUFSnapshots, LoadedModel, load_tokenizer, pick_device
+from .models import GGUFSnapshots, LoadedModel, check_findable, load_tokenizer, pick_device
 from .precision import annotate_phases, training_model_spec
 from .progress import make_progress
 from .prompts import PromptEncoder
@@ -376,9 +377,25 @@ def preflight(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
     for run in runs:
         METHODS[run.method].preflight(run, plan.config_dir)
     out = run_inputs(plan, runs)
+    check_models(runs)
     check_verbalizers(runs, out)
     check_endpoints(runs, out, plan.runtime)
     return out
+
+
+def check_models(runs: list[RunSpec]) -> None:
+    """Every model (and teacher) can be found -- a typo stops the sweep once, with a suggestion, instead of
+    failing every run after a minute of hub retries each; a model given trust_remote_code is named."""
+    seen = set()
+    for run in runs:
+        teacher = run.cd.teacher if run.cd is not None else None
+        for spec in (s for s in (run.model, teacher) if s is not None and s not in seen):
+            seen.add(spec)
+            check_findable(spec)
+            if spec.trust_remote_code:
+                warnings.warn(f"model {spec.name!r} has trust_remote_code: true -- Python code from its folder or hub "
+                              f"repository will run on this machine with your permissions; set it only for code "
+                              f"you trust", Notice, stacklevel=1)
 
 
 def check_verbalizers(runs: list[RunSpec], inputs: dict[str, RunInputs]) -> None:
@@ -428,9 +445,13 @@ def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_re
     check_trackers(plan.runtime.log_with)
     inputs = preflight(plan, todo)
     if distributed.is_main():
-        os.makedirs(plan.sweep_dir, exist_ok=True)
-        records.remove_stale_temp_files(plan.sweep_dir)
-        records.rebuild_index(plan.sweep_dir)
+        try:
+            os.makedirs(plan.sweep_dir, exist_ok=True)
+            records.remove_stale_temp_files(plan.sweep_dir)
+            records.rebuild_index(plan.sweep_dir)
+        except OSError as e:  # read-only, a file in the way, no space: before any run, naming the folder
+            raise ResultsWriteError(f"cannot write the results folder {plan.sweep_dir}: {e.strerror or e} "
+                                    f"(set output_dir, or --output-dir, to a folder you can write)") from None
         records.atomic_write(os.path.join(plan.sweep_dir, "sweep.json"),
                              records.dumps({"config": plan.raw, "runs": [r.run_id for r in plan.runs]}) + "\n")
     if executor is not None:

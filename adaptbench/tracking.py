@@ -20,6 +20,7 @@ import os
 import warnings
 
 from .errors import ConfigError
+from .secrets import redact
 
 #: Where each tracker package comes from, for the message when it is missing.
 INSTALL = {"tensorboard": "tensorboard", "mlflow": "mlflow-skinny sqlalchemy alembic", "wandb": "wandb",
@@ -84,7 +85,8 @@ class RunTrackers:
                 warnings.warn(f"tracker {kind}: not logging this run ({type(e).__name__}: {e})")
         for tracker in list(out.trackers):
             out._call(tracker, "start")
-        config = {"run_id": run.run_id, **_flat(run.identity())}
+        config = {"run_id": run.run_id, **{k: redact(v) if isinstance(v, str) else v
+                                           for k, v in _flat(run.identity()).items()}}
         for tracker in list(out.trackers):
             out._call(tracker, "store_init_configuration", config)
         return out

@@ -38,6 +38,7 @@ class TrainingDiverged(AdaptbenchError):
 class TrainItem:
     input_ids: list[int]
     target: torch.Tensor  # a label id (long scalar) or a distribution over labels (float vector)
+    label: int | None = None  # the gold label of a labelled example (what a dropped example takes away)
 
 
 def collate(items: list[TrainItem], pad_id: int, packed: bool, mask_dtype: torch.dtype | None) -> dict:

@@ -30,7 +30,7 @@ class FineTuneMethod(Method):
 
     def items(self, ctx: RunContext) -> list[TrainItem]:
         """Default: the run's sample, rendered as queries, with its gold labels."""
-        return [TrainItem(ctx.encoder.query_ids(ex), torch.tensor(ex.label)) for ex in ctx.sample]
+        return [TrainItem(ctx.encoder.query_ids(ex), torch.tensor(ex.label), ex.label) for ex in ctx.sample]
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, target)
@@ -76,12 +76,20 @@ class FineTuneMethod(Method):
 
     @staticmethod
     def _fitting(ctx: RunContext, items: list[TrainItem]) -> list[TrainItem]:
-        """The training inputs that fit the model's window (the others are counted, never truncated)."""
-        kept = [it for it in items if len(it.input_ids) <= ctx.loaded.window]
+        """The training inputs that fit the model's window (the others are counted and shown, never truncated);
+        a label whose every example is too long skips the run: the model would learn a task without it."""
+        window = ctx.loaded.window
+        kept = [it for it in items if len(it.input_ids) <= window]
         ctx.info["train_dropped_too_long"] = len(items) - len(kept)
         if not kept:
             raise RunSkipped(f"none of the {len(items)} training inputs fits the model's window of "
-                             f"{ctx.loaded.window} tokens (no truncation is done)")
+                             f"{window} tokens (no truncation is done)")
+        names = ctx.task.labels.names
+        lost = sorted({it.label for it in items if it.label is not None} - {it.label for it in kept})
+        if lost:
+            raise RunSkipped(f"every training example of label {', '.join(repr(names[i]) for i in lost)} is longer "
+                             f"than the model's window of {window} tokens: {len(items) - len(kept)} of {len(items)} "
+                             f"examples do not fit (no truncation is done)")
         return kept
 
     def predictor(self, ctx: RunContext, model: nn.Module, stored) -> FineTunedPredictor:
