@@ -12,14 +12,15 @@ __version__ = "0.1.0"
 def run(config: str, overrides: list[str] = (), *, output_dir: str | None = None, data_dir: str | None = None,
         force: bool = False, jobs: int = 1) -> list[dict]:
     """Run a sweep config (as ``adaptbench run``) and return its result records."""
-    from .runner import make_plan, run_sweep
+    from .sweep.plan import make_plan
+    from .sweep.runner import run_sweep
 
     return run_sweep(make_plan(config, list(overrides), output_dir, data_dir), force=force, jobs=jobs)
 
 
 def load_results(path: str):
     """All result records under ``path`` as a pandas DataFrame (one row per run x eval set x slice)."""
-    from .results import load_results as _load
+    from .store.results import load_results as _load
 
     return _load(path)
 

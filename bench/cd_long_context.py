@@ -35,12 +35,14 @@ import time
 
 import torch
 
-from adaptbench.costs import timed
-from adaptbench.distill_targets import DEFAULT_TOP_K, compress_topk, full_bytes_per_position, full_kl, topk_error
+from adaptbench.measure.costs import timed
+from adaptbench.methods.cd.targets import DEFAULT_TOP_K, compress_topk, full_bytes_per_position, full_kl, topk_error
 from adaptbench.methods.cd.sequence import distributions, predicted_hidden
-from adaptbench.models import load_model
-from adaptbench.prompts import Prompt, PromptEncoder
-from adaptbench.scoring import PrefixCache, lm_parts, sequence_hidden, vocab_logits
+from adaptbench.models.loading import load_model
+from adaptbench.prompts.prompt import Prompt, PromptEncoder
+from adaptbench.scoring.core import PrefixCache, sequence_hidden
+from adaptbench.models.interface import lm_parts
+from adaptbench.models.parts import vocab_logits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CURVE = os.path.join(REPO, "configs", "cost_curve.yaml")

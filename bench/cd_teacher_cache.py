@@ -33,7 +33,8 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from adaptbench.methods.cd.labels import Teacher
-from adaptbench.runner import make_plan, run_sweep
+from adaptbench.sweep.plan import make_plan
+from adaptbench.sweep.runner import run_sweep
 
 CONFIG = """# adaptbench run cd-bench.yaml
 name: cd-bench

@@ -29,14 +29,15 @@ import argparse
 import numpy as np
 import torch
 
-from adaptbench.config import PromptSpec
-from adaptbench.costs import timed
-from adaptbench.models import load_model
-from adaptbench.prompts import PromptEncoder
-from adaptbench.resolve import resolve_prompt
-from adaptbench.sampling import few_shot_sample
-from adaptbench.scoring import PrefixCache, lm_parts, score
-from adaptbench.tasks import eval_examples, get_eval_set, get_task, resolve_data_dir, train_pool
+from adaptbench.config.schema import PromptSpec
+from adaptbench.measure.costs import timed
+from adaptbench.models.loading import load_model
+from adaptbench.prompts.prompt import PromptEncoder
+from adaptbench.sweep.inputs import resolve_prompt
+from adaptbench.data.sampling import few_shot_sample
+from adaptbench.scoring.core import PrefixCache, score
+from adaptbench.models.interface import lm_parts
+from adaptbench.data import eval_examples, get_eval_set, get_task, resolve_data_dir, train_pool
 
 
 def context_of(enc: PromptEncoder, pool, length: int, seed: int, n_labels: int) -> tuple[list, list[int]]:

@@ -28,20 +28,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from adaptbench.config import PromptSpec
-from adaptbench.costs import CostTracker, _rss_peak_bytes
+from adaptbench.config.schema import PromptSpec
+from adaptbench.measure.costs import CostTracker, _rss_peak_bytes
 from adaptbench.methods.pbft import VerbalizerModel
-from adaptbench.models import load_model
-from adaptbench.packing import packing_works
-from adaptbench.progress import make_progress
-from adaptbench.prompts import PromptEncoder
-from adaptbench.resolve import resolve_prompt
-from adaptbench.sampling import few_shot_sample
-from adaptbench.scoring import batched_logits
-from adaptbench.settings import LoraSettings, TrainSettings
-from adaptbench.tasks import eval_examples, get_task, resolve_data_dir, train_pool
-from adaptbench.trainable import apply_policy
-from adaptbench.training import TrainItem, train
+from adaptbench.models.loading import load_model
+from adaptbench.training.packing import packing_works
+from adaptbench._util.progress import make_progress
+from adaptbench.prompts.prompt import PromptEncoder
+from adaptbench.sweep.inputs import resolve_prompt
+from adaptbench.data.sampling import few_shot_sample
+from adaptbench.scoring.core import batched_logits
+from adaptbench.config.settings import LoraSettings, TrainSettings
+from adaptbench.data import eval_examples, get_task, resolve_data_dir, train_pool
+from adaptbench.training.policies import apply_policy
+from adaptbench.training.loop import TrainItem, train
 
 
 class FullLogitsBaseline(nn.Module):

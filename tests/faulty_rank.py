@@ -3,7 +3,7 @@
 
 import torch.distributed as dist
 
-from adaptbench.cli import app
+from adaptbench.cli.app import app
 from adaptbench.methods import finetune
 
 _train = finetune.train

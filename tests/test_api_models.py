@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from adaptbench.api_models import ApiUsage, CompletionsClient, Endpoint, api_key, floor_of
+from adaptbench.models.api_client import ApiUsage, CompletionsClient, Endpoint, api_key, floor_of
 from adaptbench.errors import ModelError
 
 LOCAL = "http://127.0.0.1:9/v1"  # never contacted: the mock transport answers
@@ -302,12 +302,12 @@ def test_llama_server_next_token_logprobs(llama_server, tmp_path):
 
 def icl_rte(data_dir: str, n: int, shots: int = 4):
     """What adaptbench's ICL scores on RTE: the prompt encoder, the k-shot sample, the eval examples."""
-    from adaptbench.config import PromptSpec
-    from adaptbench.models import load_model
-    from adaptbench.prompts import PromptEncoder
-    from adaptbench.resolve import resolve_prompt
-    from adaptbench.sampling import few_shot_sample
-    from adaptbench.tasks import eval_examples, get_task, train_pool
+    from adaptbench.config.schema import PromptSpec
+    from adaptbench.models.loading import load_model
+    from adaptbench.prompts.prompt import PromptEncoder
+    from adaptbench.sweep.inputs import resolve_prompt
+    from adaptbench.data.sampling import few_shot_sample
+    from adaptbench.data import eval_examples, get_task, train_pool
 
     task = get_task("rte")
     loaded = load_model("smollm2-135m")
@@ -319,7 +319,8 @@ def icl_rte(data_dir: str, n: int, shots: int = 4):
 
 def local_scores(loaded, encoder, sample, evals):
     """adaptbench's transformers path, as the ICL predictor runs it (the context's KV cache reused)."""
-    from adaptbench.scoring import PrefixCache, lm_parts, score
+    from adaptbench.scoring.core import PrefixCache, score
+    from adaptbench.models.interface import lm_parts
 
     parts = lm_parts(loaded.model)
     prefix, queries = encoder.icl_inputs(sample, evals)

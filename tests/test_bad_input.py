@@ -7,14 +7,14 @@ import json
 import pandas as pd
 import pytest
 
-from adaptbench.config import load_sweep
+from adaptbench.config.schema import load_sweep
 from adaptbench.errors import ConfigError, DataError
-from adaptbench.records import read_record
-from adaptbench.report import spreadsheet_safe
-from adaptbench.results import read_results
-from adaptbench.tasks.formats import read_hans
-from adaptbench.tasks.schema import DatasetDef, LabelScheme
-from adaptbench.tasks.sources import Split, read_jsonl, to_examples
+from adaptbench.store.records import read_record
+from adaptbench.report.pages import spreadsheet_safe
+from adaptbench.store.results import read_results
+from adaptbench.data.formats import read_hans
+from adaptbench.data.schema import DatasetDef, LabelScheme
+from adaptbench.data.sources import Split, read_jsonl, to_examples
 
 from .conftest import with_settings, write_config
 from .test_config import BASE
@@ -85,7 +85,7 @@ def test_a_full_disk_stops_the_sweep_with_the_path_and_it_resumes(tmp_path, data
     import errno
     import os
 
-    from adaptbench import records
+    from adaptbench.store import records
 
     from .test_run import _config, _records, _run
 
@@ -116,7 +116,7 @@ def test_two_verbalizer_words_of_one_token_stop_the_sweep_before_a_model_loads(t
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from adaptbench import models as model_loading
+    from adaptbench.models import loading as model_loading
 
     from .test_run import _config, _run
 

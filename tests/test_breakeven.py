@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from adaptbench.breakeven import (DISTILLED, ICL, ICL_CACHED, PathCost, break_even, cost_curve_table,
-                                  cumulative_seconds)
+from adaptbench.measure.breakeven import DISTILLED, ICL, ICL_CACHED, PathCost, break_even, cost_curve_table, cumulative_seconds
 
 GiB = 2**30
 # a 2,000-token context: re-encoding costs 0.5 s per query, the cached prefix 2 s once and then 0.1 s

@@ -10,17 +10,18 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from adaptbench.config import PromptSpec, RunSpec, RuntimeOptions
-from adaptbench.costs import CostTracker
+from adaptbench.config.schema import PromptSpec, RunSpec, RuntimeOptions
+from adaptbench.measure.costs import CostTracker
 from adaptbench.methods.base import RunContext
 from adaptbench.methods.cd import Teacher
-from adaptbench.models import load_model
-from adaptbench.progress import make_progress
-from adaptbench.prompts import PromptEncoder
-from adaptbench.resolve import resolve_prompt
-from adaptbench.sampling import few_shot_sample, unlabeled_sample
-from adaptbench.scoring import lm_parts, score
-from adaptbench.settings import CDSettings
+from adaptbench.models.loading import load_model
+from adaptbench._util.progress import make_progress
+from adaptbench.prompts.prompt import PromptEncoder
+from adaptbench.sweep.inputs import resolve_prompt
+from adaptbench.data.sampling import few_shot_sample, unlabeled_sample
+from adaptbench.models.interface import lm_parts
+from adaptbench.scoring.core import score
+from adaptbench.config.settings import CDSettings
 
 from .conftest import _corpus, save_tiny_model, with_settings
 from .test_run import _records, _run
@@ -28,7 +29,7 @@ from .test_run import _records, _run
 
 @pytest.fixture(scope="module")
 def rte(data_dir):
-    from adaptbench.tasks import get_task, train_pool
+    from adaptbench.data import get_task, train_pool
 
     task = get_task("rte")
     pool = train_pool(task, data_dir)

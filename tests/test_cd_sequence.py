@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from adaptbench.distill_targets import CompactTargets, compress_topk, full_kl
+from adaptbench.methods.cd.targets import CompactTargets, compress_topk, full_kl
 from adaptbench.methods.cd.sequence import distributions, predicted_hidden, sequence_loss
-from adaptbench.models import load_model
-from adaptbench.prompts import Prompt, PromptEncoder
-from adaptbench.report import make_report
-from adaptbench.scoring import PrefixCache, lm_parts, sequence_hidden, vocab_logits
+from adaptbench.models.loading import load_model
+from adaptbench.prompts.prompt import Prompt, PromptEncoder
+from adaptbench.report.pages import make_report
+from adaptbench.scoring.core import PrefixCache, sequence_hidden
+from adaptbench.models.interface import lm_parts
+from adaptbench.models.parts import vocab_logits
 
 from .conftest import with_settings
 from .test_cd import other_tokenizer_model, sharp_llama  # noqa: F401  (fixtures)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from adaptbench.cli import app
+from adaptbench.cli.app import app
 
 from .test_run import _config, _records, _run, runner
 

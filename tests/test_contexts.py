@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from adaptbench.contexts import (ContextSource, cut_to_tokens, parse_context_setting, plain_chat, read_chat,
-                                 read_inputs, read_text_file, render_chat, split_inputs)
+from adaptbench.data.contexts import ContextSource, cut_to_tokens, parse_context_setting, plain_chat, read_chat, read_inputs, read_text_file, render_chat, split_inputs
 from adaptbench.errors import ConfigError, DataError
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adaptbench.methods.cd.query_costs import DISTILL_PHASES
-from adaptbench.report import make_report
+from adaptbench.report.pages import make_report
 
 from .test_run import _records, _run
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from adaptbench.errors import DataError
-from adaptbench.tasks import (DATASETS, EVAL_SETS, TASKS, eval_examples, get_eval_set, get_task, load_split,
-                              stratified_subsample, to_examples, train_pool)
-from adaptbench.tasks.formats import pair_tsv_reader
-from adaptbench.tasks.registry import MNLI, QQP, _mnli_tsv, _qqp_tsv
+from adaptbench.data import DATASETS, EVAL_SETS, TASKS, eval_examples, get_eval_set, get_task, load_split, stratified_subsample, to_examples, train_pool
+from adaptbench.data.formats import pair_tsv_reader
+from adaptbench.data.registry import MNLI, QQP, _mnli_tsv, _qqp_tsv
 
 # dataset, split -> rows and label counts in the raw (hub) coding, from ../shared/data/README.md and SOURCES.md
 EXPECTED = {
@@ -173,7 +172,7 @@ def test_missing_data_names_every_place_tried(tmp_path, monkeypatch, no_hub_cach
 
 @pytest.fixture
 def no_hub_cache():
-    from adaptbench.tasks.sources import _read_hub
+    from adaptbench.data.sources import _read_hub
 
     _read_hub.cache_clear()
     yield
@@ -182,7 +181,7 @@ def no_hub_cache():
 
 def test_hub_path_uses_datasets_with_hub_names(monkeypatch, no_hub_cache):
     """The hub path is thin: datasets.load_dataset(path, config, split=...) rows are used as they are."""
-    from adaptbench.tasks import sources
+    from adaptbench.data import sources
 
     calls = []
 
@@ -199,7 +198,7 @@ def test_hub_path_uses_datasets_with_hub_names(monkeypatch, no_hub_cache):
 
 
 def test_user_task_from_csv_tsv_jsonl(tmp_path):
-    from adaptbench.tasks import build_user_task
+    from adaptbench.data import build_user_task
 
     (tmp_path / "train.csv").write_text('review,stars\n"Great, really great",pos\nAwful,neg\nFine,pos\n')
     (tmp_path / "dev.tsv").write_text('review\tstars\nGood "quoted" thing\tpos\nBad\tneg\n')
@@ -215,7 +214,7 @@ def test_user_task_from_csv_tsv_jsonl(tmp_path):
 
 
 def test_user_task_bad_label_and_missing_column(tmp_path):
-    from adaptbench.tasks import build_user_task
+    from adaptbench.data import build_user_task
 
     (tmp_path / "train.csv").write_text("review,stars\nGreat,pos\nAwful,meh\n")
     (tmp_path / "dev.csv").write_text("text,stars\nGood,pos\n")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptbench.distill_targets import (DEFAULT_TOP_K, CompactTargets, compact_kl, compress_topk, distill_loss,
-                                        full_bytes_per_position, full_kl, topk_error)
+from adaptbench.methods.cd.targets import DEFAULT_TOP_K, CompactTargets, compact_kl, compress_topk, distill_loss, full_bytes_per_position, full_kl, topk_error
 from adaptbench.errors import ConfigError, DataError
 
 

@@ -15,23 +15,24 @@ import numpy as np
 import pytest
 import torch
 
-from adaptbench.config import PromptSpec, RunSpec, RuntimeOptions
-from adaptbench.costs import CostTracker
+from adaptbench.config.schema import PromptSpec, RunSpec, RuntimeOptions
+from adaptbench.measure.costs import CostTracker
 from adaptbench.errors import ConfigError
 from adaptbench.methods.base import RunContext
 from adaptbench.methods.cd import Teacher
 from adaptbench.methods.pbft import VerbalizerModel
 from adaptbench.methods.vanilla import HeadModel
-from adaptbench.models import ALIASES, load_model
-from adaptbench.packing import packing_unsupported
-from adaptbench.progress import make_progress
-from adaptbench.prompts import PromptEncoder
-from adaptbench.resolve import resolve_prompt
-from adaptbench.sampling import few_shot_sample
-from adaptbench.scoring import lm_parts, prefix_cache_unsupported, score
-from adaptbench.settings import BitfitSettings, CDSettings, LoraSettings, TrainSettings
-from adaptbench.trainable import apply_policy
-from adaptbench.training import TrainItem, train
+from adaptbench.models.loading import ALIASES, load_model
+from adaptbench.training.packing import packing_unsupported
+from adaptbench._util.progress import make_progress
+from adaptbench.prompts.prompt import PromptEncoder
+from adaptbench.sweep.inputs import resolve_prompt
+from adaptbench.data.sampling import few_shot_sample
+from adaptbench.models.interface import lm_parts
+from adaptbench.scoring.core import prefix_cache_unsupported, score
+from adaptbench.config.settings import BitfitSettings, CDSettings, LoraSettings, TrainSettings
+from adaptbench.training.policies import apply_policy
+from adaptbench.training.loop import TrainItem, train
 
 from .test_run import _records, _run
 
@@ -104,7 +105,7 @@ def seq2seq_models(tokenizer, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def rte(data_dir):
-    from adaptbench.tasks import eval_examples, get_task, train_pool
+    from adaptbench.data import eval_examples, get_task, train_pool
 
     task = get_task("rte")
     pool = train_pool(task, data_dir)

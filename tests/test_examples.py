@@ -15,7 +15,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from adaptbench.cli import app
+from adaptbench.cli.app import app
 
 from .conftest import REPO, smollm2_path
 

@@ -19,8 +19,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from adaptbench import claims, fingerprint, jobs, models, owners, records
-from adaptbench.runner import make_plan
+from adaptbench.sweep import claims, identity as fingerprint, jobs
+from adaptbench.models import loading as models
+from adaptbench._util import owners
+from adaptbench.store import records
+from adaptbench.sweep.plan import make_plan
 
 from .conftest import REPO, write_config
 from .test_run import _config

@@ -8,19 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from adaptbench.config import PromptSpec
+from adaptbench.config.schema import PromptSpec
 from adaptbench.errors import ConfigError
 from adaptbench.methods.pbft import VerbalizerModel
 from adaptbench.methods.vanilla import HeadModel
-from adaptbench.models import load_model
-from adaptbench.prompts import PromptEncoder
-from adaptbench.resolve import resolve_prompt
-from adaptbench.sampling import few_shot_sample
-from adaptbench.scoring import PrefixCache, lm_parts, score
-from adaptbench.settings import BitfitSettings, LoraSettings, TrainSettings
-from adaptbench.trainable import apply_policy
-from adaptbench.training import TrainItem, train
-from adaptbench.progress import make_progress
+from adaptbench.models.loading import load_model
+from adaptbench.prompts.prompt import PromptEncoder
+from adaptbench.sweep.inputs import resolve_prompt
+from adaptbench.data.sampling import few_shot_sample
+from adaptbench.scoring.core import PrefixCache, score
+from adaptbench.models.interface import lm_parts
+from adaptbench.config.settings import BitfitSettings, LoraSettings, TrainSettings
+from adaptbench.training.policies import apply_policy
+from adaptbench.training.loop import TrainItem, train
+from adaptbench._util.progress import make_progress
 
 from .conftest import with_settings, write_config
 from .test_run import _records, _run
@@ -33,7 +34,7 @@ CASES = [("pbft", "full"), ("pbft", "bitfit"), ("pbft", "lora"),
 
 @pytest.fixture(scope="module")
 def rte_sample(data_dir):
-    from adaptbench.tasks import get_task, train_pool
+    from adaptbench.data import get_task, train_pool
 
     task = get_task("rte")
     return task, few_shot_sample(train_pool(task, data_dir), 8, seed=0, n_labels=2)
@@ -93,7 +94,7 @@ def test_pbft_logits_equal_full_vocabulary_path(tiny_models, rte_sample):
     enc = PromptEncoder(loaded.tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
     model = VerbalizerModel(loaded.model, enc.label_token_ids)
     seqs = [enc.query_ids(ex) for ex in sample[:4]]
-    from adaptbench.scoring import pad_right
+    from adaptbench.scoring.core import pad_right
 
     ids, mask = pad_right(seqs, loaded.tokenizer.pad_token_id)
     fast = model(ids, mask)

@@ -46,10 +46,10 @@ import pytest
 import yaml
 
 import adaptbench
-from adaptbench.config import PromptSpec
-from adaptbench.prompts import PromptEncoder
-from adaptbench.resolve import resolve_prompt
-from adaptbench.tasks import eval_examples, get_task, train_pool
+from adaptbench.config.schema import PromptSpec
+from adaptbench.prompts.prompt import PromptEncoder
+from adaptbench.sweep.inputs import resolve_prompt
+from adaptbench.data import eval_examples, get_task, train_pool
 
 from .conftest import smollm2_path, write_config
 
@@ -106,7 +106,7 @@ def harness():
     """lm-eval's HFLM around SmolLM2 as adaptbench loads it (same weights, same tokenizer object)."""
     from lm_eval.models.huggingface import HFLM
 
-    from adaptbench.models import load_model
+    from adaptbench.models.loading import load_model
 
     loaded = load_model("smollm2-135m", dtype=DTYPE)
     start_ids = _encoder(loaded.tokenizer).start_ids

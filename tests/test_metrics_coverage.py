@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from adaptbench import records
-from adaptbench.costs import CostTracker
-from adaptbench.metrics import eval_set_metrics
-from adaptbench.tasks import EVAL_SETS, Example
+from adaptbench.store import records
+from adaptbench.measure.costs import CostTracker
+from adaptbench.measure.metrics import eval_set_metrics
+from adaptbench.data import EVAL_SETS, Example
 
 
 def _examples(labels, meta=()) -> list[Example]:

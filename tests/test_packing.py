@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from adaptbench.models import load_model
-from adaptbench.packing import mask_dtype_for, pack, packing_works
-from adaptbench.progress import make_progress
-from adaptbench.scoring import last_hidden, lm_parts, pad_right
-from adaptbench.settings import TrainSettings
-from adaptbench.training import TrainItem, train
+from adaptbench.models.loading import load_model
+from adaptbench.training.packing import mask_dtype_for, pack, packing_works
+from adaptbench._util.progress import make_progress
+from adaptbench.scoring.core import last_hidden, pad_right
+from adaptbench.models.interface import lm_parts
+from adaptbench.config.settings import TrainSettings
+from adaptbench.training.loop import TrainItem, train
 
 SEQS = [list(range(5, 5 + n)) for n in (7, 3, 12, 5, 4, 9, 1)]
 
@@ -47,7 +48,7 @@ def test_packed_hidden_states_equal_padded(tiny_models, arch, eager):
 
 def test_packed_training_follows_padded_training(tiny_models, data_dir):
     from adaptbench.methods.pbft import VerbalizerModel
-    from adaptbench.trainable import apply_policy
+    from adaptbench.training.policies import apply_policy
 
     losses = {}
     for packed in (False, True):

@@ -12,25 +12,25 @@ import os
 import pytest
 import torch
 
-from adaptbench.config import PromptSpec
+from adaptbench.config.schema import PromptSpec
 from adaptbench.errors import AdaptbenchError
 from adaptbench.methods.pbft import VerbalizerModel
-from adaptbench.models import load_model
-from adaptbench.precision import check_master_weights, training_model_spec
-from adaptbench.progress import make_progress
-from adaptbench.prompts import PromptEncoder
-from adaptbench.resolve import resolve_prompt
-from adaptbench.sampling import few_shot_sample
-from adaptbench.settings import LoraSettings, ModelSpec, TrainSettings
-from adaptbench.trainable import apply_policy
-from adaptbench.training import TrainItem, train
+from adaptbench.models.loading import load_model
+from adaptbench.training.precision import check_master_weights, training_model_spec
+from adaptbench._util.progress import make_progress
+from adaptbench.prompts.prompt import PromptEncoder
+from adaptbench.sweep.inputs import resolve_prompt
+from adaptbench.data.sampling import few_shot_sample
+from adaptbench.config.settings import LoraSettings, ModelSpec, TrainSettings
+from adaptbench.training.policies import apply_policy
+from adaptbench.training.loop import TrainItem, train
 
 from .test_run import _records, _run
 
 
 @pytest.fixture(scope="module")
 def items_for(data_dir):
-    from adaptbench.tasks import get_task, train_pool
+    from adaptbench.data import get_task, train_pool
 
     task = get_task("rte")
     sample = few_shot_sample(train_pool(task, data_dir), 8, seed=0, n_labels=2)

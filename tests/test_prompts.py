@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from adaptbench.config import PromptSpec
+from adaptbench.config.schema import PromptSpec
 from adaptbench.errors import PromptError
-from adaptbench.prompts import Prompt, PromptEncoder, preset
-from adaptbench.resolve import resolve_prompt
-from adaptbench.tasks import get_task
-from adaptbench.tasks.schema import Example
+from adaptbench.prompts.prompt import Prompt, PromptEncoder, preset
+from adaptbench.sweep.inputs import resolve_prompt
+from adaptbench.data import get_task
+from adaptbench.data.schema import Example
 
 PAIR = Example("A man sleeps.", "A man is awake.", 1, 0)
 SINGLE = Example("The cat sat.", None, 1, 0)

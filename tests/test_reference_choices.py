@@ -9,17 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from adaptbench.config import PromptSpec, load_sweep
+from adaptbench.config.schema import PromptSpec, load_sweep
 from adaptbench.errors import ConfigError
 from adaptbench.methods.pbft import PBFT, VerbalizerModel
 from adaptbench.methods.vanilla import classification_head
-from adaptbench.models import load_model
-from adaptbench.prompts import PromptEncoder
-from adaptbench.resolve import resolve_prompt
-from adaptbench.sampling import few_shot_sample
-from adaptbench.scoring import lm_parts, pad_right, score
-from adaptbench.settings import LoraSettings, PBFTSettings
-from adaptbench.trainable import apply_policy
+from adaptbench.models.loading import load_model
+from adaptbench.prompts.prompt import PromptEncoder
+from adaptbench.sweep.inputs import resolve_prompt
+from adaptbench.data.sampling import few_shot_sample
+from adaptbench.models.interface import lm_parts
+from adaptbench.scoring.core import pad_right, score
+from adaptbench.config.settings import LoraSettings, PBFTSettings
+from adaptbench.training.policies import apply_policy
 
 from .conftest import REPO, write_config
 from .test_finetune import _train
@@ -28,7 +29,7 @@ from .test_run import _records, _run
 
 @pytest.fixture(scope="module")
 def rte(data_dir):
-    from adaptbench.tasks import get_task, train_pool
+    from adaptbench.data import get_task, train_pool
 
     task = get_task("rte")
     return task, few_shot_sample(train_pool(task, data_dir), 8, seed=0, n_labels=2)
@@ -120,7 +121,7 @@ def test_lora_on_the_lm_head_trains_through_the_scores(tiny_models, rte):
     apply_policy(model, "lora", lora=LoraSettings(target_modules=["q_proj", "v_proj", "lm_head"]))
     head_lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lm_head" in n and "lora_" in n}
     assert head_lora
-    from adaptbench.training import TrainItem
+    from adaptbench.training.loop import TrainItem
 
     items = [TrainItem(enc.query_ids(ex), torch.tensor(ex.label)) for ex in sample[:4]]
     _train(model, items, loaded, steps=3)

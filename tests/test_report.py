@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 import adaptbench
-from adaptbench.cli import app
+from adaptbench.cli.app import app
 from adaptbench.errors import AdaptbenchError
-from adaptbench.report import make_report
+from adaptbench.report.pages import make_report
 
 from .test_run import _run
 
@@ -145,7 +145,7 @@ def test_unscored_examples_are_shown_where_they_are_not_zero(sweep, tmp_path):
     the table printed after a run -- and tables without unscored examples stay as they were."""
     from rich.console import Console
 
-    from adaptbench.summary import run_table
+    from adaptbench.cli.console import run_table
 
     def text(table) -> str:
         console = Console(width=250, record=True)

@@ -14,12 +14,13 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from adaptbench import api_runs, load_results
-from adaptbench.api_models import CompletionsClient
-from adaptbench.cli import app
-from adaptbench.config import load_raw, load_sweep
+from adaptbench.models import api as api_runs
+from adaptbench import load_results
+from adaptbench.models.api_client import CompletionsClient
+from adaptbench.cli.app import app
+from adaptbench.config.schema import load_raw, load_sweep
 from adaptbench.errors import ConfigError
-from adaptbench.report import make_report
+from adaptbench.report.pages import make_report
 
 from .conftest import write_config
 from .test_api_models import FakeEndpoint
@@ -347,7 +348,7 @@ def test_show_says_which_sweep_and_keeps_its_columns(two_sweeps):
     result = runner.invoke(app, ["show", rec["run_id"][:8], "--results-dir", str(two_sweeps)])
     out = " ".join(result.output.split())
     assert result.exit_code == 0 and "is in 2 sweeps" in out and "showing the copy in" in out
-    from adaptbench.show import find_run, render
+    from adaptbench.cli.show import find_run, render
 
     console = Console(width=60, record=True)
     console.print(render(*find_run(rec["run_id"], str(two_sweeps))))
@@ -359,7 +360,7 @@ def test_show_says_which_sweep_and_keeps_its_columns(two_sweeps):
 def test_a_narrow_table_keeps_k_and_seed():
     """60 columns, long model paths, three eval sets: the names shrink; run ids, k, seed, status and the
     first metrics stay whole."""
-    from adaptbench.summary import run_table
+    from adaptbench.cli.console import run_table
 
     def rec(i, model):
         return {"run_id": f"{i:012x}", "status": "ok", "spec": {"model": {"name": model}, "task": "rte",
@@ -379,7 +380,7 @@ def test_a_narrow_table_keeps_k_and_seed():
 def test_figures_label_shots_as_numbers_and_the_csv_keeps_integers(two_sweeps, tmp_path):
     import matplotlib.pyplot as plt
 
-    from adaptbench.plots import shots_axis
+    from adaptbench.report.plots import shots_axis
 
     fig, ax = plt.subplots()
     ax.plot([4, 8, 16], [0.5, 0.6, 0.7])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from adaptbench.cli import app
+from adaptbench.cli.app import app
 
 from .conftest import save_tiny_model, with_settings, write_config
 
@@ -199,11 +199,11 @@ def test_unavailable_device_fails_the_run_not_the_sweep(tmp_path, data_dir, tiny
 def test_fine_tuning_leaves_too_long_inputs_unscored_and_untrained(tmp_path, data_dir, tokenizer):
     """PBFT on a model whose window only some RTE examples fit: the others are counted (n_unscored,
     train_dropped_too_long), never truncated and never a crash."""
-    from adaptbench.prompts import PromptEncoder
-    from adaptbench.tasks import eval_examples, get_task, train_pool
-    from adaptbench.resolve import resolve_prompt
-    from adaptbench.config import PromptSpec
-    from adaptbench.sampling import few_shot_sample
+    from adaptbench.prompts.prompt import PromptEncoder
+    from adaptbench.data import eval_examples, get_task, train_pool
+    from adaptbench.sweep.inputs import resolve_prompt
+    from adaptbench.config.schema import PromptSpec
+    from adaptbench.data.sampling import few_shot_sample
 
     task = get_task("rte")
     enc = PromptEncoder(tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)

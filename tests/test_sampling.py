@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 
 from adaptbench.errors import DataError
-from adaptbench.sampling import few_shot_sample, unlabeled_sample
-from adaptbench.tasks import get_task, train_pool
+from adaptbench.data.sampling import few_shot_sample, unlabeled_sample
+from adaptbench.data import get_task, train_pool
 
 
 @pytest.fixture(scope="module")

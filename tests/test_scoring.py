@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from adaptbench.config import PromptSpec
-from adaptbench.models import load_model
-from adaptbench.prompts import PromptEncoder
-from adaptbench.resolve import resolve_prompt
-from adaptbench.sampling import few_shot_sample
-from adaptbench.scoring import PrefixCache, answer_hidden, lm_parts, pad_right, score
-from adaptbench.tasks import eval_examples, get_task, train_pool
+from adaptbench.config.schema import PromptSpec
+from adaptbench.models.loading import load_model
+from adaptbench.prompts.prompt import PromptEncoder
+from adaptbench.sweep.inputs import resolve_prompt
+from adaptbench.data.sampling import few_shot_sample
+from adaptbench.scoring.core import PrefixCache, answer_hidden, pad_right, score
+from adaptbench.models.interface import lm_parts
+from adaptbench.data import eval_examples, get_task, train_pool
 
 TOL = 1e-4
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from adaptbench import shared_prefix
-from adaptbench.models import load_model
-from adaptbench.scoring import PrefixCache, lm_parts, score
+from adaptbench.scoring.core import shared_prefix
+from adaptbench.models.loading import load_model
+from adaptbench.scoring.core import PrefixCache, score
+from adaptbench.models.interface import lm_parts
 
 from .conftest import save_tiny_model
 from .test_scoring import TOL, _encoded, rte  # noqa: F401  (fixture)

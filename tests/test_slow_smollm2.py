@@ -10,13 +10,14 @@ import json
 import numpy as np
 import pytest
 
-from adaptbench.config import PromptSpec
-from adaptbench.models import load_model
-from adaptbench.prompts import PromptEncoder
-from adaptbench.resolve import resolve_prompt
-from adaptbench.sampling import few_shot_sample
-from adaptbench.scoring import PrefixCache, lm_parts, score
-from adaptbench.tasks import eval_examples, get_task, train_pool
+from adaptbench.config.schema import PromptSpec
+from adaptbench.models.loading import load_model
+from adaptbench.prompts.prompt import PromptEncoder
+from adaptbench.sweep.inputs import resolve_prompt
+from adaptbench.data.sampling import few_shot_sample
+from adaptbench.scoring.core import PrefixCache, score
+from adaptbench.models.interface import lm_parts
+from adaptbench.data import eval_examples, get_task, train_pool
 
 from .conftest import smollm2_path
 from .test_run import _records, _run

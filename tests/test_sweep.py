@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from adaptbench import owners, records
+from adaptbench._util import owners
+from adaptbench.store import records
 
 from .conftest import REPO, write_config
 from .test_run import _config as _run_config

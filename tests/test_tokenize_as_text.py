@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from adaptbench.config import PromptSpec
-from adaptbench.prompts import PromptEncoder
-from adaptbench.resolve import resolve_prompt
-from adaptbench.sampling import few_shot_sample
-from adaptbench.tasks import eval_examples, get_task, train_pool
+from adaptbench.config.schema import PromptSpec
+from adaptbench.prompts.prompt import PromptEncoder
+from adaptbench.sweep.inputs import resolve_prompt
+from adaptbench.data.sampling import few_shot_sample
+from adaptbench.data import eval_examples, get_task, train_pool
 
 from .conftest import _corpus
 

@@ -11,12 +11,11 @@ from typing import Callable, ClassVar, Protocol
 
 import numpy as np
 
-from ..config import RunSpec, RuntimeOptions
-from ..costs import CostTracker
-from ..models import LoadedModel
-from ..prompts import PromptEncoder
-from ..tasks.schema import EvalSetDef, Example, TaskDef
-from ..tracking import RunTrackers
+from ..config.schema import RunSpec, RuntimeOptions
+from ..measure.costs import CostTracker
+from ..models.loading import LoadedModel
+from ..prompts.prompt import PromptEncoder
+from ..data.schema import EvalSetDef, Example, TaskDef
 
 
 @dataclass
@@ -37,7 +36,7 @@ class RunContext:
     config_dir: str = "."  # relative paths in the config resolve from here
     load_model: Callable | None = None  # load_model(ModelSpec) -> LoadedModel: another model (a teacher)
     info: dict = field(default_factory=dict)
-    tracker: RunTrackers = field(default_factory=RunTrackers)  # --log-with: per-step values go here
+    on_step: Callable[[int, dict], None] = lambda step, values: None  # --log-with: per-step values go here
 
 
 @dataclass

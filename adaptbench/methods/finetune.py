@@ -7,15 +7,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import distributed
+from .._util import distributed
 from ..errors import RunSkipped
-from ..metrics import eval_set_metrics
-from ..saving import save_adapted
-from ..packing import packing_unsupported
-from ..precision import ObservedDtype, autocast, check_master_weights
-from ..scoring import batched_logits
-from ..trainable import apply_policy
-from ..training import TrainItem, train
+from ..measure.metrics import eval_set_metrics
+from ..training.saving import save_adapted
+from ..training.packing import packing_unsupported
+from ..training.precision import ObservedDtype, autocast, check_master_weights
+from ..scoring.core import batched_logits
+from ..training.policies import apply_policy
+from ..training.loop import TrainItem, train
 from .base import Method, Predictions, RunContext
 
 
@@ -57,7 +57,7 @@ class FineTuneMethod(Method):
         with ctx.costs.phase("train") as phase:
             log = train(model, items, settings, loss_fn=self.loss, pad_id=ctx.loaded.tokenizer.pad_token_id,
                         seed=spec.train_seed, device=ctx.loaded.device, evaluate=evaluator, progress=ctx.progress,
-                        packed=packed, on_step=ctx.tracker.step)
+                        packed=packed, on_step=ctx.on_step)
             phase.tokens, phase.padded_tokens = log.tokens, log.padded_tokens
             phase.extra.update(steps=log.steps, epochs=log.epochs)  # evaluation points: costs["eval_points"]
             if log.compute_dtype:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import distributed
-from ..api_runs import fit_icl, is_api
+from .._util import distributed
+from .api import fit_icl
+from ..models.api import is_api
 from ..errors import RunSkipped
-from ..models import free_memory_bytes
-from ..scoring import PrefixCache, auto_batch_size, lm_parts, prefix_attention, prefix_cache_unsupported, score
-from ..tasks.schema import Example
+from ..models.loading import free_memory_bytes
+from ..scoring.core import PrefixCache, auto_batch_size, prefix_attention, prefix_cache_unsupported, score
+from ..models.interface import lm_parts
+from ..data.schema import Example
 from .base import Method, Predictions, RunContext, register
 
 

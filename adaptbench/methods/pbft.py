@@ -18,7 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..scoring import last_hidden, lm_parts, verbalizer_logits, vocab_logits
+from ..scoring.core import last_hidden
+from ..models.interface import lm_parts
+from ..models.parts import verbalizer_logits, vocab_logits
 from .base import RunContext, register
 from .finetune import FineTuneMethod
 

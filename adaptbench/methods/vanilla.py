@@ -14,8 +14,9 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
-from ..scoring import last_hidden, lm_parts
-from ..seq2seq import is_encoder_decoder
+from ..scoring.core import last_hidden
+from ..models.interface import lm_parts
+from ..models.seq2seq import is_encoder_decoder
 from .base import RunContext, register
 from .finetune import FineTuneMethod
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 
-from ...config import RunSpec
-from ...contexts import (ContextSource, parse_context_setting, plain_chat, read_chat, read_inputs, read_text_file,
-                         render_chat, split_inputs)
+from ...config.schema import RunSpec
+from ...data.contexts import ContextSource, parse_context_setting, plain_chat, read_chat, read_inputs, read_text_file, render_chat, split_inputs
 from ...errors import ConfigError
 from ..base import RunContext
 

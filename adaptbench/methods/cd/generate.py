@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache
 
-from ...scoring import PrefixCache, lm_parts
+from ...scoring.core import PrefixCache
+from ...models.interface import lm_parts
 
 
 def _cache_copy(cache: PrefixCache) -> DynamicCache:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...scoring import LMParts, sequence_hidden, vocab_logits
+from ...models.parts import LMParts, vocab_logits
+from ...scoring.core import sequence_hidden
 from .sequence import CHUNK
 
 BATCH = 8  # held-out readings per forward pass

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...contexts import parse_context_setting
+from ...data.contexts import parse_context_setting
 from ...errors import ConfigError, RunSkipped
-from ...prompts import PromptEncoder, common_prefix_length
-from ...scoring import PrefixCache, lm_parts, log_softmax, prefix_cache_unsupported, score
+from ...prompts.prompt import PromptEncoder, common_prefix_length
+from ...scoring.core import PrefixCache, log_softmax, prefix_cache_unsupported, score
+from ...models.interface import lm_parts
 from ..base import RunContext
 from .context import context_text
 

@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...api_runs import ApiTeacher, is_api
-from ...config import RunSpec
+from ..api import ApiTeacher
+from ...models.api import is_api
+from ...config.schema import RunSpec
 from ...errors import ConfigError
-from ...metrics import eval_set_metrics
-from ...precision import dtype_name
-from ...sampling import unlabeled_sample
-from ...training import TrainItem
+from ...measure.metrics import eval_set_metrics
+from ...training.precision import dtype_name
+from ...data.sampling import unlabeled_sample
+from ...training.loop import TrainItem
 from ..base import Predictions, RunContext, register
 from ..finetune import FineTunedPredictor, FineTuneMethod
 from ..icl import ICLPredictor

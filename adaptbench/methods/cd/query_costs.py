@@ -42,11 +42,12 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
-from ...breakeven import DISTILLED, ICL_PATHS, PathCost, break_even
-from ...contexts import ContextSource
-from ...costs import resident_bytes, timed
+from ...measure.breakeven import DISTILLED, ICL_PATHS, PathCost, break_even
+from ...data.contexts import ContextSource
+from ...measure.costs import resident_bytes, timed
 from ...errors import ConfigError, RunSkipped
-from ...scoring import LMParts, PrefixCache, sequence_hidden, vocab_logits
+from ...models.parts import LMParts, vocab_logits
+from ...scoring.core import PrefixCache, sequence_hidden
 from .sequence import CHUNK
 
 DISTILL_PHASES = ("load_teacher", "teacher", "setup", "train")  # what distilling costs once

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...distill_targets import CompactTargets, compact_kl, compress_topk, full_kl
-from ...scoring import LMParts, PrefixCache, lm_parts, sequence_hidden, verbalizer_logits, vocab_logits
+from .targets import CompactTargets, compact_kl, compress_topk, full_kl
+from ...models.parts import LMParts, verbalizer_logits, vocab_logits
+from ...models.interface import lm_parts
+from ...scoring.core import PrefixCache, sequence_hidden
 
 CHUNK = 512  # positions per vocabulary-wide logits block (memory: CHUNK x vocab floats)
 

@@ -21,24 +21,25 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from ...breakeven import DISTILLED, ICL, ICL_CACHED
-from ...contexts import parse_context_setting, split_inputs
-from ...distill_targets import CompactTargets, full_bytes_per_position
+from ...measure.breakeven import DISTILLED, ICL, ICL_CACHED
+from ...data.contexts import parse_context_setting, split_inputs
+from .targets import CompactTargets, full_bytes_per_position
 from ...errors import ConfigError, RunSkipped
-from ...precision import autocast
-from ...sampling import unlabeled_sample
-from ...scoring import LMParts, PrefixCache, lm_parts, prefix_cache_unsupported
-from ...seq2seq import is_encoder_decoder
-from ...settings import CDSettings, GenerateSettings, ReplySettings
-from ...training import TrainItem
+from ...training.precision import autocast
+from ...data.sampling import unlabeled_sample
+from ...models.parts import LMParts
+from ...models.interface import lm_parts
+from ...scoring.core import PrefixCache, prefix_cache_unsupported
+from ...models.seq2seq import is_encoder_decoder
+from ...config.settings import CDSettings, GenerateSettings, ReplySettings
+from ...training.loop import TrainItem
 from ..base import RunContext
 from .context import context_text, input_texts, user_turn_texts
 from .heldout import HeldOut, compare, greedy, recovered
 from .labels import check_same_tokenizer
 from .query_costs import DISTILL_PHASES, Query, QueryCosts, QueryPath, answer, cut_context
 from .generate import continuations
-from .sequence import (HiddenTargets, SequenceStudent, answer_logits, frozen_head, predicted_hidden, read_ids,
-                       sequence_loss, teacher_targets)
+from .sequence import HiddenTargets, SequenceStudent, answer_logits, frozen_head, predicted_hidden, read_ids, sequence_loss, teacher_targets
 
 HELD_OUT_FROM_EVAL_SET = 16  # task inputs: held-out inputs are the first queries of the in-domain eval set
 

@@ -1,0 +1,140 @@
+"""``adaptbench show RESULTS_DIR|RUN_ID``: one run, readable in a terminal.
+
+What a user asks of a finished run: what exactly ran (its settings), what came out (metrics per eval
+set and slice), what it cost (seconds, peak memory and tokens per phase) and where its files are.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import AdaptbenchError
+from ..store.records import RESULT, run_dir, run_totals
+from ..store.results import flatten, read_results
+
+MIN_PREFIX = 4  # shortest run id prefix accepted (the tables print 8 characters)
+
+
+def find_run(target: str, results_dir: str = "results") -> tuple[dict, str, str] | list[dict]:
+    """(record, its sweep folder, a note) for a run folder, a sweep folder holding one run, or a run id
+    (prefix) under ``results_dir``; the sweep's records when a folder holds several runs.  The note says
+    where else the run is, when several sweeps hold it (they share its settings), or is empty."""
+    if os.path.isfile(os.path.join(target, RESULT)):  # a run folder: <sweep>/runs/<id>
+        sweep = os.path.dirname(os.path.dirname(os.path.abspath(target)))
+        return _one(read_results(sweep), os.path.basename(os.path.normpath(target)), sweep)
+    if os.path.isdir(target):
+        results = read_results(target)
+        if len(results.records) == 1:
+            return _one(results, results.records[0]["run_id"], target)
+        if not results.records:
+            raise AdaptbenchError(f"{target}: no finished run in this folder")
+        return results.records
+    if len(target) < MIN_PREFIX or not all(c in "0123456789abcdef" for c in target.lower()):
+        raise AdaptbenchError(f"{target!r} is neither a folder nor a run id (a run id: {MIN_PREFIX}+ hex characters, "
+                              f"as in the tables)")
+    if not os.path.isdir(results_dir):
+        raise AdaptbenchError(f"run {target}: no results folder {results_dir!r} to look in (use --results-dir)")
+    return _one(read_results(results_dir), target.lower(), results_dir)
+
+
+def _one(results, prefix: str, where: str) -> tuple[dict, str, str]:
+    hits = [r for r in results.records if r["run_id"].startswith(prefix)]
+    if not hits:
+        raise AdaptbenchError(f"no finished run {prefix} under {where}")
+    if len({r["run_id"] for r in hits}) > 1:
+        raise AdaptbenchError(f"run id {prefix} is ambiguous under {where}: "
+                              + ", ".join(sorted(r["run_id"][:12] for r in hits)))
+    sweeps = results.found_in.get(hits[0]["run_id"]) or [os.path.join(where, hits[0].get("sweep", ""))]
+    note = (f"run {hits[0]['run_id']} is in {len(sweeps)} sweeps ({', '.join(sweeps)}): they share its settings; "
+            f"showing the copy in {sweeps[0]}") if len(sweeps) > 1 else ""
+    return hits[0], sweeps[0], note
+
+
+def _table(title: str, columns: list[str]) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", header_style="bold", box=None,
+                  padding=(0, 1), pad_edge=False)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i > 0)
+    return table
+
+
+def _num(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    """A long value (the ICL context's whole text) as its start and its length: ``show`` is for reading."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters; in result.json)"
+
+
+def render(record: dict, sweep_dir: str, note: str = "") -> Group:
+    """Header, settings, metrics per eval set and slice, costs per phase, method details, files."""
+    status = record["status"]
+    style = {"ok": "green", "skipped": "yellow", "failed": "red"}.get(status, "")
+    lines = [f"[bold]run {record['run_id']}[/] ({escape(record.get('sweep', ''))}): [{style}]{status}[/]",
+             f"started {record.get('started_at', '?')}, finished {record.get('finished_at', '?')}"]
+    if record.get("reason"):
+        lines.append(f"[{style}]reason:[/] {escape(record['reason'])}")
+    model = record.get("model") or {}
+    if model:
+        lines.append(f"model {escape(model.get('name', ''))} from {escape(str(model.get('source', '')))}: "
+                     f"{_num(model.get('n_params'))} parameters, {model.get('dtype')} on {model.get('device')}, "
+                     f"window {_num(model.get('window'))}")
+    if note:
+        lines.append(f"[yellow]note:[/] {escape(note)}")
+    parts: list = ["\n".join(lines)]
+
+    spec = _table("settings", ["setting", "value"])
+    spec.columns[1].justify = "left"
+    for key, value in flatten(record["spec"]).items():
+        spec.add_row(escape(key), escape(str(value)))
+    parts.append(spec)
+
+    metrics = record.get("metrics") or {}
+    if metrics:
+        names = [m for m in ("accuracy", "mcc", "f1") if any(m in s for sl in metrics.values() for s in sl.values())]
+        table = _table("metrics", ["eval set / slice", "n", *names])
+        for eval_set, slices in metrics.items():
+            in_domain = (record.get("eval_sets") or {}).get(eval_set, {}).get("in_domain")
+            for slice_name, values in slices.items():
+                label = eval_set + (" (in-domain)" if in_domain and slice_name == "all" else "")
+                label = label if slice_name == "all" else f"  {slice_name}"
+                table.add_row(escape(label), _num(values.get("n")), *[_num(values.get(m)) for m in names])
+        parts.append(table)
+
+    costs = record.get("costs") or {}
+    if costs:
+        table = _table("costs", ["phase", "seconds", "peak GiB", "tokens", "weights", "compute"])
+        for phase, c in costs.items():
+            table.add_row(escape(phase), f"{c['seconds']:.2f}", f"{c['peak_memory_bytes'] / 2**30:.2f}",
+                          _num(c.get("tokens")), c.get("weights_dtype", "-"), c.get("compute_dtype", "-"))
+        seconds, peak = run_totals(costs)
+        table.add_row("[bold]total[/]", f"{seconds:.2f}", f"{peak / 2**30:.2f}", "", "", "")
+        parts.append(table)
+
+    info = record.get("method_info") or {}
+    shown = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
+    held = info.get("heldout") or {}
+    shown.update({f"heldout.{k}": v for k, v in held.items() if not isinstance(v, dict)})
+    shown.update({f"heldout.reply.{k}": v for k, v in (held.get("reply") or {}).items()})
+    if shown:
+        table = _table("method details", ["key", "value"])
+        # a long value (the ICL context's text) wraps; the key column keeps its width
+        table.columns[0].no_wrap, table.columns[0].min_width = True, min(max(map(len, shown)), 32)
+        table.columns[1].justify = "left"
+        for key, value in shown.items():
+            table.add_row(escape(key), escape(_short(_num(value))))
+        parts.append(table)
+
+    folder = run_dir(sweep_dir, record["run_id"])
+    files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    parts.append(f"[bold]files[/] in {escape(folder)}: " + (", ".join(escape(f) for f in files) or "none"))
+    return Group(*parts)

@@ -1,0 +1,162 @@
+"""What a run reads besides its settings: content hashes of its local files, and what ``auto`` resolves to.
+
+A run id is the hash of the run's settings.  Two things the settings do not show change results too:
+the contents of the files they name (a user task's CSV, the ``cd.context`` file, ``cd.inputs``, a local
+model folder or GGUF file) and the dtype ``auto`` resolves to on the machine (float32 on CPU, bfloat16 on
+a GPU).  Both go into the run's identity (``spec.resolved``), so a run whose data was edited, or a
+sweep resumed on another kind of machine, runs again instead of reusing records made from other inputs.
+File hashes are cached by path, size and modification time (``~/.cache/adaptbench/file-hashes.json``),
+so a large model folder is read once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from .._util.files import user_cache
+from ..data.contexts import parse_context_setting
+from ..errors import AdaptbenchError, ResultsWriteError
+
+_CACHE: dict[str, dict] | None = None
+_DIRTY = False  # hashes computed since the cache file was written
+
+
+def _cache_path() -> str:
+    return user_cache("file-hashes.json")
+
+
+def _cache() -> dict[str, dict]:
+    global _CACHE
+    if _CACHE is None:
+        try:
+            with open(_cache_path(), encoding="utf-8") as f:
+                _CACHE = json.load(f)
+        except (OSError, ValueError):
+            _CACHE = {}
+        if not isinstance(_CACHE, dict):
+            _CACHE = {}
+    return _CACHE
+
+
+def _save_cache() -> None:
+    """Write the cache if hashes were computed since it was last written (once per run, not per file)."""
+    global _DIRTY
+    if not _DIRTY:
+        return
+    from .._util.files import atomic_write
+
+    _DIRTY = False
+    try:
+        atomic_write(_cache_path(), json.dumps(_cache()))
+    except ResultsWriteError:  # a cache: without it the hashes are only computed again
+        pass
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes, from the cache while its size and mtime are unchanged."""
+    global _DIRTY
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    hit = _cache().get(path)
+    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+        return hit["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    _cache()[path] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+    _DIRTY = True
+    return digest.hexdigest()
+
+
+def content_sha256(path: str) -> str:
+    """A file's hash, or a folder's: over its files' relative paths and hashes (hidden entries such as
+    ``.git`` or a hub download's ``.cache`` left out)."""
+    if os.path.isfile(path):
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            full = os.path.join(root, name)
+            digest.update(f"{os.path.relpath(full, path)}\0{file_sha256(full)}\n".encode())
+    return digest.hexdigest()
+
+
+def run_files(run, config_dir: str) -> dict[str, str]:
+    """The local files and folders a run reads, by role (``task.train``, ``cd.context``, ``model``, ...)."""
+    found: dict[str, str] = {}
+    task = run.task
+    if not isinstance(task, str):
+        if task.hub is None:
+            found.update({f"task.{split}": getattr(task, split) for split in ("train", "validation")})
+            found.update({f"task.ood.{name}": path for name, path in task.ood.items()})
+        elif os.path.isdir(os.path.join(config_dir, task.hub)):  # a local dataset folder
+            found["task.hub"] = task.hub
+    cd = run.cd
+    if cd is not None:
+        try:
+            source = parse_context_setting(cd.context, config_dir)
+        except AdaptbenchError:
+            source = None  # refused with its message when the run's inputs are checked
+        if source is not None and source.path:
+            found["cd.context"] = source.path
+        if cd.inputs:
+            found["cd.inputs"] = cd.inputs
+    found.update(model_files(run.model, "model"))
+    if cd is not None and cd.teacher is not None:
+        found.update(model_files(cd.teacher, "cd.teacher"))
+    return {role: os.path.join(config_dir, path) for role, path in found.items()}
+
+
+def model_files(spec, role: str) -> dict[str, str]:
+    """A local model's weights (folder or GGUF file) and tokenizer folder, as absolute paths: model paths
+    are relative to the working folder, not the config's.  Hub ids and api models have none."""
+    from ..models.loading import resolve
+
+    if spec.api is not None:
+        return {}
+    try:
+        where = resolve(spec.name, spec.gguf_file)
+    except AdaptbenchError:
+        return {}  # loading the model says why, in the run's record
+    found = {}
+    weights = os.path.join(where.path, where.gguf_file) if where.gguf_file else where.path
+    if os.path.exists(weights):
+        found[role] = os.path.abspath(weights)
+    if spec.tokenizer and os.path.isdir(spec.tokenizer):
+        found[f"{role}.tokenizer"] = os.path.abspath(spec.tokenizer)
+    return found
+
+
+def resolved_dtype(dtype: str, device: str) -> str:
+    """What ``model.dtype`` becomes where the run executes (``device``: cpu or cuda)."""
+    if dtype != "auto":
+        return dtype
+    if device != "cuda":
+        return "float32"
+    import torch
+
+    supported = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()  # a login node: assume bf16
+    return "bfloat16" if supported else "float16"
+
+
+#: What a ``cd.target: sequence`` run computes, as a version in its identity (``resolved.cd_sequence``), so
+#: that records computed otherwise are not reused: 2 -- the teacher reads context + input as one text, the
+#: held-out measure includes the teacher's replies, a chat context's replies are distilled by default
+#: (1, unrecorded: the input's tokens appended to the context's).  Other runs' ids do not change.
+SEQUENCE_CD_VERSION = 2
+
+
+def resolve_run(run, config_dir: str, device: str):
+    """The run with ``resolved``: its resolved dtype and the content hash of every local file it reads."""
+    files = {role: content_sha256(path) for role, path in sorted(run_files(run, config_dir).items())
+             if os.path.exists(path)}
+    _save_cache()
+    dtype = {} if run.model.api is not None else {"dtype": resolved_dtype(run.model.dtype, device)}
+    sequence = run.method == "cd" and run.cd is not None and run.cd.target == "sequence"
+    resolved = {**dtype, **({"files": files} if files else {}),
+                **({"cd_sequence": SEQUENCE_CD_VERSION} if sequence else {})}
+    return run.model_copy(update={"resolved": resolved})

@@ -1,0 +1,115 @@
+"""Which parameters a fine-tuning method trains: full, head, bitfit, lora (+ freeze_embeddings).
+
+Policies act on a task model (``.lm``: the causal LM; ``.head``: a new classification head, or None)
+and report the trainable and total parameter counts measured from the model afterwards.
+
+BitFit (Ben Zaken et al., 2022) trains bias terms only.  Embeddings and the LM head stay frozen --
+unlike the reference code, whose "BitFit" mode still trains the LM head (tied to the input
+embeddings).  Models without biases (Llama, T5) get zero-initialised biases on their attention and MLP
+projections only when ``bitfit.add_biases`` asks for it, and the record says so.
+LoRA (Hu et al., 2022) goes through ``peft``; target modules default to peft's per-architecture
+choice (attention query/value projections: ``q_proj``/``v_proj``, T5's ``q``/``v``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..config.settings import BitfitSettings, LoraSettings
+
+# Projections that get a zero bias under bitfit.add_biases: Llama/Mistral/Qwen naming, then T5's
+# (attention q/k/v/o; MLP wi/wo, gated wi_0/wi_1 in T5 v1.1 and Flan-T5).
+BIAS_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                "q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1")
+
+
+def embedding_parameters(lm: nn.Module) -> set[int]:
+    """ids of token and position embedding weights, and of the LM head (often tied to them)."""
+    found: list[nn.Parameter] = []
+    for module in (lm.get_input_embeddings(), lm.get_output_embeddings()):
+        if module is not None:
+            found += list(module.parameters())
+    for name, module in lm.named_modules():  # learned positions: OPT/BART embed_positions, GPT-2 wpe, T5's buckets
+        if isinstance(module, nn.Embedding) and any(k in name for k in ("embed_positions", "wpe",
+                                                                         "relative_attention_bias")):
+            found += list(module.parameters())
+    return {id(p) for p in found}
+
+
+def _bias_free_projections(lm: nn.Module) -> list[tuple[str, nn.Linear]]:
+    return [(name, module) for name, module in lm.named_modules()
+            if isinstance(module, nn.Linear) and module.bias is None and name.split(".")[-1] in BIAS_TARGETS]
+
+
+def add_zero_biases(lm: nn.Module) -> list[str]:
+    """Give bias-free attention/MLP projections a zero bias (the forward is unchanged until trained)."""
+    added = []
+    for name, module in _bias_free_projections(lm):
+        w = module.weight
+        module.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+        added.append(name)
+    return added
+
+
+def _bias_parameters(lm: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    skip = embedding_parameters(lm)
+    return [(n, p) for n, p in lm.named_parameters() if n.endswith("bias") and id(p) not in skip]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total), each shared (tied) tensor counted once."""
+    params = list(model.parameters())  # de-duplicated by nn.Module
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def apply_policy(model: nn.Module, policy: str, *, lora: LoraSettings | None = None,
+                 bitfit: BitfitSettings | None = None, freeze_embeddings: bool = False) -> dict:
+    """Set ``requires_grad`` on ``model`` (a task model with ``.lm`` and ``.head``); returns what was done."""
+    info: dict = {"policy": policy}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = getattr(model, "head", None)
+    if policy == "full":
+        skip = embedding_parameters(model.lm) if freeze_embeddings else set()
+        for p in model.lm.parameters():
+            p.requires_grad_(id(p) not in skip)
+        info["freeze_embeddings"] = freeze_embeddings
+    elif policy == "bitfit":
+        if not _bias_parameters(model.lm):
+            if not (bitfit and bitfit.add_biases):
+                names = sorted({n.split(".")[-1] for n, _ in _bias_free_projections(model.lm)})
+                raise ConfigError(f"trainable: bitfit -- {type(model.lm).__name__} has no bias terms to train; set "
+                                  f"bitfit.add_biases: true to add zero-initialised biases to its attention and "
+                                  f"MLP projections ({', '.join(names or BIAS_TARGETS)})")
+            info["added_biases"] = len(add_zero_biases(model.lm))
+        for _, p in _bias_parameters(model.lm):
+            p.requires_grad_(True)
+    elif policy == "lora":
+        model.lm = _wrap_lora(model.lm, lora or LoraSettings())
+        info["lora_target_modules"] = sorted(model.lm.peft_config["default"].target_modules)
+    elif policy != "head":
+        raise ConfigError(f"unknown trainable policy {policy!r}")
+    if head is not None:
+        for p in head.parameters():  # a new, randomly initialised head always trains
+            p.requires_grad_(True)
+    elif policy == "head":
+        raise ConfigError("trainable: head trains only a classification head, and this method has none")
+    info["trainable_params"], info["total_params"] = count_parameters(model)
+    return info
+
+
+def _wrap_lora(lm: nn.Module, settings: LoraSettings) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=settings.target_modules, bias="none")
+    try:
+        with warnings.catch_warnings():  # peft 0.21 calls a transformers API deprecated in 5.x; not ours to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(lm, config)
+    except ValueError as e:  # unknown architecture without target_modules, or names not in the model
+        raise ConfigError(f"lora: {e}".splitlines()[0] + " -- set lora.target_modules") from None
