@@ -32,7 +32,7 @@ import tempfile
 import numpy as np
 from safetensors.numpy import load_file
 
-from adaptbench.methods.cd.labels import Teacher
+from adaptbench.scoring.context import LocalContextScorer
 from adaptbench.sweep.plan import make_plan
 from adaptbench.sweep.runner import run_sweep
 
@@ -69,7 +69,7 @@ def main() -> None:
         path = os.path.join(out, f"cd-{name}.yaml")
         with open(path, "w") as f:
             f.write(CONFIG.format(cached=str(cached).lower(), **vars(args)))
-        Teacher.share_prefixes = shared
+        LocalContextScorer.share_prefixes = shared
         rec = run_sweep(make_plan(path, output_dir=os.path.join(out, name), data_dir=args.data_dir), force=True)[0]
         if rec["status"] != "ok":
             raise SystemExit(f"run failed: {rec.get('reason')}")
@@ -83,7 +83,7 @@ def main() -> None:
             "peak": max(p["peak_memory_bytes"] for p in phases),
             "train_peak": costs["train"]["peak_memory_bytes"],
             "acc": rec["metrics"]["rte"]["all"]["accuracy"], "inputs": rec["method_info"]["train_examples"]}
-    Teacher.share_prefixes = True
+    LocalContextScorer.share_prefixes = True
     print(f"\n{args.model}, CD + {args.trainable}, {args.shots}-shot RTE context, {rows['shared']['inputs']} "
           f"distillation inputs ({min(args.shots, rows['shared']['inputs'])} with leave-one-out contexts), "
           f"{args.epochs} epochs")

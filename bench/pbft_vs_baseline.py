@@ -38,7 +38,8 @@ from adaptbench.prompts.prompt import PromptEncoder
 from adaptbench.sweep.inputs import resolve_prompt
 from adaptbench.data.sampling import few_shot_sample
 from adaptbench.scoring.core import batched_logits
-from adaptbench.config.settings import LoraSettings, TrainSettings
+from adaptbench.training.policies import LoraSettings
+from adaptbench.training.settings import TrainSettings
 from adaptbench.data import eval_examples, get_task, resolve_data_dir, train_pool
 from adaptbench.training.policies import apply_policy
 from adaptbench.training.loop import TrainItem, train

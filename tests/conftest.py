@@ -20,6 +20,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 
+import adaptbench.methods  # noqa: F401  (registers the methods, policies and settings blocks configs are read with)
+
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("ADAPTBENCH_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
 

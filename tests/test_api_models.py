@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from adaptbench.models.api_client import ApiUsage, CompletionsClient, Endpoint, api_key, floor_of
+from adaptbench.scoring.api_client import ApiUsage, CompletionsClient, Endpoint, api_key, floor_of
 from adaptbench.errors import ModelError
 
 LOCAL = "http://127.0.0.1:9/v1"  # never contacted: the mock transport answers
@@ -105,8 +105,8 @@ PROMPTS = [f"premise {i} question: hypothesis {i} Yes or No? answer:" for i in r
 def test_scores_are_read_from_the_top_logprobs(tmp_path):
     fake = FakeEndpoint(top=lambda p: {" Yes": -0.2, " No": -1.9, " The": -3.0} if "1" in p else TOP)
     scores = make_client(fake, tmp_path).next_token_logprobs(PROMPTS[:3], [" Yes", " No"])
-    np.testing.assert_allclose(scores.logprobs, [[-1.3, -0.4], [-0.2, -1.9], [-1.3, -0.4]], rtol=1e-6)
-    assert not scores.missing.any() and scores.logprobs.dtype == np.float32
+    np.testing.assert_allclose(scores.logits, [[-1.3, -0.4], [-0.2, -1.9], [-1.3, -0.4]], rtol=1e-6)
+    assert not scores.missing.any() and scores.logits.dtype == np.float32
     assert scores.predictions.tolist() == [1, 0, 1]
     body = fake.bodies[0]
     assert (body["max_tokens"], body["temperature"], body["logprobs"], body["echo"]) == (1, 0, 5, False)
@@ -118,7 +118,7 @@ def test_a_missing_verbalizer_token_gets_the_row_floor_and_is_counted(tmp_path):
     assert scores.missing.tolist() == [[True, False], [True, False]]
     floor = min(-4.0, math.log(1 - sum(math.exp(v) for v in top.values())))
     np.testing.assert_allclose(scores.floor, [floor, floor], rtol=1e-6)
-    np.testing.assert_allclose(scores.logprobs[:, 0], floor, rtol=1e-6)
+    np.testing.assert_allclose(scores.logits[:, 0], floor, rtol=1e-6)
 
 
 def test_the_floor_is_an_upper_bound_for_any_token_not_returned():
@@ -144,7 +144,7 @@ def test_the_disk_cache_answers_a_second_call_without_requests(tmp_path):
     done = []
     again = make_client(fake, tmp_path).next_token_logprobs(PROMPTS, [" Yes", " No"], progress=done.append)
     assert fake.calls == calls == 6
-    np.testing.assert_array_equal(again.logprobs, first.logprobs)
+    np.testing.assert_array_equal(again.logits, first.logits)
     assert (again.usage.requests, again.usage.cached, again.usage.prompt_tokens) == (0, 6, 0)
     assert sum(done) == 6
     files = list((tmp_path / "cache").glob("*/*.json"))
@@ -155,7 +155,7 @@ def test_a_repeated_prompt_is_sent_once(tmp_path):
     fake, done = FakeEndpoint(), []
     scores = make_client(fake, tmp_path).next_token_logprobs([PROMPTS[0]] * 3 + [PROMPTS[1]], [" Yes", " No"],
                                                              progress=done.append)
-    assert fake.calls == 2 and scores.logprobs.shape == (4, 2) and sum(done) == 4
+    assert fake.calls == 2 and scores.logits.shape == (4, 2) and sum(done) == 4
     assert (scores.usage.requests, scores.usage.cached) == (2, 2)
 
 
@@ -181,7 +181,7 @@ def test_a_rate_limit_is_retried(tmp_path):
     fake = FakeEndpoint(failures=[(429, {"error": {"message": "Rate limit reached"}})])
     scores = make_client(fake, tmp_path).next_token_logprobs(PROMPTS[:1], [" Yes", " No"])
     assert fake.calls == 2 and scores.usage.requests == 1
-    np.testing.assert_allclose(scores.logprobs, [[-1.3, -0.4]], rtol=1e-6)
+    np.testing.assert_allclose(scores.logits, [[-1.3, -0.4]], rtol=1e-6)
 
 
 def test_a_server_error_after_the_retries_is_a_clear_error(tmp_path):
@@ -296,7 +296,7 @@ def test_llama_server_next_token_logprobs(llama_server, tmp_path):
                "Paris is in France. question: Paris is in Italy. Yes or No? answer:"]
     client = server_client(llama_server, tmp_path)
     scores = client.next_token_logprobs(prompts, client.verbalizer_tokens([" Yes", " No"]))
-    assert scores.logprobs.shape == (2, 2) and np.isfinite(scores.logprobs).all() and (scores.logprobs < 0).all()
+    assert scores.logits.shape == (2, 2) and np.isfinite(scores.logits).all() and (scores.logits < 0).all()
     assert scores.usage.requests == 2 and scores.usage.prompt_tokens > 20 and scores.usage.completion_tokens == 2
 
 
@@ -347,8 +347,8 @@ def test_llama_server_agrees_with_adaptbench_scoring(llama_server, data_dir, tmp
 
     agree = float(np.mean(remote.predictions == local.predictions))
     both = ~remote.missing.any(axis=1)
-    diff = np.abs(remote.logprobs[both] - local.vocab_logprobs[both])
-    margin = np.corrcoef(remote.logprobs[:, 0] - remote.logprobs[:, 1], local.logits[:, 0] - local.logits[:, 1])[0, 1]
+    diff = np.abs(remote.logits[both] - local.vocab_logprobs[both])
+    margin = np.corrcoef(remote.logits[:, 0] - remote.logits[:, 1], local.logits[:, 0] - local.logits[:, 1])[0, 1]
     print(f"\nagreement {agree:.3f} on {len(evals)} examples; local predicts label 1 for "
           f"{int(local.predictions.sum())}, server for {int(remote.predictions.sum())}; rows with a missing token "
           f"{int((~both).sum())}; |delta log p| mean {diff.mean():.3f} max {diff.max():.3f}; margin correlation "

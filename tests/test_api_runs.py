@@ -11,8 +11,8 @@ import json
 import httpx
 import pytest
 
-from adaptbench.models import api as api_runs
-from adaptbench.models.api_client import CompletionsClient
+from adaptbench.scoring import api as api_runs
+from adaptbench.scoring.api_client import CompletionsClient
 
 from .test_api_models import FakeEndpoint
 from .test_run import _records, _run

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from adaptbench.config.schema import load_sweep
+from adaptbench.config.expand import load_sweep
 from adaptbench.errors import ConfigError, DataError
 from adaptbench.store.records import read_record
 from adaptbench.report.pages import spreadsheet_safe

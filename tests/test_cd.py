@@ -21,7 +21,7 @@ from adaptbench.sweep.inputs import resolve_prompt
 from adaptbench.data.sampling import few_shot_sample, unlabeled_sample
 from adaptbench.models.interface import lm_parts
 from adaptbench.scoring.core import score
-from adaptbench.config.settings import CDSettings
+from adaptbench.methods.cd.settings import CDSettings
 
 from .conftest import _corpus, save_tiny_model, with_settings
 from .test_run import _records, _run
@@ -50,20 +50,21 @@ def test_leave_one_out_contexts_and_cached_equals_online(tiny_models, rte):
     task, pool, sample = rte
     inputs = sample + unlabeled_sample(pool, 3, 0, sample)
     teacher = Teacher(ctx, loaded, inputs, len(sample))
+    reading, ids = teacher.reading, teacher.scorer.ids
     for i in range(len(sample)):  # no labelled input is scored with itself among the demonstrations
-        assert teacher.keys[i] == ("loo", i)
+        assert reading.keys[i] == ("loo", i)
         loo = ctx.encoder.context_text(sample[:i] + sample[i + 1:])
-        assert teacher.contexts[("loo", i)] == ctx.encoder.encode(loo)
+        assert ids[("loo", i)] == ctx.encoder.encode(loo)
         # the teacher reads the tokens of context + input as one text
-        full = teacher.contexts[("loo", i)][:teacher.shared[("loo", i)]] + teacher.queries[i]
+        full = ids[("loo", i)][:reading.shared[("loo", i)]] + reading.suffixes[i]
         assert full == ctx.encoder.encode(loo + ctx.encoder.prompt.query(sample[i]))
-    assert teacher.keys[len(sample):] == [("full", 0)] * 3
+    assert reading.keys[len(sample):] == [("full", 0)] * 3
     idx = list(range(len(inputs)))
     cached, online = teacher.targets(idx, cached=True), teacher.targets(idx, cached=False)
     np.testing.assert_allclose(cached, online, atol=1e-5)
     np.testing.assert_allclose(cached.sum(axis=1), 1.0, atol=1e-5)
     # and they are the ICL distributions of the teacher, with the context
-    full = teacher.contexts[("full", 0)][:teacher.shared[("full", 0)]] + teacher.queries[-1]
+    full = ids[("full", 0)][:reading.shared[("full", 0)]] + reading.suffixes[-1]
     s = score(lm_parts(loaded.model), [full],
               ctx.encoder.label_token_ids, 0)
     np.testing.assert_allclose(cached[-1], np.exp(s.label_logprobs[0]), atol=1e-5)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from adaptbench.config.schema import expand, load_raw, load_sweep
+from adaptbench.config.expand import expand, load_sweep
+from adaptbench.config.reading import load_raw
 from adaptbench.errors import ConfigError
 
 from .conftest import REPO, with_settings, write_config
@@ -49,7 +50,7 @@ def test_run_ids_ignore_key_order_and_runtime(tmp_path):
 
 def test_run_ids_stable_across_processes(tmp_path):
     path = write_config(tmp_path, BASE)
-    code = f"from adaptbench.config.schema import load_sweep; print(' '.join(r.run_id for r in load_sweep({path!r})[1]))"
+    code = f"import adaptbench.methods; from adaptbench.config.expand import load_sweep; print(' '.join(r.run_id for r in load_sweep({path!r})[1]))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.split() == [r.run_id for r in load_sweep(path)[1]]
 

@@ -29,8 +29,10 @@ from adaptbench.prompts.prompt import PromptEncoder
 from adaptbench.sweep.inputs import resolve_prompt
 from adaptbench.data.sampling import few_shot_sample
 from adaptbench.models.interface import lm_parts
-from adaptbench.scoring.core import prefix_cache_unsupported, score
-from adaptbench.config.settings import BitfitSettings, CDSettings, LoraSettings, TrainSettings
+from adaptbench.scoring.core import score
+from adaptbench.training.policies import BitfitSettings, LoraSettings
+from adaptbench.methods.cd.settings import CDSettings
+from adaptbench.training.settings import TrainSettings
 from adaptbench.training.policies import apply_policy
 from adaptbench.training.loop import TrainItem, train
 
@@ -159,7 +161,7 @@ def test_scores_equal_the_models_forward_at_the_decoders_first_position(seq2seq_
             np.testing.assert_allclose(s.logits[i], want, atol=1e-5, rtol=0)
             np.testing.assert_allclose(s.label_logprobs[i], want - np.logaddexp.reduce(want), atol=1e-5, rtol=0)
             assert abs(s.log_norm[i] - log_norm) < 1e-4
-    assert "encoder-decoder" in prefix_cache_unsupported(loaded.model.config)
+    assert "encoder-decoder" in loaded.capabilities.prefix_cache
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -255,9 +257,9 @@ def test_every_method_and_policy_end_to_end(tmp_path, data_dir, seq2seq_models, 
         assert rec["model"]["encoder_decoder"] is True and set(rec["metrics"]) == {"rte"}
         assert rec["metrics"]["rte"]["all"]["n"] == 4
         if rec["spec"]["method"] == "icl":
-            assert info["prefix_cache"] is False and "encoder-decoder" in info["prefix_cache_disabled"]
+            assert info["prefix_cache"] is False and "encoder-decoder" in info["capabilities_off"]["prefix_cache"]
             continue
-        assert info["packed_batches"] is False and "encoder-decoder" in info["packed_batches_disabled"]
+        assert info["packed_batches"] is False and "encoder-decoder" in info["capabilities_off"]["packing"]
         if rec["spec"]["trainable"] == "bitfit":
             assert ("added_biases" in info) == (arch == "t5")
         if rec["spec"]["method"] == "vanilla":

@@ -18,7 +18,8 @@ from adaptbench.sweep.inputs import resolve_prompt
 from adaptbench.data.sampling import few_shot_sample
 from adaptbench.scoring.core import PrefixCache, score
 from adaptbench.models.interface import lm_parts
-from adaptbench.config.settings import BitfitSettings, LoraSettings, TrainSettings
+from adaptbench.training.policies import BitfitSettings, LoraSettings
+from adaptbench.training.settings import TrainSettings
 from adaptbench.training.policies import apply_policy
 from adaptbench.training.loop import TrainItem, train
 from adaptbench._util.progress import make_progress

@@ -11,7 +11,7 @@ from adaptbench.training.packing import mask_dtype_for, pack, packing_works
 from adaptbench._util.progress import make_progress
 from adaptbench.scoring.core import last_hidden, pad_right
 from adaptbench.models.interface import lm_parts
-from adaptbench.config.settings import TrainSettings
+from adaptbench.training.settings import TrainSettings
 from adaptbench.training.loop import TrainItem, train
 
 SEQS = [list(range(5, 5 + n)) for n in (7, 3, 12, 5, 4, 9, 1)]

@@ -21,7 +21,9 @@ from adaptbench._util.progress import make_progress
 from adaptbench.prompts.prompt import PromptEncoder
 from adaptbench.sweep.inputs import resolve_prompt
 from adaptbench.data.sampling import few_shot_sample
-from adaptbench.config.settings import LoraSettings, ModelSpec, TrainSettings
+from adaptbench.training.policies import LoraSettings
+from adaptbench.config.settings import ModelSpec
+from adaptbench.training.settings import TrainSettings
 from adaptbench.training.policies import apply_policy
 from adaptbench.training.loop import TrainItem, train
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from adaptbench.config.schema import PromptSpec, load_sweep
+from adaptbench.config.schema import PromptSpec
+from adaptbench.config.expand import load_sweep
 from adaptbench.errors import ConfigError
 from adaptbench.methods.pbft import PBFT, VerbalizerModel
 from adaptbench.methods.vanilla import classification_head
@@ -19,7 +20,8 @@ from adaptbench.sweep.inputs import resolve_prompt
 from adaptbench.data.sampling import few_shot_sample
 from adaptbench.models.interface import lm_parts
 from adaptbench.scoring.core import pad_right, score
-from adaptbench.config.settings import LoraSettings, PBFTSettings
+from adaptbench.training.policies import LoraSettings
+from adaptbench.methods.pbft import PBFTSettings
 from adaptbench.training.policies import apply_policy
 
 from .conftest import REPO, write_config

@@ -14,11 +14,12 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from adaptbench.models import api as api_runs
+from adaptbench.scoring import api as api_runs
 from adaptbench import load_results
-from adaptbench.models.api_client import CompletionsClient
+from adaptbench.scoring.api_client import CompletionsClient
 from adaptbench.cli.app import app
-from adaptbench.config.schema import load_raw, load_sweep
+from adaptbench.config.reading import load_raw
+from adaptbench.config.expand import load_sweep
 from adaptbench.errors import ConfigError
 from adaptbench.report.pages import make_report
 

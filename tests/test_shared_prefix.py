@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from adaptbench.scoring.core import shared_prefix
-from adaptbench.models.loading import load_model
-from adaptbench.scoring.core import PrefixCache, score
+from adaptbench.models.capabilities import shared_prefix_unsupported
 from adaptbench.models.interface import lm_parts
+from adaptbench.models.loading import load_model
+from adaptbench.scoring import shared_prefix
+from adaptbench.scoring.core import PrefixCache, score
 
 from .conftest import save_tiny_model
 from .test_scoring import TOL, _encoded, rte  # noqa: F401  (fixture)
@@ -33,7 +34,7 @@ def test_shared_prefix_attention_equals_the_expanded_and_full_paths(models, rte,
     loaded = load_model(models[arch])
     enc, ctx, queries = _encoded(loaded, rte)
     parts, pad = lm_parts(loaded.model), loaded.tokenizer.pad_token_id
-    assert shared_prefix.unsupported(loaded.model.config) is None
+    assert shared_prefix_unsupported(loaded.model.config) is None
     calls = []
     original = shared_prefix.attention
 
@@ -78,7 +79,7 @@ def test_attention_it_cannot_decompose_is_named(models, change, reason):
     config = load_model(models["llama"]).model.config
     for key, value in change.items():
         setattr(config, key, value)
-    assert reason in shared_prefix.unsupported(config)
+    assert reason in shared_prefix_unsupported(config)
 
 
 def test_merging_by_log_sum_exp_equals_one_attention_over_prefix_and_suffix():
@@ -129,12 +130,12 @@ def test_positions_nothing_reads_skip_the_prefix_and_the_others_are_unchanged():
 
 def test_on_cpu_auto_batches_are_larger_where_the_prefix_is_shared(models, rte):
     """A batch of 32 reads the shared prefix once for all its queries; the expanded path stays at 8."""
-    from adaptbench.methods.icl import ICLPredictor
+    from adaptbench.scoring.context import LocalContextScorer
 
     loaded = load_model(models["llama"])
     enc, ctx, _ = _encoded(loaded, rte)
     parts = lm_parts(loaded.model)
+    scorer = LocalContextScorer(loaded, enc, {"c": ""}, label="icl", batch_size="auto", progress=None, info={})
     for shared, expected in ((True, 32), (False, 8)):
         cache = PrefixCache.encode(parts, ctx, shared=shared)
-        predictor = ICLPredictor(loaded, enc, "", ctx, cache, "auto", progress=None)
-        assert predictor.batch_size(len(ctx), 20) == expected
+        assert scorer._batch_size(cache, len(ctx), 20) == expected

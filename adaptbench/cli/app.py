@@ -73,7 +73,7 @@ def run(
     from .._util import distributed
     from ..sweep.plan import make_plan, pending
     from ..sweep.runner import run_sweep
-    from .console import problems, run_line, run_table
+    from .console import run_line
 
     distributed.init()  # under accelerate launch / torchrun: join the process group
     _show_notices()
@@ -105,6 +105,13 @@ def run(
             return
     except AdaptbenchError as e:
         _fail(e)
+    _print_results(plan, recs)
+
+
+def _print_results(plan, recs: list[dict]) -> None:
+    """The sweep's table, what another writer still runs, what failed or was skipped; exit 1 on a failure."""
+    from .console import problems, run_table
+
     out.print(run_table(recs, title=f"{plan.sweep.name} ({plan.sweep_dir})", width=out.width))
     if len(recs) < len(plan.runs):
         err.print(f"{len(plan.runs) - len(recs)} runs are being run by another writer on this folder; their records "
@@ -132,13 +139,13 @@ def _print_api_plan(plan, todo) -> None:
         return
     prices = plan.runtime.api
     total_requests = total_tokens = 0
-    for run, p in planned:
+    for run, spec, p in planned:
         if "error" in p:
             err.print(f"{run.run_id[:8]}: {p['error']}", markup=False, highlight=False, soft_wrap=True)
             continue
         tokens = p["approx_prompt_tokens"]  # of the requests not yet cached
         total_requests, total_tokens = total_requests + p["requests"], total_tokens + tokens
-        err.print(f"{run.run_id[:8]} {run.method} {run.model.name if run.model.api else run.cd.teacher.name}: "
+        err.print(f"{run.run_id[:8]} {run.method} {spec.name}: "
                   f"{p['requests']} requests ({p['cached']} cached), ~{tokens:,} prompt tokens", markup=False,
                   highlight=False)
     cost = (f", ~{total_tokens / 1000 * prices.price_per_1k_prompt:.2f} for prompt tokens"

@@ -77,6 +77,12 @@ def _short(text: str, limit: int = 160) -> str:
 
 def render(record: dict, sweep_dir: str, note: str = "") -> Group:
     """Header, settings, metrics per eval set and slice, costs per phase, method details, files."""
+    parts = [_header(record, note), _settings(record), _metrics(record), _costs(record), _details(record),
+             _files(record, sweep_dir)]
+    return Group(*[p for p in parts if p is not None])
+
+
+def _header(record: dict, note: str) -> str:
     status = record["status"]
     style = {"ok": "green", "skipped": "yellow", "failed": "red"}.get(status, "")
     lines = [f"[bold]run {record['run_id']}[/] ({escape(record.get('sweep', ''))}): [{style}]{status}[/]",
@@ -90,51 +96,63 @@ def render(record: dict, sweep_dir: str, note: str = "") -> Group:
                      f"window {_num(model.get('window'))}")
     if note:
         lines.append(f"[yellow]note:[/] {escape(note)}")
-    parts: list = ["\n".join(lines)]
+    return "\n".join(lines)
 
+
+def _settings(record: dict) -> Table:
     spec = _table("settings", ["setting", "value"])
     spec.columns[1].justify = "left"
     for key, value in flatten(record["spec"]).items():
         spec.add_row(escape(key), escape(str(value)))
-    parts.append(spec)
+    return spec
 
+
+def _metrics(record: dict) -> Table | None:
     metrics = record.get("metrics") or {}
-    if metrics:
-        names = [m for m in ("accuracy", "mcc", "f1") if any(m in s for sl in metrics.values() for s in sl.values())]
-        table = _table("metrics", ["eval set / slice", "n", *names])
-        for eval_set, slices in metrics.items():
-            in_domain = (record.get("eval_sets") or {}).get(eval_set, {}).get("in_domain")
-            for slice_name, values in slices.items():
-                label = eval_set + (" (in-domain)" if in_domain and slice_name == "all" else "")
-                label = label if slice_name == "all" else f"  {slice_name}"
-                table.add_row(escape(label), _num(values.get("n")), *[_num(values.get(m)) for m in names])
-        parts.append(table)
+    if not metrics:
+        return None
+    names = [m for m in ("accuracy", "mcc", "f1") if any(m in s for sl in metrics.values() for s in sl.values())]
+    table = _table("metrics", ["eval set / slice", "n", *names])
+    for eval_set, slices in metrics.items():
+        in_domain = (record.get("eval_sets") or {}).get(eval_set, {}).get("in_domain")
+        for slice_name, values in slices.items():
+            label = eval_set + (" (in-domain)" if in_domain and slice_name == "all" else "")
+            label = label if slice_name == "all" else f"  {slice_name}"
+            table.add_row(escape(label), _num(values.get("n")), *[_num(values.get(m)) for m in names])
+    return table
 
+
+def _costs(record: dict) -> Table | None:
     costs = record.get("costs") or {}
-    if costs:
-        table = _table("costs", ["phase", "seconds", "peak GiB", "tokens", "weights", "compute"])
-        for phase, c in costs.items():
-            table.add_row(escape(phase), f"{c['seconds']:.2f}", f"{c['peak_memory_bytes'] / 2**30:.2f}",
-                          _num(c.get("tokens")), c.get("weights_dtype", "-"), c.get("compute_dtype", "-"))
-        seconds, peak = run_totals(costs)
-        table.add_row("[bold]total[/]", f"{seconds:.2f}", f"{peak / 2**30:.2f}", "", "", "")
-        parts.append(table)
+    if not costs:
+        return None
+    table = _table("costs", ["phase", "seconds", "peak GiB", "tokens", "weights", "compute"])
+    for phase, c in costs.items():
+        table.add_row(escape(phase), f"{c['seconds']:.2f}", f"{c['peak_memory_bytes'] / 2**30:.2f}",
+                      _num(c.get("tokens")), c.get("weights_dtype", "-"), c.get("compute_dtype", "-"))
+    seconds, peak = run_totals(costs)
+    table.add_row("[bold]total[/]", f"{seconds:.2f}", f"{peak / 2**30:.2f}", "", "", "")
+    return table
 
+
+def _details(record: dict) -> Table | None:
     info = record.get("method_info") or {}
     shown = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
     held = info.get("heldout") or {}
     shown.update({f"heldout.{k}": v for k, v in held.items() if not isinstance(v, dict)})
     shown.update({f"heldout.reply.{k}": v for k, v in (held.get("reply") or {}).items()})
-    if shown:
-        table = _table("method details", ["key", "value"])
-        # a long value (the ICL context's text) wraps; the key column keeps its width
-        table.columns[0].no_wrap, table.columns[0].min_width = True, min(max(map(len, shown)), 32)
-        table.columns[1].justify = "left"
-        for key, value in shown.items():
-            table.add_row(escape(key), escape(_short(_num(value))))
-        parts.append(table)
+    if not shown:
+        return None
+    table = _table("method details", ["key", "value"])
+    # a long value (the ICL context's text) wraps; the key column keeps its width
+    table.columns[0].no_wrap, table.columns[0].min_width = True, min(max(map(len, shown)), 32)
+    table.columns[1].justify = "left"
+    for key, value in shown.items():
+        table.add_row(escape(key), escape(_short(_num(value))))
+    return table
 
+
+def _files(record: dict, sweep_dir: str) -> str:
     folder = run_dir(sweep_dir, record["run_id"])
     files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-    parts.append(f"[bold]files[/] in {escape(folder)}: " + (", ".join(escape(f) for f in files) or "none"))
-    return Group(*parts)
+    return f"[bold]files[/] in {escape(folder)}: " + (", ".join(escape(f) for f in files) or "none")

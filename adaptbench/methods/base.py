@@ -9,13 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Protocol
 
-import numpy as np
 
+from .._util.registry import Registry
+from ..config.blocks import MethodTraits, register_method
 from ..config.schema import RunSpec, RuntimeOptions
+from ..config.settings import ModelSpec
+from ..data.schema import EvalSetDef, Example, TaskDef
 from ..measure.costs import CostTracker
 from ..models.loading import LoadedModel
 from ..prompts.prompt import PromptEncoder
-from ..data.schema import EvalSetDef, Example, TaskDef
+from ..scoring.interface import ScoringModel
+from ..scoring.scores import Scores
 
 
 @dataclass
@@ -38,63 +42,71 @@ class RunContext:
     info: dict = field(default_factory=dict)
     on_step: Callable[[int, dict], None] = lambda step, values: None  # --log-with: per-step values go here
 
-
-@dataclass
-class Predictions:
-    """Scores of one eval set, in the order of its examples; unscored rows are NaN."""
-
-    logits: np.ndarray  # (n, n_labels) verbalizer / head logits
-    log_norm: np.ndarray | None = None  # (n,) full-vocabulary log normaliser, where the method has one
-    tokens: int = 0
-    padded_tokens: int = 0
-    compute_dtype: str | None = None  # what the scoring's matmuls ran in, where observed
-
-    @property
-    def scored(self) -> np.ndarray:
-        return np.isfinite(self.logits).all(axis=1)
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Predicted label ids; -1 where the example was not scored."""
-        out = np.full(len(self.logits), -1)
-        ok = self.scored
-        out[ok] = self.logits[ok].argmax(axis=1)
-        return out
+    def scoring_model(self, loaded: LoadedModel | None = None) -> ScoringModel:
+        """The run's model (or another, a teacher) behind the one model interface."""
+        return ScoringModel(loaded or self.loaded, self.runtime)
 
 
 class Predictor(Protocol):
-    def predict(self, examples: list[Example], name: str) -> Predictions: ...
+    def predict(self, examples: list[Example], name: str) -> Scores: ...
 
 
 class Method:
+    """A method: ``fit(ctx)`` adapts the run's model (or not) and returns a predictor.  Its class attributes
+    are what config knows of it (:class:`adaptbench.config.blocks.MethodTraits`), registered by :func:`register`."""
+
     name: ClassVar[str]
     description: ClassVar[str]
     trains: ClassVar[bool] = False  # changes the model's weights (so it needs a fresh copy)
     trainable: ClassVar[tuple[str, ...]] = ()  # the trainable-parameter policies it supports
+    settings: ClassVar[type | None] = None  # its settings block (under its name in a config), if it has one
+    api_models: ClassVar[bool] = False  # a model behind an API can run it (log-probabilities only)
+    hints: ClassVar[dict[str, str]] = {}  # trainable policy -> why it does not apply, for the error
 
     @classmethod
     def preflight(cls, spec: RunSpec, config_dir: str) -> None:
         """Check method settings against the world (files, ...) before any model loads."""
 
-    @classmethod
-    def check_trainable(cls, policy: str, source: str) -> None:
-        if policy not in cls.trainable:
-            from ..errors import ConfigError
+    # What the sweep asks of a method before it runs it -- the models and files a run reads, what its identity
+    # adds, whether it needs a task -- so that nothing outside the method knows its settings.
 
-            raise ConfigError(f"{source}: method {cls.name!r} cannot use trainable: {policy} "
-                              f"(it supports {', '.join(cls.trainable)})" + TRAINABLE_HINTS.get((cls.name, policy), ""))
+    @classmethod
+    def models(cls, spec: RunSpec) -> list[ModelSpec]:
+        """Every model a run reads (its verbalizers are checked, its files hashed, its endpoint asked)."""
+        return [spec.model]
+
+    @classmethod
+    def files(cls, spec: RunSpec, config_dir: str) -> dict[str, str]:
+        """Local files a run reads besides its task's and models', by role, relative to the config's folder."""
+        return {}
+
+    @classmethod
+    def resolved(cls, spec: RunSpec) -> dict:
+        """What a run's identity holds besides its settings (the version of what the method computes)."""
+        return {}
+
+    @classmethod
+    def task_needed(cls, spec: RunSpec) -> str | None:
+        """None when a run can do without a task (``task: none``), else why it needs one."""
+        return f"method {cls.name} needs a task"
+
+    @classmethod
+    def api_prompts(cls, spec: RunSpec, prompt, sample: list, evals: list) -> list[str]:
+        """The prompt texts a run sends to a model behind an API (``--dry-run`` counts them): each eval query
+        after the demonstrations."""
+        context = prompt.context(sample)
+        return [context + prompt.query(ex) for _, examples, _ in evals for ex in examples]
 
     def fit(self, ctx: RunContext) -> Predictor:
         raise NotImplementedError
 
 
-TRAINABLE_HINTS = {("pbft", "head"): ": pbft adds no head, it trains through the LM head's verbalizer rows"}
-
-METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method")
 
 
 def register(cls: type[Method]) -> type[Method]:
-    if cls.name in METHODS:
-        raise ValueError(f"method {cls.name!r} registered twice")
-    METHODS[cls.name] = cls
+    """One registration: the method's class for the sweep, its traits and settings block for config."""
+    METHODS.add(cls.name, cls)
+    register_method(MethodTraits(cls.name, cls.description, cls.trains, cls.trainable, cls.settings, cls.api_models,
+                                 dict(cls.hints)))
     return cls

@@ -16,7 +16,8 @@ from ..training.precision import ObservedDtype, autocast, check_master_weights
 from ..scoring.core import batched_logits
 from ..training.policies import apply_policy
 from ..training.loop import TrainItem, train
-from .base import Method, Predictions, RunContext
+from ..scoring.scores import Scores
+from .base import Method, RunContext
 
 
 class FineTuneMethod(Method):
@@ -52,8 +53,7 @@ class FineTuneMethod(Method):
         evaluator = Evaluator(ctx, model) if settings.eval_every != "end" else None
         why_not = packing_unsupported(model.lm)
         packed = ctx.info["packed_batches"] = why_not is None
-        if why_not:
-            ctx.info["packed_batches_disabled"] = why_not
+        ctx.info["capabilities_off"] = {**ctx.loaded.capabilities.off(), **({"packing": why_not} if why_not else {})}
         with ctx.costs.phase("train") as phase:
             log = train(model, items, settings, loss_fn=self.loss, pad_id=ctx.loaded.tokenizer.pad_token_id,
                         seed=spec.train_seed, device=ctx.loaded.device, evaluate=evaluator, progress=ctx.progress,
@@ -115,7 +115,7 @@ class Evaluator:
             for name, eval_set, examples in self.ctx.evals:
                 logits[name], tokens, padded = score_examples(self.ctx, self.model, examples)
                 phase.tokens, phase.padded_tokens = phase.tokens + tokens, phase.padded_tokens + padded
-                metrics[name] = eval_set_metrics(eval_set, examples, Predictions(logits[name]).labels)["all"]
+                metrics[name] = eval_set_metrics(eval_set, examples, Scores(logits[name]).labels)["all"]
         self.points.append(logits)
         return metrics
 
@@ -151,11 +151,11 @@ class FineTunedPredictor:
     def __init__(self, ctx: RunContext, model: nn.Module, stored: dict[str, np.ndarray] | None):
         self.ctx, self.model, self.stored = ctx, model, stored
 
-    def predict(self, examples, name: str) -> Predictions:
+    def predict(self, examples, name: str) -> Scores:
         if self.stored is not None:  # scored at the selected evaluation point during training
-            return Predictions(self.stored[name])
+            return Scores(self.stored[name])
         observed = ObservedDtype(self.model)
         with self.ctx.progress(f"{self.ctx.spec.method} {name}", len(examples)) as advance, \
                 autocast(self.ctx.loaded.device, self.ctx.spec.train.mixed_precision):  # as in training
             logits, tokens, padded = score_examples(self.ctx, self.model, examples, advance)
-        return Predictions(logits, None, tokens, padded, observed.close())
+        return Scores(logits, None, tokens, padded, compute_dtype=observed.close())

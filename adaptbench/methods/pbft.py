@@ -15,14 +15,27 @@ Prediction either way as in ICL: argmax over the verbalizer tokens.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
-from ..scoring.core import last_hidden
+from ..config.settings import Strict
 from ..models.interface import lm_parts
 from ..models.parts import verbalizer_logits, vocab_logits
+from ..scoring.core import last_hidden
 from .base import RunContext, register
 from .finetune import FineTuneMethod
+
+
+class PBFTSettings(Strict):
+    """Pattern-based fine-tuning."""
+
+    loss: Literal["verbalizer", "vocab"] = Field(
+        "verbalizer", description="verbalizer: cross-entropy over the verbalizer tokens' logits (the classes the "
+                                  "prediction chooses between); vocab: over the whole vocabulary with the gold "
+                                  "verbalizer token as target, as the reference study (its OPTWithLMClassifier)")
 
 
 class VerbalizerModel(nn.Module):
@@ -50,6 +63,8 @@ class VerbalizerModel(nn.Module):
 @register
 class PBFT(FineTuneMethod):
     name = "pbft"
+    settings = PBFTSettings
+    hints = {"head": ": pbft adds no head, it trains through the LM head's verbalizer rows"}
     description = "pattern-based fine-tuning: LM head + verbalizer tokens (loss over the verbalizers or the vocabulary)"
 
     def build(self, ctx: RunContext) -> nn.Module:

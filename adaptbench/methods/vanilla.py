@@ -11,14 +11,31 @@ Both are initialised N(0, init_std) with zero biases, as there.
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
 from torch import nn
 
+from ..config.settings import Strict
 from ..errors import ConfigError
-from ..scoring.core import last_hidden
 from ..models.interface import lm_parts
-from ..models.seq2seq import is_encoder_decoder
+from ..scoring.core import last_hidden
 from .base import RunContext, register
 from .finetune import FineTuneMethod
+
+
+class VanillaSettings(Strict):
+    """Vanilla fine-tuning's new classification head."""
+
+    head: Literal["linear", "mlp"] = Field(
+        "linear", description="linear: one layer on the last token's hidden state; mlp: dense -> ReLU -> dropout "
+                              "-> output, the reference study's default ClassificationHead")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout inside the mlp head (the reference: OPT's 0.1)")
+    pooling: Literal["decoder_first", "encoder_mean"] | None = Field(
+        None, description="encoder-decoder models only (T5, BART): the head reads the decoder's first hidden state "
+                          "(decoder_first, the default) or the mean of the encoder's states over the input's real "
+                          "tokens (encoder_mean); decoder-only models always use the last token's state, and "
+                          "setting it for them is an error")
 
 
 def classification_head(hidden: int, n_labels: int, kind: str, init_std: float, dropout: float) -> nn.Module:
@@ -57,20 +74,23 @@ class HeadModel(nn.Module):
 
 
 def head_pooling(ctx: RunContext) -> str:
-    """What the head reads: ``last_token`` (decoder-only models), ``decoder_first`` or ``encoder_mean``."""
+    """What the head reads: ``last_token`` (decoder-only models), ``decoder_first`` or ``encoder_mean``
+    (encoder-decoders): ``vanilla.pooling`` where the model offers it, else its first pooling."""
     asked = ctx.spec.vanilla.pooling if ctx.spec.vanilla is not None else None
-    if is_encoder_decoder(ctx.loaded.model):
-        return asked or "decoder_first"
-    if asked is not None:
+    offered = ctx.loaded.capabilities.poolings
+    if asked is None:
+        return offered[0]
+    if asked not in offered:
         raise ConfigError(f"vanilla.pooling: {asked} applies to encoder-decoder models (T5, BART); "
-                          f"{ctx.spec.model.name!r} is a decoder-only model, whose head always reads the last "
-                          f"token's hidden state: remove vanilla.pooling for it")
-    return "last_token"
+                          f"{ctx.spec.model.name!r} offers {', '.join(offered)}: its head always reads the last "
+                          f"token's hidden state -- remove vanilla.pooling for it")
+    return asked
 
 
 @register
 class Vanilla(FineTuneMethod):
     name = "vanilla"
+    settings = VanillaSettings
     description = "classification head (linear or mlp) on the last token's hidden state, trained with cross-entropy"
     trainable = ("full", "head", "bitfit", "lora")
 

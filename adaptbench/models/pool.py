@@ -7,10 +7,7 @@ import gc
 
 from ..config.settings import ModelSpec
 from .api import load_api_model
-from .loading import (
-    GGUFSnapshots,
-    LoadedModel,
-)
+from .loading import GGUFSnapshots, LoadedModel
 
 
 class ModelPool:

@@ -18,14 +18,15 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from ..models.capabilities import shared_prefix_unsupported
 from ..models.parts import LMParts, verbalizer_logits, vocab_logits
 from . import shared_prefix
+from .scores import Scores
 from .shared_prefix import SharedPrefixCache, SharedPrefixLayer
 
 
@@ -53,7 +54,7 @@ class _PrefixLayer(DynamicLayer):
 def prefix_attention(config) -> str:
     """How queries attend to a cached prefix on this model, for the record: ``shared`` (one copy of the
     prefix per batch, :mod:`adaptbench.shared_prefix`) or ``expanded (<why not shared>)``."""
-    why_not = shared_prefix.unsupported(config)
+    why_not = shared_prefix_unsupported(config)
     return "shared" if why_not is None else f"expanded ({why_not})"
 
 
@@ -70,7 +71,7 @@ class PrefixCache:
     @classmethod
     def encode(cls, parts: LMParts, prefix_ids: Sequence[int], shared: bool | None = None) -> PrefixCache:
         """``shared``: queries attend to it through :mod:`adaptbench.shared_prefix`; None: wherever the
-        model's attention allows (see ``shared_prefix.unsupported``)."""
+        model's attention allows (see :func:`adaptbench.models.capabilities.shared_prefix_unsupported`)."""
         ids = torch.tensor([list(prefix_ids)], device=parts.device)
         cache = DynamicCache()
         with torch.inference_mode():
@@ -78,7 +79,7 @@ class PrefixCache:
                                  **{parts.cache_kwarg: cache})
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         if shared is None:
-            shared = shared_prefix.unsupported(parts.backbone.config) is None
+            shared = shared_prefix_unsupported(parts.backbone.config) is None
         return cls(layers, len(prefix_ids), out.last_hidden_state[0, -1], shared)
 
     def truncated(self, length: int) -> PrefixCache:
@@ -200,37 +201,6 @@ def batched_logits(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id
     return out, tokens, padded
 
 
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax of a (n, k) array (NaN rows stay NaN)."""
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
-@dataclass
-class Scores:
-    """Per-example verbalizer logits, plus what it cost in tokens."""
-
-    logits: np.ndarray  # (n, n_labels) float32, in the order of the queries
-    log_norm: np.ndarray  # (n,) log-sum-exp over the full vocabulary at the answer position
-    tokens: int  # real tokens run through the model (a cached prefix is not counted)
-    padded_tokens: int  # positions computed, padding included
-    vocab: np.ndarray | None = None  # (n, vocab) full next-token logits, when asked for
-
-    @property
-    def label_logprobs(self) -> np.ndarray:
-        """log p(label) over the verbalizer tokens only (what the prediction is made from)."""
-        return log_softmax(self.logits)
-
-    @property
-    def vocab_logprobs(self) -> np.ndarray:
-        """log p(verbalizer token) under the full next-token distribution."""
-        return self.logits - self.log_norm[:, None]
-
-    @property
-    def predictions(self) -> np.ndarray:
-        return self.logits.argmax(axis=1)
-
-
 @contextmanager
 def _sdpa_gqa(device: torch.device):
     """On CPU, let SDPA handle grouped-query attention itself instead of transformers' ``repeat_kv``.
@@ -332,11 +302,3 @@ def auto_batch_size(parts: LMParts, config, prefix_len: int, query_len: int, fre
     ) + (width + 4) * parts.vocab_size  # the output row at the answer position, and its float32 copy
     budget = free_bytes // 4
     return int(max(1, min(cap, math.floor(budget / max(per_example, 1)))))
-
-
-def prefix_cache_unsupported(config) -> str | None:
-    """Why the prefix cache cannot serve this model (an encoder-decoder, sliding-window attention), or None."""
-    if getattr(config, "is_encoder_decoder", False):
-        return ("encoder-decoder model: its encoder attends in both directions, so the demonstrations' states "
-                "depend on the query that follows them; the whole prompt is encoded per query")
-    return shared_prefix.sliding_window(config)

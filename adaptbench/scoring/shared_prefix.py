@@ -32,41 +32,12 @@ from contextlib import contextmanager
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-NAME = "adaptbench_shared_prefix"
-ALIBI_MODELS = {"bloom", "mpt", "falcon", "baichuan", "jais"}
+from ..models.capabilities import SHARED_PREFIX_ATTENTION
+
+NAME = SHARED_PREFIX_ATTENTION
 #: Batch rows stacked into one attention call: more rows share one pass over the prefix keys, but each
 #: query also passes over the other rows' (masked) new keys, so very many rows waste work.
 ROWS_PER_CHUNK = 32
-
-
-def _text_config(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def sliding_window(config) -> str | None:
-    """Why keys/values cached for a prefix cannot serve later tokens as they are (sliding-window
-    attention: a token sees only the last W positions), or None.  Rules out any prefix cache."""
-    config = _text_config(config)
-    if any("sliding" in str(t) for t in getattr(config, "layer_types", None) or ()):
-        return "the model has sliding-window attention layers"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return "the model uses sliding-window attention"
-    return None
-
-
-def unsupported(config) -> str | None:
-    """Why this model's attention cannot take the shared-prefix path (None: it can)."""
-    window = sliding_window(config)
-    if window:
-        return window
-    config = _text_config(config)
-    if getattr(config, "attn_logit_softcapping", None):
-        return "attention logit soft-capping"
-    if getattr(config, "alibi", False) or config.model_type in ALIBI_MODELS:
-        return "ALiBi position biases"
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", NAME, None):
-        return f"attention implementation {config._attn_implementation!r}"
-    return None
 
 
 class SharedPrefixLayer(DynamicLayer):

@@ -30,14 +30,10 @@ from ..measure.costs import CostTracker
 from ..measure.environment import environment
 from ..measure.metrics import eval_set_metrics
 from ..methods import METHODS, RunContext
-from ..models.api import ApiPromptEncoder, is_api
-from ..models.api import client as api_client
-from ..models.loading import (
-    pick_device,
-)
+from ..scoring.interface import ScoringModel
+from ..models.loading import pick_device
 from ..models.pool import ModelPool
-from ..prompts.prompt import PromptEncoder
-from ..scoring.core import log_softmax
+from ..scoring.scores import log_softmax
 from ..store import records
 from ..training.precision import annotate_phases, training_model_spec
 from . import claims
@@ -160,8 +156,7 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
                                     fresh=method.trains)
         phase.extra["reused"] = reused
     costs.device = loaded.device
-    encoder = (ApiPromptEncoder(api_client(run.model, plan.runtime), inputs.prompt, task.labels.names)
-               if is_api(loaded) else PromptEncoder(loaded.tokenizer, inputs.prompt, task.labels.names))
+    encoder = ScoringModel(loaded, plan.runtime).encoder(inputs.prompt, task.labels.names)
     p = inputs.prompt
     record["prompt"] = {"pattern": p.pattern, "target_prefix": p.target_prefix, "separator": p.separator,
                         "verbalizer": list(p.verbalizer), "instruction": p.instruction,

@@ -16,8 +16,9 @@ import json
 import os
 
 from .._util.files import user_cache
-from ..data.contexts import parse_context_setting
 from ..errors import AdaptbenchError, ResultsWriteError
+from ..methods import METHODS
+from ..models.loading import resolve
 
 _CACHE: dict[str, dict] | None = None
 _DIRTY = False  # hashes computed since the cache file was written
@@ -95,27 +96,18 @@ def run_files(run, config_dir: str) -> dict[str, str]:
             found.update({f"task.ood.{name}": path for name, path in task.ood.items()})
         elif os.path.isdir(os.path.join(config_dir, task.hub)):  # a local dataset folder
             found["task.hub"] = task.hub
-    cd = run.cd
-    if cd is not None:
-        try:
-            source = parse_context_setting(cd.context, config_dir)
-        except AdaptbenchError:
-            source = None  # refused with its message when the run's inputs are checked
-        if source is not None and source.path:
-            found["cd.context"] = source.path
-        if cd.inputs:
-            found["cd.inputs"] = cd.inputs
-    found.update(model_files(run.model, "model"))
-    if cd is not None and cd.teacher is not None:
-        found.update(model_files(cd.teacher, "cd.teacher"))
+    method = METHODS[run.method]
+    found.update(method.files(run, config_dir))
+    model, *teachers = method.models(run)
+    found.update(model_files(model, "model"))
+    for spec in teachers:
+        found.update(model_files(spec, f"{run.method}.teacher"))
     return {role: os.path.join(config_dir, path) for role, path in found.items()}
 
 
 def model_files(spec, role: str) -> dict[str, str]:
     """A local model's weights (folder or GGUF file) and tokenizer folder, as absolute paths: model paths
     are relative to the working folder, not the config's.  Hub ids and api models have none."""
-    from ..models.loading import resolve
-
     if spec.api is not None:
         return {}
     try:
@@ -143,20 +135,11 @@ def resolved_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if supported else "float16"
 
 
-#: What a ``cd.target: sequence`` run computes, as a version in its identity (``resolved.cd_sequence``), so
-#: that records computed otherwise are not reused: 2 -- the teacher reads context + input as one text, the
-#: held-out measure includes the teacher's replies, a chat context's replies are distilled by default
-#: (1, unrecorded: the input's tokens appended to the context's).  Other runs' ids do not change.
-SEQUENCE_CD_VERSION = 2
-
-
 def resolve_run(run, config_dir: str, device: str):
     """The run with ``resolved``: its resolved dtype and the content hash of every local file it reads."""
     files = {role: content_sha256(path) for role, path in sorted(run_files(run, config_dir).items())
              if os.path.exists(path)}
     _save_cache()
     dtype = {} if run.model.api is not None else {"dtype": resolved_dtype(run.model.dtype, device)}
-    sequence = run.method == "cd" and run.cd is not None and run.cd.target == "sequence"
-    resolved = {**dtype, **({"files": files} if files else {}),
-                **({"cd_sequence": SEQUENCE_CD_VERSION} if sequence else {})}
+    resolved = {**dtype, **({"files": files} if files else {}), **METHODS[run.method].resolved(run)}
     return run.model_copy(update={"resolved": resolved})

@@ -9,16 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..config.schema import EvalSetSpec, PromptSpec, RunSpec, RuntimeOptions
-from ..data import (
-    build_user_task,
-    eval_examples,
-    get_eval_set,
-    get_task,
-    resolve_data_dir,
-    train_pool,
-)
+from ..data import build_user_task, eval_examples, get_eval_set, get_task, resolve_data_dir, train_pool
 from ..data.schema import DatasetDef, EvalSetDef, Example, LabelScheme, TaskDef
 from ..errors import DataError, PromptError
+from ..methods import METHODS
 from ..prompts.prompt import Prompt, check_prompt, preset
 
 
@@ -109,9 +103,10 @@ NO_TASK = TaskDef("none", DatasetDef("none", ("text",), (), ()), "train", "valid
 
 def load_inputs(run: RunSpec, runtime: RuntimeOptions, config_dir: str) -> RunInputs:
     if run.task == "none":
-        if run.method != "cd" or run.cd is None or run.cd.target != "sequence":
-            raise DataError("task: none is for context distillation onto text inputs (method: cd, cd.target: "
-                            "sequence, cd.inputs: FILE); every other method needs a task")
+        why = METHODS[run.method].task_needed(run)
+        if why:
+            raise DataError(f"task: none is for context distillation onto text inputs (method: cd, cd.target: "
+                            f"sequence, cd.inputs: FILE); {why}")
         return RunInputs(NO_TASK, Prompt("", separator="\n\n"), [], [], {})
     task, extra = resolve_task(run, config_dir)
     prompt = resolve_prompt(run.prompt, task)

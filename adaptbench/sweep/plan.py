@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config.schema import RunSpec, RuntimeOptions, SweepConfig, expand, load_raw
+from .. import methods  # noqa: F401  (registers the methods, policies and settings blocks config reads)
+from ..config.expand import expand
+from ..config.reading import load_raw
+from ..config.schema import RunSpec, RuntimeOptions, SweepConfig
 from ..store import records
 from .identity import resolve_run
 

@@ -6,23 +6,22 @@ from __future__ import annotations
 
 import warnings
 
+from .._util.files import dumps
 from ..config.schema import RunSpec
-from ..errors import AdaptbenchError, Notice, PromptError
+from ..config.settings import ModelSpec
+from ..data.sampling import few_shot_sample
+from ..errors import AdaptbenchError, ModelError, Notice, PromptError
 from ..methods import METHODS
-from ..models.api import check_endpoints
-from ..models.loading import (
-    check_findable,
-    load_tokenizer,
-)
+from ..models.loading import check_findable, load_tokenizer
 from ..prompts.prompt import PromptEncoder
-from ..store import records
+from ..scoring.api import client
 from .inputs import RunInputs, load_inputs
 from .plan import Plan
 
 
 def _inputs_key(run: RunSpec) -> str:
     """Runs with equal task, prompt and eval settings read the same data."""
-    return records.dumps(run.model_dump(mode="json", include={"task", "prompt", "eval"}))
+    return dumps(run.model_dump(mode="json", include={"task", "prompt", "eval"}))
 
 
 def run_inputs(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
@@ -48,13 +47,16 @@ def preflight(plan: Plan, runs: list[RunSpec]) -> dict[str, RunInputs]:
     return out
 
 
+def _models(run: RunSpec):
+    return METHODS[run.method].models(run)
+
+
 def check_models(runs: list[RunSpec]) -> None:
     """Every model (and teacher) can be found -- a typo stops the sweep once, with a suggestion, instead of
     failing every run after a minute of hub retries each; a model given trust_remote_code is named."""
     seen = set()
     for run in runs:
-        teacher = run.cd.teacher if run.cd is not None else None
-        for spec in (s for s in (run.model, teacher) if s is not None and s not in seen):
+        for spec in (s for s in _models(run) if s not in seen):
             seen.add(spec)
             check_findable(spec)
             if spec.trust_remote_code:
@@ -70,8 +72,7 @@ def check_verbalizers(runs: list[RunSpec], inputs: dict[str, RunInputs]) -> None
     tokenizers: dict = {}
     for run in runs:
         prompt, labels = inputs[run.run_id].prompt, inputs[run.run_id].task.labels.names
-        teacher = run.cd.teacher if run.cd is not None else None
-        for spec in [s for s in (run.model, teacher) if s is not None and s.api is None]:
+        for spec in [s for s in _models(run) if s.api is None]:
             key = (spec.name, spec.gguf_file, spec.tokenizer, spec.revision)
             if key not in tokenizers:
                 try:
@@ -85,11 +86,35 @@ def check_verbalizers(runs: list[RunSpec], inputs: dict[str, RunInputs]) -> None
                     raise PromptError(f"prompt.verbalizer for model {spec.name!r}: {e}") from None
 
 
-def api_requests(plan: Plan, runs: list[RunSpec]) -> list[tuple[RunSpec, dict]]:
-    """For ``--dry-run``: per run that calls an api model, the requests it would send (those not in the
-    response cache) and about how many prompt tokens -- nothing is sent."""
-    from ..models.api import api_specs, planned_requests
+def api_models(run: RunSpec) -> list[ModelSpec]:
+    """The models behind an API a run reads: its model, or its teacher."""
+    return [s for s in _models(run) if s.api is not None]
 
-    calling = [run for run in runs if api_specs(run)]
+
+def check_endpoints(runs: list[RunSpec], inputs: dict[str, RunInputs], runtime) -> None:
+    """Before a sweep spends money: each endpoint is reachable with the key, knows the model, returns
+    log-probabilities and has each verbalizer word as one token (a clear ModelError otherwise)."""
+    seen = set()
+    for run in runs:
+        words = tuple(inputs[run.run_id].prompt.verbalizer)
+        for spec in api_models(run):
+            if (spec, words) not in seen:
+                seen.add((spec, words))
+                client(spec, runtime).verbalizer_tokens(list(words))
+
+
+def api_requests(plan: Plan, runs: list[RunSpec]) -> list[tuple[RunSpec, ModelSpec, dict]]:
+    """For ``--dry-run``: per run that calls an api model, that model and the requests the run would send (those
+    not in the response cache) with about how many prompt tokens -- nothing is sent."""
+    calling = [run for run in runs if api_models(run)]
     inputs = run_inputs(plan, calling)
-    return [(run, planned_requests(run, inputs[run.run_id], plan.runtime)) for run in calling]
+    out = []
+    for run in calling:
+        spec, data = api_models(run)[0], inputs[run.run_id]
+        sample = few_shot_sample(data.pool, run.shots, run.data_seed, len(data.task.labels.names), run.balanced)
+        texts = METHODS[run.method].api_prompts(run, data.prompt, sample, data.evals)
+        try:
+            out.append((run, spec, client(spec, plan.runtime).plan(texts)))
+        except ModelError as e:
+            out.append((run, spec, {"error": str(e)}))
+    return out

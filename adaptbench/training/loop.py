@@ -27,7 +27,7 @@ from ..errors import AdaptbenchError
 from .packing import mask_dtype_for, pack
 from .precision import ObservedDtype
 from ..scoring.core import pad_right
-from ..config.settings import TrainSettings
+from .settings import TrainSettings
 
 
 class TrainingDiverged(AdaptbenchError):
@@ -96,31 +96,10 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
     """Train ``model`` in place.  ``evaluate()`` is called at the evaluation points (model in eval mode,
     no gradients) and returns the metrics to log there.  ``on_step(step, values)`` gets the loss and
     learning rate of every optimizer step and the metrics of every evaluation point (experiment trackers)."""
-    from transformers import get_scheduler
-
     on_step = on_step or (lambda step, values: None)
-
-    acc = make_accelerator(settings, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise AdaptbenchError("nothing to train: the trainable policy left no parameter with requires_grad")
-    # fused: one kernel over all parameters, no per-step temporaries the size of the model (the
-    # multi-tensor default allocates them), on CPU and CUDA alike
-    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused or None)
-    steps = total_steps(settings, len(items))
-    sched = get_scheduler("linear" if settings.schedule == "linear" else "constant_with_warmup", opt,
-                          num_warmup_steps=math.ceil(settings.warmup_ratio * steps), num_training_steps=steps)
-    mask_dtype = mask_dtype_for(getattr(model, "lm", model)) if packed else None
-    loader = DataLoader(items, batch_size=settings.batch_size, shuffle=True,
-                        collate_fn=lambda b: collate(b, pad_id, packed, mask_dtype),
-                        generator=torch.Generator().manual_seed(seed))
-    model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    acc, model, opt, loader, sched, params, steps = _setup(model, items, settings, pad_id, seed, device, packed)
     log = TrainLog(distributed_type=str(acc.distributed_type).rsplit(".", 1)[-1], processes=acc.num_processes)
-    for engine in ("FSDP", "DEEPSPEED"):  # asked for by the launch's accelerate config, but not what runs
-        if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() == "true" and log.distributed_type != engine:
-            warnings.warn(f"the accelerate config asks for {engine} but accelerate runs {log.distributed_type} "
-                          f"here (FSDP and DeepSpeed need GPUs); training is plain data-parallel")
+    _warn_if_not_the_engine_asked_for(log.distributed_type)
     every = settings.eval_every if isinstance(settings.eval_every, int) else None
     last_eval = -1
     step_loss = [0.0, 0]  # this rank's sum of example losses and examples over the step's micro-batches
@@ -132,18 +111,7 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
             epoch += 1
             for i, batch in enumerate(loader):
                 with acc.accumulate(model):
-                    logits = model(**batch["inputs"])
-                    log.compute_dtype = log.compute_dtype or observed.close()
-                    loss = loss_fn(logits.float(), batch["target"])
-                    if not _finite_everywhere(loss, acc):
-                        raise TrainingDiverged(f"the training loss became {loss.item()} at step {log.steps + 1} "
-                                               f"(epoch {epoch}); try a lower train.lr or mixed_precision: no")
-                    acc.backward(loss)
-                    if acc.sync_gradients and settings.max_grad_norm:
-                        acc.clip_grad_norm_(params, settings.max_grad_norm)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
+                    loss = _micro_step(acc, model, opt, sched, params, batch, loss_fn, settings, log, observed, epoch)
                 step_loss[0] += float(loss.detach()) * len(batch["target"])
                 step_loss[1] += len(batch["target"])
                 log.tokens += int(batch["n_tokens"])
@@ -170,6 +138,57 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
     acc.free_memory()
     log.tokens, log.padded_tokens = distributed.sum_over_ranks(log.tokens, log.padded_tokens)  # all ranks' shares
     return log
+
+
+def _setup(model: nn.Module, items: list[TrainItem], settings: TrainSettings, pad_id: int, seed: int,
+           device: torch.device, packed: bool):
+    """The accelerator, and the model, optimizer, loader and scheduler prepared by it; the trained
+    parameters; the number of optimizer steps."""
+    from transformers import get_scheduler
+
+    acc = make_accelerator(settings, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise AdaptbenchError("nothing to train: the trainable policy left no parameter with requires_grad")
+    # fused: one kernel over all parameters, no per-step temporaries the size of the model (the
+    # multi-tensor default allocates them), on CPU and CUDA alike
+    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused or None)
+    steps = total_steps(settings, len(items))
+    sched = get_scheduler("linear" if settings.schedule == "linear" else "constant_with_warmup", opt,
+                          num_warmup_steps=math.ceil(settings.warmup_ratio * steps), num_training_steps=steps)
+    mask_dtype = mask_dtype_for(getattr(model, "lm", model)) if packed else None
+    loader = DataLoader(items, batch_size=settings.batch_size, shuffle=True,
+                        collate_fn=lambda b: collate(b, pad_id, packed, mask_dtype),
+                        generator=torch.Generator().manual_seed(seed))
+    model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    return acc, model, opt, loader, sched, params, steps
+
+
+def _warn_if_not_the_engine_asked_for(distributed_type: str) -> None:
+    for engine in ("FSDP", "DEEPSPEED"):  # asked for by the launch's accelerate config, but not what runs
+        if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() == "true" and distributed_type != engine:
+            warnings.warn(f"the accelerate config asks for {engine} but accelerate runs {distributed_type} "
+                          f"here (FSDP and DeepSpeed need GPUs); training is plain data-parallel")
+
+
+def _micro_step(acc, model, opt, sched, params, batch: dict, loss_fn: Callable, settings: TrainSettings,
+                log: TrainLog, observed: ObservedDtype, epoch: int) -> torch.Tensor:
+    """Forward, loss (a loss that is not finite on some rank stops every rank), backward, and -- when this
+    micro-batch completes an optimizer step -- clipping, the step and the scheduler."""
+    logits = model(**batch["inputs"])
+    log.compute_dtype = log.compute_dtype or observed.close()
+    loss = loss_fn(logits.float(), batch["target"])
+    if not _finite_everywhere(loss, acc):
+        raise TrainingDiverged(f"the training loss became {loss.item()} at step {log.steps + 1} "
+                               f"(epoch {epoch}); try a lower train.lr or mixed_precision: no")
+    acc.backward(loss)
+    if acc.sync_gradients and settings.max_grad_norm:
+        acc.clip_grad_norm_(params, settings.max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
 
 
 def _finite_everywhere(loss: torch.Tensor, acc) -> bool:

@@ -6,7 +6,7 @@ into rows as long as the batch's longest example (first-fit decreasing), restart
 every example, and gives the model a block-diagonal causal mask, so each example attends only to
 itself: the hidden states are those of the examples run alone (checked exactly in the tests, and
 once per model at run time), while the attention cost per row stays that of one padded row.
-Causal LMs only: an encoder-decoder's batches are padded (:func:`packing_unsupported` says why).
+Causal LMs only: an encoder-decoder's batches are padded (its capabilities say why).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from ..models.capabilities import local_capabilities
 
 
 def pack(seqs: Sequence[Sequence[int]], pad_id: int, mask_dtype: torch.dtype | None = None) -> dict:
@@ -65,13 +67,11 @@ def mask_dtype_for(model: torch.nn.Module) -> torch.dtype | None:
 
 def packing_unsupported(lm: torch.nn.Module) -> str | None:
     """Why this model's training batches cannot be packed, or None.  Packing works for every causal
-    architecture that takes 4D masks and position ids (flash-attention-2 takes no 4D mask)."""
-    if getattr(lm.config, "is_encoder_decoder", False):
-        return ("encoder-decoder model: packing builds causal masks for one sequence per example; batches are "
-                "padded per batch instead")
-    impl = getattr(lm.config, "_attn_implementation", "sdpa") or "sdpa"
-    if impl not in ("sdpa", "eager"):
-        return f"attention implementation {impl!r} takes no 4D attention mask"
+    architecture that takes 4D masks and position ids (flash-attention-2 takes no 4D mask), as its
+    capabilities say -- and, checked here once, gives packed rows the hidden states of padded ones."""
+    why_not = local_capabilities(lm.config).packing
+    if why_not:
+        return why_not
     if not _packed_equals_padded(lm):
         return "packed rows did not give the hidden states of padded rows on this model"
     return None

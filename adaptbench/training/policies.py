@@ -16,10 +16,29 @@ from __future__ import annotations
 import warnings
 
 import torch
+from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 
+from ..config.blocks import Policy, register_policy
+from ..config.settings import Strict
 from ..errors import ConfigError
-from ..config.settings import BitfitSettings, LoraSettings
+
+
+class LoraSettings(Strict):
+    lr: PositiveFloat | None = Field(None, description="learning rate for LoRA runs (adapters usually want ~10x "
+                                                       "the full fine-tuning rate); default: train.lr")
+    r: PositiveInt = Field(8, description="rank of the update matrices")
+    alpha: PositiveFloat = Field(16, description="scaling: updates are multiplied by alpha / r")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt; default per architecture (attention query/value)")
+
+
+class BitfitSettings(Strict):
+    lr: PositiveFloat | None = Field(None, description="learning rate for BitFit runs; default: train.lr")
+    add_biases: bool = Field(False, description="for models without bias terms (Llama): add zero-initialised "
+                                                "biases to the attention and MLP projections and train those")
+
 
 # Projections that get a zero bias under bitfit.add_biases: Llama/Mistral/Qwen naming, then T5's
 # (attention q/k/v/o; MLP wi/wo, gated wi_0/wi_1 in T5 v1.1 and Flan-T5).
@@ -113,3 +132,11 @@ def _wrap_lora(lm: nn.Module, settings: LoraSettings) -> nn.Module:
             return get_peft_model(lm, config)
     except ValueError as e:  # unknown architecture without target_modules, or names not in the model
         raise ConfigError(f"lora: {e}".splitlines()[0] + " -- set lora.target_modules") from None
+
+
+for _policy in (Policy("full", "every parameter of the LM (embeddings too, unless train.freeze_embeddings)"),
+                Policy("head", "only a new classification head (vanilla)"),
+                Policy("bitfit", "bias terms only (Ben Zaken et al., 2022); bitfit.add_biases for models without",
+                       BitfitSettings),
+                Policy("lora", "low-rank adapters through peft (Hu et al., 2022)", LoraSettings)):
+    register_policy(_policy)

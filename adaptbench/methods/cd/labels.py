@@ -17,10 +17,10 @@ import numpy as np
 
 from ...data.contexts import parse_context_setting
 from ...errors import ConfigError, RunSkipped
-from ...prompts.prompt import PromptEncoder, common_prefix_length
-from ...scoring.core import PrefixCache, log_softmax, prefix_cache_unsupported, score
-from ...models.interface import lm_parts
+from ...measure.metrics import eval_set_metrics
+from ...scoring.scores import log_softmax
 from ..base import RunContext
+from ..icl import ICLPredictor
 from .context import context_text
 
 
@@ -37,71 +37,46 @@ def teacher_texts(ctx: RunContext, n_inputs: int, n_labelled: int, tokenizer) ->
     return texts, keys
 
 
-class Teacher:
-    """A teacher model with its own tokenizer, the contexts it reads, and the inputs it scores."""
+FULL = ("full", 0)  # the whole context's key (the leave-one-out ones are ("loo", i))
 
-    share_prefixes = True  # False: every context encoded on its own (bench/cd_teacher_cache.py's "before")
+
+class Teacher:
+    """A teacher model, the contexts it reads and the inputs it scores after them, through the one model
+    interface (a local model reuses shared prefixes' KV caches, an API model sends the texts)."""
 
     def __init__(self, ctx: RunContext, loaded, inputs: list, n_labelled: int):
         settings = ctx.spec.cd
-        self.loaded = loaded
-        self.encoder = PromptEncoder(loaded.tokenizer, ctx.encoder.prompt, ctx.task.labels.names)
-        self.parts = lm_parts(loaded.model)
-        self.cache_ok = prefix_cache_unsupported(loaded.model.config) is None  # no KV reuse with sliding windows
-        self.temperature = settings.temperature
-        self.vocab = settings.target == "vocab"
-        texts, keys = teacher_texts(ctx, len(inputs), n_labelled, loaded.tokenizer)
-        self.texts = texts
-        self.contexts = {key: self.encoder.encode(text) if text else [] for key, text in texts.items()}
-        window = loaded.window
-        if len(self.contexts[("full", 0)]) >= window:
-            raise RunSkipped(f"the teacher's context is {len(self.contexts[('full', 0)])} tokens; its window is "
-                             f"{window} tokens (no truncation is done)")
-        self.keys = keys
-        self.queries: list[list[int]] = [[] for _ in inputs]
-        self.shared: dict = {}  # context key -> tokens its inputs share with it (the cacheable prefix)
-        for key, text in texts.items():  # context + input tokenised as one text, per context
-            members = [i for i, k in enumerate(keys) if k == key]
-            self.shared[key], suffixes = self.encoder.continuations(
-                text, self.contexts[key], [self.encoder.prompt.query(inputs[i]) for i in members])
-            for i, suffix in zip(members, suffixes):
-                self.queries[i] = suffix
-        self.fits = [self.shared[k] + len(q) <= window for k, q in zip(keys, self.queries)]
-
-    def prefix_cache(self, prefix: list[int], previous: tuple[list[int], PrefixCache] | None = None
-                     ) -> PrefixCache | None:
-        """The prefix's KV cache where the model allows one (else scoring joins prefix and query).
-        ``previous`` (its tokens and cache): the tokens both share are not run again -- the leave-one-out
-        contexts of demonstrations i and i + 1 share the first i demonstrations."""
-        if not prefix or not self.cache_ok:
-            return None
-        shared = common_prefix_length(previous[0], prefix) if previous is not None and previous[1] else 0
-        if not shared:
-            return PrefixCache.encode(self.parts, prefix)
-        base = previous[1].truncated(shared)
-        return base if shared == len(prefix) else base.extended(self.parts, prefix[shared:])
-
-    def _distribution(self, s) -> np.ndarray:
-        return np.exp(log_softmax((s.vocab if self.vocab else s.logits) / self.temperature))
+        self.ctx, self.loaded, self.model = ctx, loaded, ctx.scoring_model(loaded)
+        self.encoder = self.model.encoder(ctx.encoder.prompt, ctx.task.labels.names)
+        self.temperature, self.vocab = settings.temperature, settings.target == "vocab"
+        self.texts, keys = teacher_texts(ctx, len(inputs), n_labelled, loaded.tokenizer)
+        self.scorer = self.model.scorer(self.encoder, self.texts, label="teacher", progress=ctx.progress, info=ctx.info,
+                                        batch_size=8)
+        full = self.scorer.context_tokens(FULL)
+        if full is not None and full >= loaded.window:
+            raise RunSkipped(f"the teacher's context is {full} tokens; its window is {loaded.window} tokens (no "
+                             f"truncation is done)")
+        self.reading = self.scorer.read([(k, self.encoder.prompt.query(x)) for k, x in zip(keys, inputs)])
+        self.fits = self.scorer.fits(self.reading)
 
     def targets(self, indices: list[int], cached: bool, progress=None) -> np.ndarray:
-        """Teacher distributions of the inputs ``indices``, grouped by context (one prefix per group)."""
-        n_out = self.parts.vocab_size if self.vocab else len(self.encoder.label_token_ids)
-        out = np.zeros((len(indices), n_out), dtype=np.float32)
-        groups: dict = {}
-        for pos, i in enumerate(indices):
-            groups.setdefault(self.keys[i], []).append(pos)
-        pad = self.loaded.tokenizer.pad_token_id
-        previous = None  # the last group's prefix and cache: the next one reuses what they share
-        for key, positions in groups.items():
-            prefix = self.contexts[key][:self.shared[key]]
-            queries = [self.queries[indices[p]] for p in positions]
-            cache = self.prefix_cache(prefix, previous if self.share_prefixes else None) if cached else None
-            previous = (prefix, cache)
-            s = score(self.parts, queries, self.encoder.label_token_ids, pad, prefix_ids=prefix, prefix_cache=cache,
-                      batch_size=8, full_vocab=self.vocab, on_batch=progress)
-            out[positions] = self._distribution(s)
-        return out
+        """The teacher's distributions of the inputs ``indices``; ``tokens`` then holds the tokens it read
+        (with a cache: each context once, and each input's own tokens)."""
+        s = self.scorer.score(self.reading, indices, cached=cached, full_vocab=self.vocab,
+                              on_batch=progress or (lambda n: None))
+        self.tokens = s.tokens + (sum(self.scorer.context_tokens(k) or 0 for k in self.texts) if cached else 0)
+        return np.exp(log_softmax((s.vocab if self.vocab else s.logits) / self.temperature))
+
+    def evaluate(self, ctx: RunContext) -> dict[str, np.ndarray]:
+        """The teacher's own ICL predictions (full context) on every eval set: a reference point."""
+        scorer = self.model.scorer(self.encoder, {FULL: self.texts[FULL]}, label="teacher", progress=ctx.progress,
+                                   info=ctx.info, batch_size=ctx.runtime.batch_size)
+        scorer.prepare(FULL)
+        icl = ICLPredictor(scorer, self.encoder, {}, key=FULL)
+        preds = {name: icl.predict(examples, name).labels for name, _, examples in ctx.evals}
+        ctx.info["teacher_metrics"] = {name: eval_set_metrics(eval_set, examples, preds[name])
+                                       for name, eval_set, examples in ctx.evals}
+        return preds
 
 
 def check_same_tokenizer(ctx: RunContext, teacher_tokenizer) -> None:

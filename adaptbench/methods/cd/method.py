@@ -28,27 +28,34 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..api import ApiTeacher
-from ...models.api import is_api
 from ...config.schema import RunSpec
-from ...errors import ConfigError
-from ...measure.metrics import eval_set_metrics
-from ...training.precision import dtype_name
 from ...data.sampling import unlabeled_sample
+from ...data.contexts import parse_context_setting
+from ...errors import AdaptbenchError, ConfigError
+from ...scoring.scores import Scores
 from ...training.loop import TrainItem
-from ..base import Predictions, RunContext, register
+from ...training.precision import dtype_name
+from ..base import RunContext, register
 from ..finetune import FineTunedPredictor, FineTuneMethod
-from ..icl import ICLPredictor
 from ..pbft import VerbalizerModel
 from .context import check_inputs
-from .labels import Teacher, check_same_tokenizer, teacher_texts
+from .labels import FULL, Teacher, check_same_tokenizer
 from .sequence_run import SequenceDistillation, check_causal
+from .settings import CDSettings
+
+
+#: What a ``cd.target: sequence`` run computes, as a version in its identity (``resolved.cd_sequence``), so
+#: that records computed otherwise are not reused: 2 -- the teacher reads context + input as one text, the
+#: held-out measure includes the teacher's replies, a chat context's replies are distilled by default
+#: (1, unrecorded: the input's tokens appended to the context's).  Other runs' ids do not change.
+SEQUENCE_CD_VERSION = 2
 
 
 @register
 class ContextDistillation(FineTuneMethod):
     name = "cd"
     description = "context distillation: a student without the context learns the teacher's distribution with it"
+    settings = CDSettings
 
     @classmethod
     def preflight(cls, spec: RunSpec, config_dir: str) -> None:
@@ -56,6 +63,40 @@ class ContextDistillation(FineTuneMethod):
         if spec.cd.target == "sequence" and not spec.cd.teacher_cache:
             raise ConfigError("cd.teacher_cache: false (an online teacher) is for labels/vocab targets; sequence "
                               "targets are always computed once with the context's KV cache")
+
+    @classmethod
+    def models(cls, spec: RunSpec) -> list:
+        return [spec.model] + ([spec.cd.teacher] if spec.cd.teacher is not None else [])
+
+    @classmethod
+    def files(cls, spec: RunSpec, config_dir: str) -> dict[str, str]:
+        found = {}
+        try:
+            source = parse_context_setting(spec.cd.context, config_dir)
+        except AdaptbenchError:
+            source = None  # refused with its message when the run's inputs are checked
+        if source is not None and source.path:
+            found["cd.context"] = source.path
+        if spec.cd.inputs:
+            found["cd.inputs"] = spec.cd.inputs
+        return found
+
+    @classmethod
+    def resolved(cls, spec: RunSpec) -> dict:
+        return {"cd_sequence": SEQUENCE_CD_VERSION} if spec.cd.target == "sequence" else {}
+
+    @classmethod
+    def task_needed(cls, spec: RunSpec) -> str | None:
+        if spec.cd.target == "sequence":
+            return None
+        return f"cd.target: {spec.cd.target} distils the answer position of a task's examples"
+
+    @classmethod
+    def api_prompts(cls, spec: RunSpec, prompt, sample: list, evals: list) -> list[str]:
+        """The eval queries, and the teacher's leave-one-out contexts over the sample (unlabelled inputs:
+        about as many again)."""
+        loo = [prompt.context(sample[:i] + sample[i + 1:]) + prompt.query(ex) for i, ex in enumerate(sample)]
+        return super().api_prompts(spec, prompt, sample, evals) + loo
 
     def build(self, ctx: RunContext) -> nn.Module:
         if self.sequence is not None:
@@ -81,28 +122,24 @@ class ContextDistillation(FineTuneMethod):
         """Score the inputs with the teacher once (returns the targets) or keep it for online scoring."""
         settings = ctx.spec.cd
         loaded = self._load_teacher(ctx)
-        api = is_api(loaded)
         with ctx.costs.phase("teacher") as phase:
-            if api:
-                texts, keys = teacher_texts(ctx, len(inputs), len(ctx.sample), None)
-                teacher = ApiTeacher(ctx, loaded, texts, keys, inputs)
-            else:
+            if settings.target == "vocab":
                 check_same_tokenizer(ctx, loaded.tokenizer)
-                teacher = Teacher(ctx, loaded, inputs, len(ctx.sample))
+            teacher = Teacher(ctx, loaded, inputs, len(ctx.sample))
             keep = [i for i, ok in enumerate(teacher.fits) if ok]
-            ctx.info.update(teacher=loaded.source, teacher_dtype=None if api else dtype_name(loaded.dtype),
-                            context_tokens=None if api else len(teacher.contexts[("full", 0)]),
+            local = teacher.model.capabilities.training is None  # weights here: a dtype, a context in tokens
+            ctx.info.update(teacher=loaded.source, teacher_dtype=dtype_name(loaded.dtype) if local else None,
+                            context_tokens=teacher.scorer.context_tokens(FULL),
                             leave_one_out=settings.context == "demonstrations", distill_labelled=len(ctx.sample),
                             distill_unlabelled=n_unlabelled, distill_dropped=len(inputs) - len(keep))
             if settings.teacher_eval:
-                self.teacher_preds = teacher.evaluate(ctx) if api else self._teacher_eval(ctx, teacher)
+                self.teacher_preds = teacher.evaluate(ctx)
             if not settings.teacher_cache:
                 self.online = teacher
                 return None, keep
             with ctx.progress("teacher", len(keep)) as advance:
                 targets = teacher.targets(keep, cached=True, progress=advance)
-            phase.tokens = (ctx.info["api_usage"]["prompt_tokens"] if api else
-                            sum(len(teacher.queries[i]) for i in keep) + sum(map(len, teacher.contexts.values())))
+            phase.tokens = teacher.tokens
             self._save_targets(ctx, targets, keep, gold)
         del teacher, loaded  # a separate teacher is freed before the student trains
         gc.collect()
@@ -158,17 +195,6 @@ class ContextDistillation(FineTuneMethod):
     def predictor(self, ctx: RunContext, model: nn.Module, stored) -> FineTunedPredictor:
         return StudentPredictor(ctx, model, stored, self.teacher_preds)
 
-    def _teacher_eval(self, ctx: RunContext, teacher: Teacher) -> dict[str, np.ndarray]:
-        """The teacher's own ICL predictions (full context) on every eval set: a reference point."""
-        context = teacher.contexts[("full", 0)]
-        icl = ICLPredictor(teacher.loaded, teacher.encoder, teacher.texts[("full", 0)], context,
-                           teacher.prefix_cache(context),
-                           ctx.runtime.batch_size, ctx.progress, label="teacher")
-        preds = {name: icl.predict(examples, name).labels for name, _, examples in ctx.evals}
-        ctx.info["teacher_metrics"] = {name: eval_set_metrics(eval_set, examples, preds[name])
-                                       for name, eval_set, examples in ctx.evals}
-        return preds
-
     def _save_targets(self, ctx: RunContext, targets: np.ndarray, keep: list[int], gold: list[int]) -> None:
         if not ctx.out_dir:
             return
@@ -188,7 +214,7 @@ class StudentPredictor(FineTunedPredictor):
         super().__init__(ctx, model, stored)
         self.teacher_preds = teacher_preds
 
-    def predict(self, examples, name: str) -> Predictions:
+    def predict(self, examples, name: str) -> Scores:
         pred = super().predict(examples, name)
         if self.teacher_preds is not None and name in self.teacher_preds:
             student, teacher = pred.labels, self.teacher_preds[name]

@@ -29,9 +29,8 @@ from ...training.precision import autocast
 from ...data.sampling import unlabeled_sample
 from ...models.parts import LMParts
 from ...models.interface import lm_parts
-from ...scoring.core import PrefixCache, prefix_cache_unsupported
-from ...models.seq2seq import is_encoder_decoder
-from ...config.settings import CDSettings, GenerateSettings, ReplySettings
+from ...scoring.core import PrefixCache
+from .settings import CDSettings, GenerateSettings, ReplySettings
 from ...training.loop import TrainItem
 from ..base import RunContext
 from .context import context_text, input_texts, user_turn_texts
@@ -45,12 +44,11 @@ HELD_OUT_FROM_EVAL_SET = 16  # task inputs: held-out inputs are the first querie
 
 
 def check_causal(loaded, role: str) -> None:
-    """Sequence targets line up a causal LM's next-token predictions along the input, student's and
-    teacher's position by position; an encoder-decoder reads its input in the encoder and predicts nothing there."""
-    if is_encoder_decoder(loaded.model):
-        raise ConfigError(f"cd.target: sequence needs causal LMs; the {role} {loaded.source!r} is an encoder-decoder "
-                          f"model, whose encoder reads the input whole and predicts no token along it: use "
-                          f"cd.target: labels or vocab (scored at its decoder's first position)")
+    """Sequence targets line up a model's next-token predictions along the input, student's and teacher's
+    position by position: a model that makes none there (an encoder-decoder) says why in its capabilities."""
+    why_not = loaded.capabilities.sequence_targets
+    if why_not:
+        raise ConfigError(f"cd.target: sequence needs causal LMs; the {role} {loaded.source!r}: {why_not}")
 
 
 class SequenceDistillation:
@@ -144,7 +142,7 @@ class SequenceDistillation:
         """The shared prefix's KV cache; with ``cd.query_costs``, the queries to time and -- unless they are
         measured after training with the student (:attr:`together`) -- the ICL paths, timed before the
         teacher's targets exist (their cache then serves the teacher pass)."""
-        why_not = prefix_cache_unsupported(loaded.model.config) or (
+        why_not = loaded.capabilities.prefix_cache or (
             None if self.prefix else "the readings of the inputs share no token prefix with the context")
         encode = None if why_not else (lambda: PrefixCache.encode(parts, self.prefix))
         if self.settings.query_costs:
@@ -284,7 +282,7 @@ class SequenceDistillation:
             paths = [QueryPath(DISTILLED, lambda q, _: answer(student, start + q.own, q.n, pad), setup_seconds=setup,
                                tokens=lambda q: len(start) + len(q.own))]
             if self.together:  # the teacher is this model with its adapters off
-                why_not = prefix_cache_unsupported(ctx.loaded.model.config) or (
+                why_not = ctx.loaded.capabilities.prefix_cache or (
                     None if self.prefix else "the readings of the inputs share no token prefix with the context")
                 paths = self._icl_paths(student, pad, why_not, view=model.lm.disable_adapter) + paths
             self.meter.measure(paths)

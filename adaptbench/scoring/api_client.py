@@ -20,7 +20,7 @@ import math
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 from urllib.parse import urlparse
 
@@ -30,6 +30,7 @@ import openai
 from .._util.files import atomic_write, user_cache
 from .._util.secrets import redact, register
 from ..errors import ConfigError, ModelError
+from .scores import Scores
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 RETRIED_STATUS = (408, 409, 429)  # and every 5xx: what the openai client retries with backoff
@@ -89,26 +90,6 @@ class ApiUsage:
         self.requests += 1
         self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         self.completion_tokens += int(usage.get("completion_tokens") or 0)
-
-
-@dataclass
-class ApiScores:
-    """The verbalizer tokens' log-probabilities at the position after each prompt.
-
-    An endpoint returns only its top-N tokens.  A verbalizer token outside them gets the row's ``floor``: an
-    *upper bound* on its log-probability -- it is at most the N-th best value, and at most the mass the top-N
-    leave, ``log(1 - sum(exp(top)))`` -- and ``missing`` says which values are such bounds.  Two missing tokens
-    of one row tie (``predictions`` then picks the first label); count them before trusting such rows.
-    """
-
-    logprobs: np.ndarray  # (n, k) float32, log p(token) under the full next-token distribution
-    missing: np.ndarray  # (n, k) bool: not among the returned top-N, floored
-    floor: np.ndarray  # (n,) float32: the floor of each row (see above)
-    usage: ApiUsage = field(default_factory=ApiUsage)
-
-    @property
-    def predictions(self) -> np.ndarray:
-        return self.logprobs.argmax(axis=1)
 
 
 class _EchoRefused(ModelError):
@@ -192,7 +173,7 @@ def top_logprobs(response: dict, position: int, point: Endpoint, url: str) -> di
 
 
 def floor_of(top: dict[str, float]) -> float:
-    """An upper bound on the log-probability of any token not in ``top`` (see :class:`ApiScores`)."""
+    """An upper bound on the log-probability of any token not in ``top`` (see :meth:`CompletionsClient.next_token_logprobs`)."""
     lowest = min(top.values())
     rest = 1.0 - sum(math.exp(v) for v in top.values())
     return min(lowest, math.log(rest)) if rest > 0 else lowest
@@ -321,10 +302,15 @@ class CompletionsClient:
     # -- scoring --------------------------------------------------------------------------------------------
 
     def next_token_logprobs(self, prompts: list[str], tokens: list[str],
-                            progress: Callable[[int], None] | None = None) -> ApiScores:
+                            progress: Callable[[int], None] | None = None) -> Scores:
         """Each prompt's next-token log-probabilities of ``tokens`` (from :meth:`verbalizer_tokens`): one
         greedy one-token request per distinct prompt, ``concurrency`` in flight, every answer cached on disk.
-        ``progress(n)`` is called as prompts are done (cached ones first, at once)."""
+        ``progress(n)`` is called as prompts are done (cached ones first, at once).
+
+        An endpoint returns only its top-N tokens.  A verbalizer token outside them gets the row's ``floor``: an
+        *upper bound* on its log-probability -- it is at most the N-th best value, and at most the mass the
+        top-N leave, ``log(1 - sum(exp(top)))`` -- and ``missing`` says which values are such bounds.  Two
+        missing tokens of one row tie (the first label is predicted); count them before trusting such rows."""
         requests, paths = {}, []  # cache path -> request (one per distinct prompt); each prompt's path
         for prompt in prompts:
             params = self._params(prompt)
@@ -365,7 +351,7 @@ class CompletionsClient:
             pool.shutdown(cancel_futures=True)  # after a failure: drop the queued, let the in-flight finish
         return answers
 
-    def _scores(self, paths: list[str], answers: dict, tokens: list[str]) -> ApiScores:
+    def _scores(self, paths: list[str], answers: dict, tokens: list[str]) -> Scores:
         usage, seen, rows = ApiUsage(), set(), []
         for path in paths:
             response, sent = answers[path]
@@ -374,9 +360,10 @@ class CompletionsClient:
             rows.append(pick(top_logprobs(response, 0, self.endpoint, self.url), tokens))
         self.usage.add(usage)
         n, k = len(paths), len(tokens)
-        return ApiScores(logprobs=np.array([r[0] for r in rows], dtype=np.float32).reshape(n, k),
-                         missing=np.array([r[1] for r in rows], dtype=bool).reshape(n, k),
-                         floor=np.array([r[2] for r in rows], dtype=np.float32), usage=usage)
+        logprobs = np.array([r[0] for r in rows], dtype=np.float32).reshape(n, k)
+        missing = np.array([r[1] for r in rows], dtype=bool).reshape(n, k)
+        return Scores(logprobs, np.zeros(n, dtype=np.float32), usage.prompt_tokens, usage.prompt_tokens,
+                      missing=missing, floor=np.array([r[2] for r in rows], dtype=np.float32), usage=usage)
 
     def plan(self, prompts: list[str]) -> dict:
         """A dry run: how many of these prompts would be sent (not in the cache yet) and about how many prompt
