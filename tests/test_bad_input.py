@@ -127,7 +127,7 @@ def test_two_verbalizer_words_of_one_token_stop_the_sweep_before_a_model_loads(t
     PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(folder)
     loaded = []
     monkeypatch.setattr(model_loading, "load_model", lambda *a, **k: loaded.append(a) or 1 / 0)
-    extra = f'prompt: {{verbalizer: [" Yes", " yes"]}}\n'
+    extra = 'prompt: {verbalizer: [" Yes", " yes"]}\n'
     config = _config(f"{{name: {tiny_models['llama']}, tokenizer: {folder}}}", extra, seeds=1)
     result = _run(tmp_path, data_dir, config)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output

@@ -318,7 +318,7 @@ def test_the_reply_measure_is_the_kl_on_the_teachers_replies(tmp_path, data_dir,
     assert reply["replies"] == "greedy" and reply["max_new_tokens"] == 6
     assert set(reply) >= {"kl_student", "kl_base", "recovered", "positions", "top1_agreement_student"}
     loaded = load_model(sharp_llama)
-    tok, parts = loaded.tokenizer, lm_parts(loaded.model)
+    tok = loaded.tokenizer
     context = CONTEXT + "\n\n"
     kl_sum, positions, texts = 0.0, 0, []
     with torch.inference_mode():

@@ -10,7 +10,6 @@ import pytest
 
 from adaptbench.errors import DataError
 from adaptbench.data import DATASETS, EVAL_SETS, TASKS, eval_examples, get_eval_set, get_task, load_split, stratified_subsample, to_examples, train_pool
-from adaptbench.data.formats import pair_tsv_reader
 from adaptbench.data.registry import MNLI, QQP, _mnli_tsv, _qqp_tsv
 
 # dataset, split -> rows and label counts in the raw (hub) coding, from ../shared/data/README.md and SOURCES.md

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
 from adaptbench.config.schema import PromptSpec
-from adaptbench.errors import ConfigError
 from adaptbench.methods.pbft import VerbalizerModel
 from adaptbench.methods.vanilla import HeadModel
 from adaptbench.models.loading import load_model
 from adaptbench.prompts.prompt import PromptEncoder
 from adaptbench.sweep.inputs import resolve_prompt
 from adaptbench.data.sampling import few_shot_sample
-from adaptbench.scoring.core import PrefixCache, score
-from adaptbench.models.interface import lm_parts
 from adaptbench.training.policies import BitfitSettings, LoraSettings
 from adaptbench.training.settings import TrainSettings
 from adaptbench.training.policies import apply_policy
 from adaptbench.training.loop import TrainItem, train
 from adaptbench._util.progress import make_progress
 
-from .conftest import with_settings, write_config
+from .conftest import with_settings
 from .test_run import _records, _run
 
 # Token and position embeddings and the LM head, by module name (OPT, Llama, GPT-2): BitFit leaves them frozen.

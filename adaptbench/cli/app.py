@@ -198,7 +198,7 @@ def show(
         _fail(e)
     if isinstance(found, list):  # a folder of several runs: which one?
         out.print(run_table(found, title=f"{target}: {len(found)} runs", width=out.width))
-        err.print(f"pass one run id to see it: adaptbench show {found[0]['run_id'][:8]} --results-dir {target}",
+        err.print(f"pass one run id to see it: adaptbench show {found[0].run_id[:8]} --results-dir {target}",
                   markup=False)
         return
     out.print(render(*found))

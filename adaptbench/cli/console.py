@@ -6,8 +6,8 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from ..store.records import run_totals
 from .._util.secrets import redact
+from ..store.record import RunRecord, SliceMetrics, load_record
 
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "red", "elsewhere": "dim"}
 
@@ -16,31 +16,32 @@ def _gib(n: int | None) -> str:
     return f"{n / 2**30:.2f}" if n else "-"
 
 
-def _metric_text(metrics: dict) -> str:
+def _metric_text(slices: dict[str, SliceMetrics]) -> str:
     """'0.712* mcc 0.31' from an eval set's ``all`` slice; ``*``: some examples were not scored."""
-    all_ = metrics.get("all", {})
-    mark = "*" if all_.get("n_unscored") else ""
-    parts = [f"{all_['accuracy']:.3f}{mark}"] if all_.get("accuracy") is not None else []
-    parts += [f"{m} {all_[m]:.3f}" for m in ("mcc", "f1") if all_.get(m) is not None]
+    all_ = slices.get("all") or SliceMetrics()
+    mark = "*" if all_.n_unscored else ""
+    parts = [f"{all_.accuracy:.3f}{mark}"] if all_.accuracy is not None else []
+    parts += [f"{m} {getattr(all_, m):.3f}" for m in ("mcc", "f1") if getattr(all_, m) is not None]
     return " ".join(parts) or "-"
 
 
-def run_line(rec: dict, i: int, n: int) -> str:
+def run_line(rec: dict | RunRecord, i: int, n: int) -> str:
     """One line per finished run: what ran and what came out (rich markup).
 
     ``[3/12] 1a2b3c4d pbft lora k=16 seed=0 ok  rte 0.560  hans 0.500  41.2 s  0.61 GiB``; a skipped or failed
     run ends with its reason instead of its metrics."""
-    spec, costs = rec["spec"], rec.get("costs", {})
+    rec = load_record(rec)
+    spec = rec.spec
     what = " ".join(p for p in (spec["method"], spec.get("trainable") or "", f"k={spec['shots']}",
                                 f"seed={spec['data_seed']}") if p)
-    status = rec["status"]
-    head = f"[{i}/{n}] {rec['run_id'][:8]} {what} [{STATUS_STYLE.get(status, '')}]{status}[/]"
-    seconds, peak = run_totals(costs)
+    status = rec.status
+    head = f"[{i}/{n}] {rec.run_id[:8]} {what} [{STATUS_STYLE.get(status, '')}]{status}[/]"
+    seconds, peak = rec.total_seconds, rec.peak_memory_bytes
     if status == "elsewhere":
-        return f"{head}: {escape(rec['reason'])}"
+        return f"{head}: {escape(rec.reason or '')}"
     if status != "ok":
-        return f"{head} ({seconds:.1f} s): {escape(redact(rec.get('reason', '')))}"
-    parts = [f"{escape(name)} {_metric_text(m)}" for name, m in rec.get("metrics", {}).items()]
+        return f"{head} ({seconds:.1f} s): {escape(redact(rec.reason or ''))}"
+    parts = [f"{escape(name)} {_metric_text(m)}" for name, m in rec.metrics.items()]
     if _dropped(rec):  # fewer training examples than k: they did not fit the window
         parts.append(f"[yellow]{_dropped(rec)} of {spec['shots']} training examples dropped (too long)[/]")
     if _recovered(rec):
@@ -49,26 +50,26 @@ def run_line(rec: dict, i: int, n: int) -> str:
     return f"{head}  " + "  ".join(parts)
 
 
-def _unscored_text(record: dict) -> str:
+def _unscored_text(record: RunRecord) -> str:
     """'rte 3/100' for each eval set of the run with examples left out of its metrics (did not fit)."""
     parts = []
-    for name, m in record.get("metrics", {}).items():
-        k = m.get("all", {}).get("n_unscored") or 0
-        if k:
-            parts.append(f"{name} {k}/{m['all']['n'] + k}")
+    for name, slices in record.metrics.items():
+        all_ = slices.get("all") or SliceMetrics()
+        if all_.n_unscored:
+            parts.append(f"{name} {all_.n_unscored}/{all_.n + all_.n_unscored}")
     return ", ".join(parts)
 
 
-def _recovered(rec: dict) -> str:
+def _recovered(rec: RunRecord) -> str:
     """'63% of 1,234 tok' for a sequence distillation run with held-out inputs; '' otherwise."""
-    info = rec.get("method_info") or {}
-    share = (info.get("heldout") or {}).get("recovered")
-    return "" if share is None else f"{share:.0%} of {info.get('context_tokens', 0):,} tok"
+    held = getattr(rec.method_info, "heldout", None)
+    share = held.recovered if held is not None else None
+    return "" if share is None else f"{share:.0%} of {rec.method_info.context_tokens or 0:,} tok"
 
 
-def _dropped(rec: dict) -> int:
+def _dropped(rec: RunRecord) -> int:
     """Training examples a fine-tuning run left out because they did not fit the model's window."""
-    return (rec.get("method_info") or {}).get("train_dropped_too_long") or 0
+    return getattr(rec.method_info, "train_dropped_too_long", None) or 0
 
 
 DROPPED_CAPTION = "dropped: training examples left out of fine-tuning (longer than the model's window)"
@@ -95,21 +96,17 @@ def run_table(records: list[dict], title: str = "", width: int | None = None) ->
 
     ``width`` (the terminal's): where the table would be wider, the names (model, task, method, trainable)
     are shortened with an ellipsis; run ids, k, seed, status and numbers are never cut."""
-    eval_names: list[str] = []
-    for r in records:
-        for name in r.get("metrics", {}):
-            if name not in eval_names:
-                eval_names.append(name)
-    shown = [(h, get) for h, get, always in COLUMNS if always or len({get(r["spec"]) for r in records}) > 1]
-    fixed = [get(records[0]["spec"]) for h, get, always in COLUMNS
-             if records and (h, get) not in shown and get(records[0]["spec"])]
+    records = [load_record(r) for r in records]
+    eval_names = list(dict.fromkeys(name for r in records for name in r.metrics))
+    shown = [(h, get) for h, get, always in COLUMNS if always or len({get(r.spec) for r in records}) > 1]
+    fixed = [get(records[0].spec) for h, get, always in COLUMNS
+             if records and (h, get) not in shown and get(records[0].spec)]
     table = Table(title=escape(" ".join([title, *fixed]).strip()), header_style="bold underline", box=None,
                   padding=(0, 1), pad_edge=False)
-    totals = [run_totals(r.get("costs", {})) for r in records]
-    columns: list[tuple[str, list[str], dict]] = [("run", [r["run_id"][:8] for r in records], {})]
-    columns += [(h, [get(r["spec"]) for r in records], {"shrink": h in SHRINKABLE}) for h, get in shown]
-    columns.append(("status", [r["status"] for r in records], {"style": True}))
-    columns += [(name, [_metric_text(r["metrics"][name]) if name in r.get("metrics", {}) else "-" for r in records],
+    columns: list[tuple[str, list[str], dict]] = [("run", [r.run_id[:8] for r in records], {})]
+    columns += [(h, [get(r.spec) for r in records], {"shrink": h in SHRINKABLE}) for h, get in shown]
+    columns.append(("status", [r.status for r in records], {"style": True}))
+    columns += [(name, [_metric_text(r.metrics[name]) if name in r.metrics else "-" for r in records],
                  {"justify": "right"}) for name in eval_names]
     unscored = any(_unscored_text(r) for r in records)
     if unscored:  # a mean over fewer examples than the eval set has must not pass unnoticed
@@ -120,8 +117,8 @@ def run_table(records: list[dict], title: str = "", width: int | None = None) ->
     dropped = any(_dropped(r) for r in records)
     if dropped:  # fine-tuned on fewer examples than k: the others did not fit the window
         columns.append(("dropped", [str(_dropped(r) or "-") for r in records], {"justify": "right"}))
-    columns += [("s", [f"{s:.1f}" for s, _ in totals], {"justify": "right"}),
-                ("GiB", [_gib(p) for _, p in totals], {"justify": "right"})]
+    columns += [("s", [f"{r.total_seconds:.1f}" for r in records], {"justify": "right"}),
+                ("GiB", [_gib(r.peak_memory_bytes) for r in records], {"justify": "right"})]
     _fit(columns, width)
     for header, cells, how in columns:  # min_width: rich's last resort squeezes every column evenly otherwise
         table.add_column(escape(header), no_wrap=True, justify=how.get("justify", "left"),
@@ -177,12 +174,12 @@ def plan_table(specs: list[dict], pending: set[str], title: str) -> Table:
     return table
 
 
-def problems(records: list[dict]) -> list[str]:
+def problems(records: list) -> list[str]:
     """One line per skipped or failed run, and per default eval set that could not be loaded."""
     out = []
-    for r in records:
-        if r["status"] in ("failed", "skipped"):
-            out.append(f"{r['run_id'][:8]} {r['status']}: {redact(r.get('reason', ''))}")
-        for name, why in r.get("eval_sets_unavailable", {}).items():
-            out.append(f"{r['run_id'][:8]} eval set {name} not evaluated: {why}")
+    for r in map(load_record, records):
+        if r.status in ("failed", "skipped"):
+            out.append(f"{r.run_id[:8]} {r.status}: {redact(r.reason or '')}")
+        for name, why in r.eval_sets_unavailable.items():
+            out.append(f"{r.run_id[:8]} eval set {name} not evaluated: {why}")
     return out

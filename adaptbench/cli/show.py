@@ -13,13 +13,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import AdaptbenchError
-from ..store.records import RESULT, run_dir, run_totals
+from ..store.record import RunRecord
+from ..store.records import RESULT, run_dir
 from ..store.results import flatten, read_results
 
 MIN_PREFIX = 4  # shortest run id prefix accepted (the tables print 8 characters)
 
 
-def find_run(target: str, results_dir: str = "results") -> tuple[dict, str, str] | list[dict]:
+def find_run(target: str, results_dir: str = "results") -> tuple[RunRecord, str, str] | list[RunRecord]:
     """(record, its sweep folder, a note) for a run folder, a sweep folder holding one run, or a run id
     (prefix) under ``results_dir``; the sweep's records when a folder holds several runs.  The note says
     where else the run is, when several sweeps hold it (they share its settings), or is empty."""
@@ -29,7 +30,7 @@ def find_run(target: str, results_dir: str = "results") -> tuple[dict, str, str]
     if os.path.isdir(target):
         results = read_results(target)
         if len(results.records) == 1:
-            return _one(results, results.records[0]["run_id"], target)
+            return _one(results, results.records[0].run_id, target)
         if not results.records:
             raise AdaptbenchError(f"{target}: no finished run in this folder")
         return results.records
@@ -41,15 +42,15 @@ def find_run(target: str, results_dir: str = "results") -> tuple[dict, str, str]
     return _one(read_results(results_dir), target.lower(), results_dir)
 
 
-def _one(results, prefix: str, where: str) -> tuple[dict, str, str]:
-    hits = [r for r in results.records if r["run_id"].startswith(prefix)]
+def _one(results, prefix: str, where: str) -> tuple[RunRecord, str, str]:
+    hits = [r for r in results.records if r.run_id.startswith(prefix)]
     if not hits:
         raise AdaptbenchError(f"no finished run {prefix} under {where}")
-    if len({r["run_id"] for r in hits}) > 1:
+    if len({r.run_id for r in hits}) > 1:
         raise AdaptbenchError(f"run id {prefix} is ambiguous under {where}: "
-                              + ", ".join(sorted(r["run_id"][:12] for r in hits)))
-    sweeps = results.found_in.get(hits[0]["run_id"]) or [os.path.join(where, hits[0].get("sweep", ""))]
-    note = (f"run {hits[0]['run_id']} is in {len(sweeps)} sweeps ({', '.join(sweeps)}): they share its settings; "
+                              + ", ".join(sorted(r.run_id[:12] for r in hits)))
+    sweeps = results.found_in.get(hits[0].run_id) or [os.path.join(where, hits[0].sweep or "")]
+    note = (f"run {hits[0].run_id} is in {len(sweeps)} sweeps ({', '.join(sweeps)}): they share its settings; "
             f"showing the copy in {sweeps[0]}") if len(sweeps) > 1 else ""
     return hits[0], sweeps[0], note
 
@@ -75,68 +76,65 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters; in result.json)"
 
 
-def render(record: dict, sweep_dir: str, note: str = "") -> Group:
+def render(record: RunRecord, sweep_dir: str, note: str = "") -> Group:
     """Header, settings, metrics per eval set and slice, costs per phase, method details, files."""
     parts = [_header(record, note), _settings(record), _metrics(record), _costs(record), _details(record),
              _files(record, sweep_dir)]
     return Group(*[p for p in parts if p is not None])
 
 
-def _header(record: dict, note: str) -> str:
-    status = record["status"]
-    style = {"ok": "green", "skipped": "yellow", "failed": "red"}.get(status, "")
-    lines = [f"[bold]run {record['run_id']}[/] ({escape(record.get('sweep', ''))}): [{style}]{status}[/]",
-             f"started {record.get('started_at', '?')}, finished {record.get('finished_at', '?')}"]
-    if record.get("reason"):
-        lines.append(f"[{style}]reason:[/] {escape(record['reason'])}")
-    model = record.get("model") or {}
-    if model:
-        lines.append(f"model {escape(model.get('name', ''))} from {escape(str(model.get('source', '')))}: "
-                     f"{_num(model.get('n_params'))} parameters, {model.get('dtype')} on {model.get('device')}, "
-                     f"window {_num(model.get('window'))}")
+def _header(record: RunRecord, note: str) -> str:
+    style = {"ok": "green", "skipped": "yellow", "failed": "red"}.get(record.status, "")
+    lines = [f"[bold]run {record.run_id}[/] ({escape(record.sweep or '')}): [{style}]{record.status}[/]",
+             f"started {record.started_at or '?'}, finished {record.finished_at or '?'}"]
+    if record.reason:
+        lines.append(f"[{style}]reason:[/] {escape(record.reason)}")
+    model = record.model
+    if model is not None:
+        lines.append(f"model {escape(model.name)} from {escape(model.source)}: {_num(model.n_params)} parameters, "
+                     f"{model.dtype} on {model.device}, window {_num(model.window)}")
     if note:
         lines.append(f"[yellow]note:[/] {escape(note)}")
     return "\n".join(lines)
 
 
-def _settings(record: dict) -> Table:
+def _settings(record: RunRecord) -> Table:
     spec = _table("settings", ["setting", "value"])
     spec.columns[1].justify = "left"
-    for key, value in flatten(record["spec"]).items():
+    for key, value in flatten(record.spec).items():
         spec.add_row(escape(key), escape(str(value)))
     return spec
 
 
-def _metrics(record: dict) -> Table | None:
-    metrics = record.get("metrics") or {}
-    if not metrics:
+def _metrics(record: RunRecord) -> Table | None:
+    if not record.metrics:
         return None
-    names = [m for m in ("accuracy", "mcc", "f1") if any(m in s for sl in metrics.values() for s in sl.values())]
+    names = [m for m in ("accuracy", "mcc", "f1")
+             if any(getattr(s, m) is not None for sl in record.metrics.values() for s in sl.values())]
     table = _table("metrics", ["eval set / slice", "n", *names])
-    for eval_set, slices in metrics.items():
-        in_domain = (record.get("eval_sets") or {}).get(eval_set, {}).get("in_domain")
+    for eval_set, slices in record.metrics.items():
+        in_domain = eval_set in record.eval_sets and record.eval_sets[eval_set].in_domain
         for slice_name, values in slices.items():
             label = eval_set + (" (in-domain)" if in_domain and slice_name == "all" else "")
             label = label if slice_name == "all" else f"  {slice_name}"
-            table.add_row(escape(label), _num(values.get("n")), *[_num(values.get(m)) for m in names])
+            table.add_row(escape(label), _num(values.n), *[_num(getattr(values, m)) for m in names])
     return table
 
 
-def _costs(record: dict) -> Table | None:
-    costs = record.get("costs") or {}
-    if not costs:
+def _costs(record: RunRecord) -> Table | None:
+    if not record.costs:
         return None
     table = _table("costs", ["phase", "seconds", "peak GiB", "tokens", "weights", "compute"])
-    for phase, c in costs.items():
-        table.add_row(escape(phase), f"{c['seconds']:.2f}", f"{c['peak_memory_bytes'] / 2**30:.2f}",
-                      _num(c.get("tokens")), c.get("weights_dtype", "-"), c.get("compute_dtype", "-"))
-    seconds, peak = run_totals(costs)
-    table.add_row("[bold]total[/]", f"{seconds:.2f}", f"{peak / 2**30:.2f}", "", "", "")
+    for phase, c in record.costs.items():
+        table.add_row(escape(phase), f"{c.seconds:.2f}", f"{c.peak_memory_bytes / 2**30:.2f}", _num(c.tokens),
+                      c.weights_dtype or "-", c.compute_dtype or "-")
+    table.add_row("[bold]total[/]", f"{record.total_seconds:.2f}", f"{record.peak_memory_bytes / 2**30:.2f}", "", "",
+                  "")
     return table
 
 
-def _details(record: dict) -> Table | None:
-    info = record.get("method_info") or {}
+def _details(record: RunRecord) -> Table | None:
+    info = record.method_info.model_dump(exclude_none=True)
     shown = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
     held = info.get("heldout") or {}
     shown.update({f"heldout.{k}": v for k, v in held.items() if not isinstance(v, dict)})
@@ -152,7 +150,7 @@ def _details(record: dict) -> Table | None:
     return table
 
 
-def _files(record: dict, sweep_dir: str) -> str:
-    folder = run_dir(sweep_dir, record["run_id"])
+def _files(record: RunRecord, sweep_dir: str) -> str:
+    folder = run_dir(sweep_dir, record.run_id)
     files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     return f"[bold]files[/] in {escape(folder)}: " + (", ".join(escape(f) for f in files) or "none")

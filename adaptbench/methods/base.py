@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
+
 
 from .._util.registry import Registry
 from ..config.blocks import MethodTraits, register_method
@@ -51,6 +53,20 @@ class Predictor(Protocol):
     def predict(self, examples: list[Example], name: str) -> Scores: ...
 
 
+class RecordPart(BaseModel):
+    """A part of a run's record (:mod:`adaptbench.store.record`): known fields typed; keys it does not know (an
+    older or newer version's) kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class MethodInfo(RecordPart):
+    """What every method's runs record (``method_info``); each method's ``info`` class adds its own fields."""
+
+    capabilities_off: dict[str, str] = Field(default_factory=dict, description="what was off for this model, and "
+                                             "why (prefix_cache, shared_prefix, packing, ...)")
+
+
 class Method:
     """A method: ``fit(ctx)`` adapts the run's model (or not) and returns a predictor.  Its class attributes
     are what config knows of it (:class:`adaptbench.config.blocks.MethodTraits`), registered by :func:`register`."""
@@ -62,6 +78,7 @@ class Method:
     settings: ClassVar[type | None] = None  # its settings block (under its name in a config), if it has one
     api_models: ClassVar[bool] = False  # a model behind an API can run it (log-probabilities only)
     hints: ClassVar[dict[str, str]] = {}  # trainable policy -> why it does not apply, for the error
+    info: ClassVar[type[MethodInfo]] = MethodInfo  # what its runs record (method_info), typed
 
     @classmethod
     def preflight(cls, spec: RunSpec, config_dir: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from .._util import distributed
@@ -17,11 +18,36 @@ from ..scoring.core import batched_logits
 from ..training.policies import apply_policy
 from ..training.loop import TrainItem, train
 from ..scoring.scores import Scores
-from .base import Method, RunContext
+from .base import Method, MethodInfo, RunContext
+
+
+class FineTuneInfo(MethodInfo):
+    """``method_info`` of a run that trains (PBFT, vanilla, CD's student)."""
+
+    policy: str | None = Field(None, description="the trainable policy")
+    trainable_params: int | None = Field(None, description="parameters trained")
+    total_params: int | None = Field(None, description="parameters of the task model (tied ones once)")
+    freeze_embeddings: bool | None = Field(None, description="full: embeddings kept fixed")
+    added_biases: int | None = Field(None, description="bitfit.add_biases: zero biases added to this many layers")
+    lora_target_modules: list[str] | None = Field(None, description="lora: the modules adapted")
+    lr: float | None = Field(None, description="the learning rate used (the policy's, else train.lr)")
+    packed_batches: bool | None = Field(None, description="whether training batches were packed")
+    train_examples: int | None = Field(None, description="training inputs")
+    train_dropped_too_long: int | None = Field(None, description="training inputs left out: longer than the window")
+    steps: int | None = Field(None, description="optimizer steps")
+    train_losses: list[float] = Field(default_factory=list, description="the mean loss of every optimizer step")
+    history: list[dict] = Field(default_factory=list, description="evaluation points: step, epoch, train_loss, lr, "
+                                "metrics")
+    selected: dict | None = Field(None, description="the reported evaluation point (mode, step, epoch)")
+    distributed_type: str | None = Field(None, description="accelerate's: NO, MULTI_GPU, MULTI_CPU, FSDP, DEEPSPEED")
+    processes: int | None = Field(None, description="processes of the launch")
+    saved: dict | None = Field(None, description="train.save: where the adapted weights are")
 
 
 class FineTuneMethod(Method):
     """Subclasses say how the task model is built and what the training targets and loss are."""
+
+    info = FineTuneInfo
 
     trains = True
     trainable = ("full", "bitfit", "lora")

@@ -10,6 +10,8 @@ run, and a query that does not fit after the context is left unscored and counte
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from ..config.settings import Strict
@@ -17,7 +19,7 @@ from ..data.schema import Example
 from ..errors import RunSkipped
 from ..scoring.interface import ContextScorer
 from ..scoring.scores import Scores
-from .base import Method, RunContext, register
+from .base import Method, MethodInfo, RunContext, register
 
 CONTEXT = "context"  # the one context key of an ICL run
 
@@ -26,11 +28,28 @@ class ICLSettings(Strict):
     prefix_cache: bool = Field(True, description="encode the demonstrations once and reuse their KV cache")
 
 
+class ICLInfo(MethodInfo):
+    """``method_info`` of an ICL run."""
+
+    context_text: str | None = Field(None, description="the demonstrations as the model read them")
+    context_tokens: int | None = Field(None, description="their tokens (absent: a model behind an API tokenises)")
+    prefix_cache: bool | None = Field(None, description="whether their KV cache was encoded once and reused")
+    prefix_attention: str | None = Field(None, description="shared (one copy of the prefix per batch) or expanded "
+                                         "(<why not shared>)")
+    shared_prefix_tokens: dict[str, int] = Field(default_factory=dict, description="eval set -> tokens of the "
+                                                 "context every query shares (what the cache served)")
+    api_usage: dict[str, Any] | None = Field(None, description="api model: requests, cached, prompt_tokens, "
+                                             "completion_tokens, cost")
+    icl_api_missing: dict[str, dict] | None = Field(None, description="api model: per eval set, examples (and per "
+                                                    "label) whose verbalizer token was not in the top-N returned")
+
+
 @register
 class ICL(Method):
     name = "icl"
     description = "in-context learning: k demonstrations in the context, no training"
     settings = ICLSettings
+    info = ICLInfo
     api_models = True
 
     def fit(self, ctx: RunContext) -> ICLPredictor:

@@ -26,7 +26,7 @@ from ..models.interface import lm_parts
 from ..models.parts import verbalizer_logits, vocab_logits
 from ..scoring.core import last_hidden
 from .base import RunContext, register
-from .finetune import FineTuneMethod
+from .finetune import FineTuneInfo, FineTuneMethod
 
 
 class PBFTSettings(Strict):
@@ -36,6 +36,10 @@ class PBFTSettings(Strict):
         "verbalizer", description="verbalizer: cross-entropy over the verbalizer tokens' logits (the classes the "
                                   "prediction chooses between); vocab: over the whole vocabulary with the gold "
                                   "verbalizer token as target, as the reference study (its OPTWithLMClassifier)")
+
+
+class PBFTInfo(FineTuneInfo):
+    pbft_loss: str | None = Field(None, description="verbalizer or vocab (pbft.loss)")
 
 
 class VerbalizerModel(nn.Module):
@@ -64,6 +68,7 @@ class VerbalizerModel(nn.Module):
 class PBFT(FineTuneMethod):
     name = "pbft"
     settings = PBFTSettings
+    info = PBFTInfo
     hints = {"head": ": pbft adds no head, it trains through the LM head's verbalizer rows"}
     description = "pattern-based fine-tuning: LM head + verbalizer tokens (loss over the verbalizers or the vocabulary)"
 

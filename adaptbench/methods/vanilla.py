@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..models.interface import lm_parts
 from ..scoring.core import last_hidden
 from .base import RunContext, register
-from .finetune import FineTuneMethod
+from .finetune import FineTuneInfo, FineTuneMethod
 
 
 class VanillaSettings(Strict):
@@ -50,6 +50,11 @@ def classification_head(hidden: int, n_labels: int, kind: str, init_std: float, 
             nn.init.normal_(layer.weight, std=init_std)
             nn.init.zeros_(layer.bias)
     return head
+
+
+class VanillaInfo(FineTuneInfo):
+    head: str | None = Field(None, description="linear or mlp (vanilla.head)")
+    pooling: str | None = Field(None, description="what the head read: last_token, decoder_first or encoder_mean")
 
 
 class HeadModel(nn.Module):
@@ -91,6 +96,7 @@ def head_pooling(ctx: RunContext) -> str:
 class Vanilla(FineTuneMethod):
     name = "vanilla"
     settings = VanillaSettings
+    info = VanillaInfo
     description = "classification head (linear or mlp) on the last token's hidden state, trained with cross-entropy"
     trainable = ("full", "head", "bitfit", "lora")
 

@@ -132,29 +132,28 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
 CostCurve = list[tuple[int, dict[str, PathCost]]]
 
 
-def _context_label(info: dict) -> str:
+def _context_label(info) -> str:
     """The context a curve is about: its file's name, or ``demonstrations``."""
-    return os.path.basename(info["context_file"]) if info.get("context_file") else info.get("context", "")
+    return os.path.basename(info.context_file) if info.context_file else (info.context or "")
 
 
-def cost_curves(records: list[dict]) -> dict[tuple[str, str], CostCurve]:
+def cost_curves(records: list) -> dict[tuple[str, str], CostCurve]:
     """(model, context) -> [(L, {path: PathCost})] sorted by L, from the finished runs that measured query
     costs; runs at the same L (data or training seeds) are averaged, path by path, over the paths all measured."""
     points: dict = defaultdict(lambda: defaultdict(list))
     for rec in records:
-        info = rec.get("method_info") or {}
-        if rec.get("status") == "ok" and info.get("query_costs"):
-            key = (rec["spec"]["model"]["name"], _context_label(info))
-            points[key][info["context_tokens"]].append(info["query_costs"])
+        info = rec.method_info
+        if rec.status == "ok" and getattr(info, "query_costs", None):
+            key = (rec.spec["model"]["name"], _context_label(info))
+            points[key][info.context_tokens].append(info.query_costs)
     return {key: [(length, _mean_paths(runs)) for length, runs in sorted(by_length.items())]
             for key, by_length in points.items()}
 
 
 def _mean_paths(runs: list[dict]) -> dict[str, PathCost]:
     names = [name for name in runs[0] if all(name in run for run in runs)]
-    return {name: PathCost(name, mean(r[name]["setup_seconds"] for r in runs),
-                           mean(r[name]["per_query_seconds"] for r in runs),
-                           int(mean(r[name]["peak_memory_bytes"] for r in runs))) for name in names}
+    return {name: PathCost(name, mean(r[name].setup_seconds for r in runs), mean(r[name].per_query_seconds for r in runs),
+                           int(mean(r[name].peak_memory_bytes for r in runs))) for name in names}
 
 
 def cost_curve_frame(curves: dict[tuple[str, str], CostCurve]) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import pandas as pd
 from . import plots
 from .aggregate import UNSCORED_NOTE, cost_curve_frame, cost_curves, display_cost_curve, display_frame, summarize
 from ..errors import AdaptbenchError, ResultsWriteError
+from ..store.record import RunRecord
 from ..store.results import read_results, sweep_dirs, to_frame
 
 
@@ -58,8 +59,8 @@ def _write_report(results, results_dir: str, out_dir: str) -> Report:
     table = display_frame(summary) if not summary.empty else pd.DataFrame()
     report = Report(out_dir, summary, table, problems=list(results.problems), n_records=len(results.records),
                     generations=side_by_side(results.records))
-    failed = [r for r in results.records if r["status"] != "ok"]
-    report.problems += [f"run {r['run_id']} {r['status']}: {r.get('reason', '')}" for r in failed]
+    failed = [r for r in results.records if r.status != "ok"]
+    report.problems += [f"run {r.run_id} {r.status}: {r.reason or ''}" for r in failed]
     curves = cost_curves(results.records)
     if curves:
         curve_table = cost_curve_frame(curves)
@@ -94,17 +95,18 @@ GENERATIONS_NOTE = ("Greedy continuations of held-out inputs by the base model w
 GENERATION_COLUMNS = ("input", "base", "teacher", "student")
 
 
-def side_by_side(records: list[dict]) -> list[tuple[str, str, list[dict]]]:
+def side_by_side(records: list[RunRecord]) -> list[tuple[str, str, list[dict]]]:
     """(run id, what was distilled, generations) of every finished run that recorded generations."""
     out = []
     for rec in records:
-        info = rec.get("method_info") or {}
-        if rec.get("status") == "ok" and info.get("generations"):
-            held = info.get("heldout") or {}
-            about = f"{info.get('context', '')} context, {info.get('context_tokens', 0):,} tokens"
-            if held.get("recovered") is not None:
-                about += f"; recovered {held['recovered']:.0%} of its effect on held-out inputs"
-            out.append((rec["run_id"][:8], about, info["generations"]))
+        info = rec.method_info
+        if rec.status == "ok" and getattr(info, "generations", None):
+            about = f"{info.context or ''} context, {info.context_tokens or 0:,} tokens"
+            if info.heldout is not None and info.heldout.recovered is not None:
+                about += f"; recovered {info.heldout.recovered:.0%} of its effect on held-out inputs"
+                if info.heldout.reply is not None and info.heldout.reply.recovered is not None:
+                    about += f" ({info.heldout.reply.recovered:.0%} on the teacher's replies)"
+            out.append((rec.run_id[:8], about, info.generations))
     return out
 
 

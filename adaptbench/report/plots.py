@@ -180,16 +180,15 @@ def accuracy_vs_cost(df: pd.DataFrame, out_dir: str) -> list[tuple[str, list[str
     return figures
 
 
-def learning_curves(records: list[dict], out_dir: str) -> list[tuple[str, list[str]]]:
+def learning_curves(records: list, out_dir: str) -> list[tuple[str, list[str]]]:
     """Accuracy at each evaluation point of fine-tuning runs (mean over seeds), per model x task."""
     curves: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for rec in records:
-        history = rec.get("method_info", {}).get("history") or []
-        if rec["status"] != "ok" or len(history) < 2:
+        history = getattr(rec.method_info, "history", None) or []
+        if rec.status != "ok" or len(history) < 2:
             continue
-        spec = rec["spec"]
-        task = spec["task"] if isinstance(spec["task"], str) else spec["task"]["name"]
-        key = (spec["model"]["name"], task)
+        spec = rec.spec
+        key = (spec["model"]["name"], rec.task_name)
         lab = label(spec["method"], spec.get("trainable"))
         for point in history:
             for name, m in point["metrics"].items():

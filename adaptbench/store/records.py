@@ -22,12 +22,6 @@ INDEX = "results.jsonl"
 FINISHED = ("ok", "failed", "skipped")
 
 
-def run_totals(costs: dict) -> tuple[float, int]:
-    """A run's wall seconds (all phases) and peak memory in bytes (the largest phase peak) from its costs."""
-    return (sum(p["seconds"] for p in costs.values()),
-            max((p["peak_memory_bytes"] for p in costs.values()), default=0))
-
-
 def run_dir(sweep_dir: str, run_id: str) -> str:
     return os.path.join(sweep_dir, "runs", run_id)
 

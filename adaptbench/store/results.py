@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .records import FINISHED, INDEX, PREDICTIONS, RESULT, index_order, run_totals
+from .record import RunRecord, load_record
+from .records import FINISHED, INDEX, PREDICTIONS, RESULT, index_order
 
 KNOWN = {INDEX, "sweep.json", ".lock", "runs", "report", "jobs", "trackers"}  # what a sweep folder may hold
 
 
 @dataclass
 class Results:
-    records: list[dict] = field(default_factory=list)
+    records: list[RunRecord] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # what was skipped and why, for the user
     found_in: dict[str, list[str]] = field(default_factory=dict)  # run id -> the sweep folders holding it
 
@@ -139,7 +140,7 @@ def read_results(path: str) -> Results:
             if first is not rec and not _same_result(first, rec):
                 out.problems.append(f"run {rec['run_id']} is in {out.found_in[rec['run_id']][0]} and in {sweep} with "
                                     f"different results ({first['status']} vs {rec['status']}); the first is used")
-    out.records = sorted(by_id.values(), key=index_order)
+    out.records = [load_record(r) for r in sorted(by_id.values(), key=index_order)]
     return out
 
 
@@ -163,24 +164,21 @@ def _is_eval(phase: str) -> bool:
     return phase.startswith("predict:") or phase == EVAL_POINTS
 
 
-def run_row(rec: dict) -> dict:
+def run_row(rec: RunRecord) -> dict:
     """The per-run columns: identity, status and costs."""
-    spec = rec["spec"]
-    costs = rec.get("costs", {})
-    info = rec.get("method_info", {})
-    task = spec["task"] if isinstance(spec["task"], str) else spec["task"]["name"]
+    spec, costs, info = rec.spec, rec.costs, rec.method_info
     return {
-        "run_id": rec["run_id"], "sweep": rec.get("sweep"), "status": rec["status"], "reason": rec.get("reason"),
-        "model": spec["model"]["name"], "task": task, "method": spec["method"],
+        "run_id": rec.run_id, "sweep": rec.sweep, "status": rec.status, "reason": rec.reason,
+        "model": spec["model"]["name"], "task": rec.task_name, "method": spec["method"],
         "trainable": spec.get("trainable"), "shots": spec["shots"], "data_seed": spec["data_seed"],
         "train_seed": spec.get("train_seed", 0),
-        "adapt_seconds": sum(p["seconds"] for n, p in costs.items() if n in ADAPT_PHASES),
-        "eval_seconds": sum(p["seconds"] for n, p in costs.items() if _is_eval(n)),
-        "total_seconds": run_totals(costs)[0],
-        "run_seconds": sum(p["seconds"] for n, p in costs.items() if n in ADAPT_PHASES or _is_eval(n)),
-        "peak_memory_gib": run_totals(costs)[1] / 2**30,
-        "trainable_params": info.get("trainable_params"), "total_params": info.get("total_params"),
-        "train_dropped": info.get("train_dropped_too_long"),
+        "adapt_seconds": sum(p.seconds for n, p in costs.items() if n in ADAPT_PHASES),
+        "eval_seconds": sum(p.seconds for n, p in costs.items() if _is_eval(n)),
+        "total_seconds": rec.total_seconds,
+        "run_seconds": sum(p.seconds for n, p in costs.items() if n in ADAPT_PHASES or _is_eval(n)),
+        "peak_memory_gib": rec.peak_memory_bytes / 2**30,
+        "trainable_params": getattr(info, "trainable_params", None), "total_params": getattr(info, "total_params", None),
+        "train_dropped": getattr(info, "train_dropped_too_long", None),
         **distilled_context(info),
         **{f"spec.{k}": v for k, v in flatten(spec).items()},
     }
@@ -190,28 +188,28 @@ def run_row(rec: dict) -> dict:
 DISTILLED = ("context_tokens", "recovered", "kl_student", "kl_base", "top1_agreement")
 
 
-def distilled_context(info: dict) -> dict:
+def distilled_context(info) -> dict:
     """The context length and held-out measures of a ``cd.target: sequence`` run; {} for other runs."""
-    if info.get("target") != "sequence":
+    if getattr(info, "target", None) != "sequence":
         return {}
-    held = info.get("heldout") or {}
-    return {"context_tokens": info.get("context_tokens"), "recovered": held.get("recovered"),
-            "kl_student": held.get("kl_student"), "kl_base": held.get("kl_base"),
-            "top1_agreement": held.get("top1_agreement_student")}
+    held = info.heldout
+    return {"context_tokens": info.context_tokens, "recovered": held and held.recovered,
+            "kl_student": held and held.kl_student, "kl_base": held and held.kl_base,
+            "top1_agreement": held and held.top1_agreement_student}
 
 
-def to_frame(records: list[dict]) -> pd.DataFrame:
+def to_frame(records: list[RunRecord]) -> pd.DataFrame:
     rows = []
     for rec in records:
         base = run_row(rec)
-        eval_sets = rec.get("eval_sets", {})
-        if not rec.get("metrics"):
+        if not rec.metrics:
             rows.append({**base, "eval_set": None, "slice": None})
             continue
-        for name, slices in rec["metrics"].items():
+        for name, slices in rec.metrics.items():
+            in_domain = rec.eval_sets[name].in_domain if name in rec.eval_sets else None
             for slice_name, values in slices.items():
-                rows.append({**base, "eval_set": name, "in_domain": eval_sets.get(name, {}).get("in_domain"),
-                             "slice": slice_name, **values})
+                rows.append({**base, "eval_set": name, "in_domain": in_domain, "slice": slice_name,
+                             **values.model_dump(exclude_none=True)})
     return pd.DataFrame(rows)
 
 

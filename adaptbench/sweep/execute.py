@@ -35,6 +35,7 @@ from ..models.loading import pick_device
 from ..models.pool import ModelPool
 from ..scoring.scores import log_softmax
 from ..store import records
+from ..store.record import SCHEMA_VERSION
 from ..training.precision import annotate_phases, training_model_spec
 from . import claims
 from .inputs import RunInputs, load_inputs
@@ -58,8 +59,8 @@ class RunOutcome:
 
 def execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | None = None) -> RunOutcome:
     """Do one run and return its record; exceptions become ``failed``/``skipped`` records."""
-    record: dict = {"run_id": run.run_id, "sweep": plan.sweep.name, "status": "running", "spec": run.identity(),
-                    "started_at": _now(), "writer": owners.me()}
+    record: dict = {"schema_version": SCHEMA_VERSION, "run_id": run.run_id, "sweep": plan.sweep.name,
+                    "status": "running", "spec": run.identity(), "started_at": _now(), "writer": owners.me()}
     out = RunOutcome(record)
     try:
         device = pick_device(run.model.device)

@@ -21,6 +21,7 @@ import warnings
 
 from .._util.secrets import redact
 from ..errors import ConfigError
+from ..store.record import load_record
 
 #: Where each tracker package comes from, for the message when it is missing.
 INSTALL = {"tensorboard": "tensorboard", "mlflow": "mlflow-skinny sqlalchemy alembic", "wandb": "wandb",
@@ -102,15 +103,17 @@ class RunTrackers:
         """The record's metrics and costs, then close every tracker run."""
         if not self.trackers:
             return
-        values = {"status/ok": float(record.get("status") == "ok")}
-        for eval_set, slices in (record.get("metrics") or {}).items():
-            for metric, value in (slices.get("all") or {}).items():
-                if isinstance(value, (int, float)) and metric != "n":
-                    values[f"final/{eval_set}/{metric}"] = value
-        for phase, cost in (record.get("costs") or {}).items():
-            values[f"cost/{phase}/seconds"] = cost["seconds"]
-            values[f"cost/{phase}/peak_memory_gib"] = cost["peak_memory_bytes"] / 2**30
-        steps = (record.get("method_info") or {}).get("steps")
+        rec = load_record(record)
+        values = {"status/ok": float(rec.status == "ok")}
+        for eval_set, slices in rec.metrics.items():
+            if "all" in slices:
+                for metric, value in slices["all"].model_dump(exclude_none=True).items():
+                    if isinstance(value, (int, float)) and metric != "n":
+                        values[f"final/{eval_set}/{metric}"] = value
+        for phase, cost in rec.costs.items():
+            values[f"cost/{phase}/seconds"] = cost.seconds
+            values[f"cost/{phase}/peak_memory_gib"] = cost.peak_memory_bytes / 2**30
+        steps = getattr(rec.method_info, "steps", None)
         for tracker in list(self.trackers):
             self._call(tracker, "log", values, step=steps or 0)
             self._call(tracker, "finish")

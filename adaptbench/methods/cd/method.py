@@ -39,6 +39,7 @@ from ..base import RunContext, register
 from ..finetune import FineTunedPredictor, FineTuneMethod
 from ..pbft import VerbalizerModel
 from .context import check_inputs
+from .info import CDInfo
 from .labels import FULL, Teacher, check_same_tokenizer
 from .sequence_run import SequenceDistillation, check_causal
 from .settings import CDSettings
@@ -56,6 +57,7 @@ class ContextDistillation(FineTuneMethod):
     name = "cd"
     description = "context distillation: a student without the context learns the teacher's distribution with it"
     settings = CDSettings
+    info = CDInfo
 
     @classmethod
     def preflight(cls, spec: RunSpec, config_dir: str) -> None:
