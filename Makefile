@@ -1,5 +1,6 @@
 # make demo  -- set up .venv and run the quickstart comparison (configs/quickstart.yaml)
 # make test  -- set up .venv and run the test suite (fast: tiny models built in the tests)
+# make docs  -- build the docs tree (docs/, MkDocs, strict) into site/
 # make test-slow -- the tests that use the real SmolLM2-135M model (minutes); first builds llama.cpp's
 #                   OpenAI-compatible server (setup-server: ~15 min once on 2 cores, then pip's wheel cache)
 #
@@ -23,7 +24,7 @@ export ADAPTBENCH_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: setup setup-server demo test test-slow bench clean
+.PHONY: setup setup-server demo test test-slow docs bench clean
 
 setup: $(STAMP)
 
@@ -53,6 +54,10 @@ test: setup
 
 test-slow: setup setup-server
 	$(BIN)/python -m pytest -q -m slow
+
+# The docs tree, strict: a broken link or a missing page fails (the settings and record tables are generated).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d site
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

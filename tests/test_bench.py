@@ -1,0 +1,38 @@
+"""Each bench script runs end to end at tiny size (a tiny random Llama, a few examples): a move or a renamed
+function cannot break a bench silently.  The timings they print are not checked here -- only that each
+finishes and prints its result (and, for the ICL paths, that they agree).  In-process (runpy), so the imports are paid once."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CASES = {
+    "icl_prefix_cache.py": ["--lengths", "300", "--examples", "4", "--full-examples", "2", "--batch-sizes", "2",
+                            "--repeats", "1"],
+    "pbft_vs_baseline.py": ["--shots", "4", "--epochs", "1", "--batch-size", "2", "--eval-examples", "4"],
+    "cd_teacher_cache.py": ["--shots", "4", "--unlabeled", "2", "--epochs", "1"],
+    "cd_long_context.py": ["--teacher-length", "256", "--lengths", "256,512", "--inputs", "2", "--held-out", "2",
+                           "--queries", "1", "--steps", "1", "--batch-size", "2", "--top-k", "8"],
+}
+
+#: A line each script prints only once it has measured everything (the paths' agreement, where it is exact).
+EXPECT = {"icl_prefix_cache.py": "predictions identical: True (cached paths, 4), True (full, 2)",
+          "pbft_vs_baseline.py": "vs reference", "cd_teacher_cache.py": "cached (shared) vs online",
+          "cd_long_context.py": "break-even vs icl"}
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_bench_script_runs_at_tiny_size(script, tiny_models, data_dir, monkeypatch, capsys):
+    path = ROOT / "bench" / script
+    data = ["--data-dir", data_dir] if "--data-dir" in path.read_text() else []
+    monkeypatch.setenv("ADAPTBENCH_DATA_DIR", data_dir)
+    monkeypatch.setattr(sys, "argv", [str(path), "--model", tiny_models["llama"], *data, *CASES[script]])
+    runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    assert EXPECT[script] in out and len(out.splitlines()) >= 3, out
