@@ -117,3 +117,11 @@ def test_modules_and_functions_are_small():
                 if n > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {n} lines")
     assert not too_long, "\n".join(too_long)
+
+
+def test_methods_never_branch_on_the_kind_of_model():
+    """Causal, encoder-decoder and API models are one interface: a method asks for capabilities, not kinds."""
+    found = [f"{path.relative_to(PACKAGE)}:{n}" for path in sorted((PACKAGE / "methods").rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if "is_api" in line or "is_encoder_decoder" in line]
+    assert found == []
