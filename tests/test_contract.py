@@ -19,12 +19,16 @@ from .conftest import ARCHS, write_config
 runner = CliRunner()
 
 
+def _policies(traits) -> list[str | None]:
+    """The trainable policies a method allows (None: it trains nothing)."""
+    return [p for p in POLICIES if p in traits.trainable] if traits.trains else [None]
+
+
 def _blocks(arch: str) -> list[str]:
     """One include block per registered method and each policy it allows (its settings at their defaults)."""
     out = []
     for name, traits in TRAITS.items():
-        policies = [p for p in POLICIES if p in traits.trainable] if traits.trains else [None]
-        for policy in policies:
+        for policy in _policies(traits):
             out.append(f"  - {{method: {name}" + (f", trainable: {policy}" if policy else "") + "}")
     return out
 
@@ -45,8 +49,7 @@ def sweep(request, tmp_path_factory, data_dir, tiny_models) -> tuple[str, list[d
 
 def test_every_method_and_policy_runs_and_its_record_follows_the_schema(sweep):
     arch, records = sweep
-    expected = {(name, p) for name, t in TRAITS.items()
-                for p in ([p for p in POLICIES if p in t.trainable] if t.trains else [None])}
+    expected = {(name, p) for name, t in TRAITS.items() for p in _policies(t)}
     assert {(r["spec"]["method"], r["spec"].get("trainable")) for r in records} == expected
     for data in records:
         where = f"{arch} {data['spec']['method']} {data['spec'].get('trainable')}"

@@ -52,7 +52,7 @@ def _default(field) -> str:
         value = field.default
     if isinstance(value, BaseModel) or (isinstance(value, list) and value and isinstance(value[0], BaseModel)):
         return "(its defaults)"
-    return f"`{value!r}`" if value not in (None, {}, []) else ("" if value is None else f"`{value!r}`")
+    return "" if value is None else f"`{value!r}`"
 
 
 def fields_table(model: type[BaseModel], prefix: str = "", only_own: bool = False, skip: tuple = ()) -> str:
