@@ -93,9 +93,28 @@ def _header(record: RunRecord, note: str) -> str:
     if model is not None:
         lines.append(f"model {escape(model.name)} from {escape(model.source)}: {_num(model.n_params)} parameters, "
                      f"{model.dtype} on {model.device}, window {_num(model.window)}")
+        lines.append(_precision(record))
     if note:
         lines.append(f"[yellow]note:[/] {escape(note)}")
     return "\n".join(lines)
+
+
+def _precision(record: RunRecord) -> str:
+    """What ``auto`` resolved to and why: the dtype the weights were loaded in, a training run's autocast."""
+    spec, resolved = record.spec, record.spec.get("resolved") or {}
+    cpu = record.environment.get("cpu_bf16") or {}
+    why = ""
+    if (record.model.device or "").startswith("cpu"):
+        why = (f": forced by {cpu['forced_by']}" if cpu.get("forced_by")
+               else f": the CPU has {', '.join(cpu['instructions'])}" if cpu.get("instructions")
+               else ": no bfloat16 matrix instructions on this CPU")
+    train = spec.get("train")
+    if train:
+        mixed = train.get("mixed_precision", "no")
+        return (f"precision: weights {record.model.dtype}, training autocast {resolved.get('mixed_precision', mixed)}"
+                + (f" (auto{why})" if mixed == "auto" else ""))
+    written = (spec.get("model") or {}).get("dtype", "auto")
+    return f"precision: model.dtype {written} -> {record.model.dtype}" + (f" (auto{why})" if written == "auto" else "")
 
 
 def _settings(record: RunRecord) -> Table:

@@ -10,6 +10,8 @@ from functools import lru_cache
 
 import torch
 
+from .._util.cpu import ENV, bf16_instructions, cpu_bf16
+
 PACKAGES = ("adaptbench", "torch", "transformers", "tokenizers", "peft", "accelerate", "datasets", "gguf")
 
 
@@ -49,6 +51,9 @@ def environment(device: torch.device) -> dict:
         "device_name": device_name(device),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
+        # what model.dtype / train.mixed_precision "auto" read on this CPU (adaptbench._util.cpu)
+        "cpu_bf16": {"instructions": bf16_instructions(), "used": cpu_bf16(),
+                     **({"forced_by": f"{ENV}={os.environ[ENV]}"} if os.environ.get(ENV) else {})},
         "cpu_count": os.cpu_count(),
         "hostname": platform.node(),
         "platform": platform.platform(),

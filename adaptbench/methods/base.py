@@ -22,6 +22,7 @@ from ..models.loading import LoadedModel
 from ..prompts.prompt import PromptEncoder
 from ..scoring.interface import ScoringModel
 from ..scoring.scores import Scores
+from ..training.precision import autocast
 
 
 @dataclass
@@ -43,6 +44,13 @@ class RunContext:
     load_model: Callable | None = None  # load_model(ModelSpec) -> LoadedModel: another model (a teacher)
     info: dict = field(default_factory=dict)
     on_step: Callable[[int, dict], None] = lambda step, values: None  # --log-with: per-step values go here
+
+    def compute(self, loaded: LoadedModel | None = None):
+        """The autocast a training run computes its float32 master weights under (``train.mixed_precision``,
+        resolved): its teacher pass, held-out measures and per-query costs run as its training and predictions
+        do.  A run without a train block, or another model (a teacher of its own), computes in its weights' dtype."""
+        mixed = self.spec.train.mixed_precision if self.spec.train is not None else "no"
+        return autocast(self.loaded.device, mixed if loaded is None or loaded is self.loaded else "no")
 
     def scoring_model(self, loaded: LoadedModel | None = None) -> ScoringModel:
         """The run's model (or another, a teacher) behind the one model interface."""

@@ -13,7 +13,7 @@ from ..errors import RunSkipped
 from ..measure.metrics import eval_set_metrics
 from ..training.saving import save_adapted
 from ..training.packing import packing_unsupported
-from ..training.precision import ObservedDtype, autocast, check_master_weights
+from ..training.precision import ObservedDtype, check_master_weights
 from ..scoring.core import batched_logits
 from ..training.policies import apply_policy
 from ..training.loop import TrainItem, train
@@ -182,6 +182,6 @@ class FineTunedPredictor:
             return Scores(self.stored[name])
         observed = ObservedDtype(self.model)
         with self.ctx.progress(f"{self.ctx.spec.method} {name}", len(examples)) as advance, \
-                autocast(self.ctx.loaded.device, self.ctx.spec.train.mixed_precision):  # as in training
+                self.ctx.compute():  # as in training
             logits, tokens, padded = score_examples(self.ctx, self.model, examples, advance)
         return Scores(logits, None, tokens, padded, compute_dtype=observed.close())

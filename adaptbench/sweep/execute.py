@@ -36,7 +36,7 @@ from ..models.pool import ModelPool
 from ..scoring.scores import log_softmax
 from ..store import records
 from ..store.record import SCHEMA_VERSION
-from ..training.precision import annotate_phases, training_model_spec
+from ..training.precision import annotate_phases, training_model_spec, with_resolved_precision
 from . import claims
 from .inputs import RunInputs, load_inputs
 from .plan import Plan, needs_run
@@ -124,8 +124,11 @@ def _precision(record: dict) -> None:
         return
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     train = record["spec"].get("train")
+    mixed = train and train.get("mixed_precision")
+    if mixed == "auto":
+        mixed = (record["spec"].get("resolved") or {}).get("mixed_precision", "no")
     teacher = record.get("method_info", {}).get("teacher_dtype")
-    annotate_phases(record["costs"], dtypes[record["model"]["dtype"]], train and train.get("mixed_precision"),
+    annotate_phases(record["costs"], dtypes[record["model"]["dtype"]], mixed,
                     dtypes.get(teacher) if teacher else None)
 
 
@@ -166,7 +169,8 @@ def _execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs, cos
                        "device": str(loaded.device), "window": loaded.window, "n_params": loaded.n_params,
                        "pad_token_from": loaded.pad_token_from, **loaded.info}
     transformers.set_seed(run.train_seed)
-    ctx = RunContext(run, task, loaded, encoder, sample, inputs.pool, costs, plan.runtime,
+    ctx = RunContext(with_resolved_precision(run, loaded.device.type), task, loaded, encoder, sample, inputs.pool,
+                     costs, plan.runtime,
                      make_progress(plan.runtime.progress and distributed.is_main()),
                      evals=[(req.name, req.eval_set, examples) for req, examples, _ in inputs.evals],
                      out_dir=records.run_dir(plan.sweep_dir, run.run_id), config_dir=plan.config_dir,

@@ -2,8 +2,8 @@
 
 A run id is the hash of the run's settings.  Two things the settings do not show change results too:
 the contents of the files they name (a user task's CSV, the ``cd.context`` file, ``cd.inputs``, a local
-model folder or GGUF file) and the dtype ``auto`` resolves to on the machine (float32 on CPU, bfloat16 on
-a GPU).  Both go into the run's identity (``spec.resolved``), so a run whose data was edited, or a
+model folder or GGUF file) and the dtype ``auto`` resolves to on the machine (bfloat16 on a GPU and on a CPU with AMX or
+AVX512-BF16, else float32) and the training autocast ``train.mixed_precision: auto`` resolves to.  Both go into the run's identity (``spec.resolved``), so a run whose data was edited, or a
 sweep resumed on another kind of machine, runs again instead of reusing records made from other inputs.
 File hashes are cached by path, size and modification time (``~/.cache/adaptbench/file-hashes.json``),
 so a large model folder is read once.
@@ -18,7 +18,8 @@ import os
 from .._util.files import user_cache
 from ..errors import AdaptbenchError, ResultsWriteError
 from ..methods import METHODS
-from ..models.loading import resolve
+from ..models.loading import auto_dtype, resolve
+from ..training.precision import resolved_mixed_precision
 
 _CACHE: dict[str, dict] | None = None
 _DIRTY = False  # hashes computed since the cache file was written
@@ -125,14 +126,7 @@ def model_files(spec, role: str) -> dict[str, str]:
 
 def resolved_dtype(dtype: str, device: str) -> str:
     """What ``model.dtype`` becomes where the run executes (``device``: cpu or cuda)."""
-    if dtype != "auto":
-        return dtype
-    if device != "cuda":
-        return "float32"
-    import torch
-
-    supported = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()  # a login node: assume bf16
-    return "bfloat16" if supported else "float16"
+    return auto_dtype(device) if dtype == "auto" else dtype
 
 
 def resolve_run(run, config_dir: str, device: str):
@@ -141,5 +135,7 @@ def resolve_run(run, config_dir: str, device: str):
              if os.path.exists(path)}
     _save_cache()
     dtype = {} if run.model.api is not None else {"dtype": resolved_dtype(run.model.dtype, device)}
+    if run.train is not None and run.train.mixed_precision == "auto":
+        dtype["mixed_precision"] = resolved_mixed_precision("auto", device)
     resolved = {**dtype, **({"files": files} if files else {}), **METHODS[run.method].resolved(run)}
     return run.model_copy(update={"resolved": resolved})

@@ -11,12 +11,13 @@ that are not float32 (a frozen base in bf16 under LoRA is fine: peft keeps the a
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
 from ..errors import AdaptbenchError
 from ..config.settings import ModelSpec
+from ..models.loading import auto_dtype
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -25,6 +26,27 @@ def training_model_spec(spec: ModelSpec) -> ModelSpec:
     """The spec a training run loads: ``dtype: auto`` becomes float32 master weights (compute precision
     is ``train.mixed_precision``'s); an explicit dtype is kept (and checked by :func:`check_master_weights`)."""
     return spec.model_copy(update={"dtype": "float32"}) if spec.dtype == "auto" else spec
+
+
+def resolved_mixed_precision(setting: str, device_type: str) -> str:
+    """What ``train.mixed_precision: auto`` means on a device: bf16 autocast where ``model.dtype: auto`` would
+    be bfloat16 (a GPU that has it, a CPU with AMX or AVX512-BF16), else none.  Never fp16: its loss scaling
+    is a choice a user makes knowingly (``mixed_precision: fp16``)."""
+    if setting != "auto":
+        return setting
+    return "bf16" if auto_dtype(device_type) == "bfloat16" else "no"
+
+
+def with_resolved_precision(spec, device_type: str):
+    """The run as it executes: ``train.mixed_precision: auto`` replaced by what the planner resolved it to
+    (``spec.resolved``), so training, evaluation points and the trained model's predictions all use one
+    value.  Its run id is not the run's: keep the planned spec for anything that names the run."""
+    train = spec.train
+    if train is None or train.mixed_precision != "auto":
+        return spec
+    value = (spec.resolved or {}).get("mixed_precision") or resolved_mixed_precision("auto", device_type)
+    return spec.model_copy(update={"blocks": {**spec.blocks, "train": train.model_copy(
+        update={"mixed_precision": value})}})
 
 
 def check_master_weights(model: torch.nn.Module) -> None:
@@ -72,6 +94,18 @@ class ObservedDtype:
             self._handle.remove()
             self._handle = None
         return dtype_name(self.dtype) if self.dtype is not None else None
+
+
+@contextmanager
+def observed_compute(phase, model):
+    """Record in a cost phase the dtype its first matmul ran in (``extra.observed_compute_dtype``)."""
+    observed = ObservedDtype(model) if isinstance(model, torch.nn.Module) else None
+    try:
+        yield
+    finally:
+        seen = observed.close() if observed is not None else None
+        if seen:
+            phase.extra["observed_compute_dtype"] = seen
 
 
 def dtype_name(dtype: torch.dtype) -> str:

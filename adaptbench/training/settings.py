@@ -35,8 +35,9 @@ class TrainSettings(Strict):
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="share of steps with linear warmup")
     schedule: Literal["constant", "linear"] = Field("linear", description="after warmup: constant or linear decay")
     max_grad_norm: PositiveFloat | None = Field(1.0, description="gradient clipping; null disables it")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
-        "no", description="autocast through accelerate; bf16 halves activation memory on recent GPUs")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="autocast through accelerate, float32 master weights; auto: bf16 where the device "
+                            "computes bfloat16 natively (recent GPUs; CPUs with AMX or AVX512-BF16), else no")
     eval_every: Literal["end", "epoch"] | PositiveInt = Field(
         "end", description="evaluate all eval sets at the end only, every epoch, or every N steps "
                            "(learning curves in the record)")

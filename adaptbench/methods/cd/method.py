@@ -34,7 +34,7 @@ from ...data.contexts import parse_context_setting
 from ...errors import AdaptbenchError, ConfigError
 from ...scoring.scores import Scores
 from ...training.loop import TrainItem
-from ...training.precision import dtype_name
+from ...training.precision import dtype_name, observed_compute
 from ..base import RunContext, register
 from ..finetune import FineTunedPredictor, FineTuneMethod
 from ..pbft import VerbalizerModel
@@ -124,7 +124,7 @@ class ContextDistillation(FineTuneMethod):
         """Score the inputs with the teacher once (returns the targets) or keep it for online scoring."""
         settings = ctx.spec.cd
         loaded = self._load_teacher(ctx)
-        with ctx.costs.phase("teacher") as phase:
+        with ctx.costs.phase("teacher") as phase, ctx.compute(loaded), observed_compute(phase, loaded.model):
             if settings.target == "vocab":
                 check_same_tokenizer(ctx, loaded.tokenizer)
             teacher = Teacher(ctx, loaded, inputs, len(ctx.sample))

@@ -25,7 +25,7 @@ from ...measure.breakeven import DISTILLED, ICL, ICL_CACHED
 from ...data.contexts import parse_context_setting, split_inputs
 from .targets import CompactTargets, full_bytes_per_position
 from ...errors import ConfigError, RunSkipped
-from ...training.precision import autocast
+from ...training.precision import observed_compute
 from ...data.sampling import unlabeled_sample
 from ...models.parts import LMParts
 from ...models.interface import lm_parts
@@ -87,7 +87,7 @@ class SequenceDistillation:
         """Score every input with the teacher once; training items carry the index of their targets."""
         check_causal(loaded, "teacher")
         texts, gold, held_texts = self.inputs(ctx, loaded.tokenizer)
-        with ctx.costs.phase("teacher") as phase:
+        with ctx.costs.phase("teacher") as phase, ctx.compute(loaded), observed_compute(phase, loaded.model):
             check_same_tokenizer(ctx, loaded.tokenizer)
             origin, phase.tokens = self._teacher(ctx, loaded, texts, held_texts)
         del loaded
@@ -265,7 +265,7 @@ class SequenceDistillation:
         self.targets = []  # training is over: they need not weigh on the memory measured from here on
         pad = ctx.loaded.tokenizer.pad_token_id
         if self.held is not None:
-            with ctx.costs.phase("heldout"), autocast(ctx.loaded.device, ctx.spec.train.mixed_precision):
+            with ctx.costs.phase("heldout"), ctx.compute():
                 parts = lm_parts(model.lm)
                 how = self._reply_settings()
                 about = {"replies": "sampled" if how.sample else "greedy", "max_new_tokens": self.settings.max_new_tokens,
@@ -285,5 +285,6 @@ class SequenceDistillation:
                 why_not = ctx.loaded.capabilities.prefix_cache or (
                     None if self.prefix else "the readings of the inputs share no token prefix with the context")
                 paths = self._icl_paths(student, pad, why_not, view=model.lm.disable_adapter) + paths
-            self.meter.measure(paths)
+            with ctx.compute():
+                self.meter.measure(paths)
             self.meter.finish()
