@@ -17,6 +17,8 @@ CASES = {
                             "--repeats", "1"],
     "pbft_vs_baseline.py": ["--shots", "4", "--epochs", "1", "--batch-size", "2", "--eval-examples", "4"],
     "cd_teacher_cache.py": ["--shots", "4", "--unlabeled", "2", "--epochs", "1"],
+    "roofline.py": ["--context", "600", "--queries", "4", "--inputs", "2", "--batch", "2", "--rows", "16",
+                    "--repeats", "1"],
     "cd_long_context.py": ["--teacher-length", "256", "--lengths", "256,512", "--inputs", "2", "--held-out", "2",
                            "--queries", "1", "--steps", "1", "--batch-size", "2", "--top-k", "8"],
 }
@@ -24,7 +26,7 @@ CASES = {
 #: A line each script prints only once it has measured everything (the paths' agreement, where it is exact).
 EXPECT = {"icl_prefix_cache.py": "predictions identical: True (cached paths, 4), True (full, 2)",
           "pbft_vs_baseline.py": "vs reference", "cd_teacher_cache.py": "cached (shared) vs online",
-          "cd_long_context.py": "break-even vs icl"}
+          "cd_long_context.py": "break-even vs icl", "roofline.py": "LoRA student, 8 queries alone"}
 
 
 @pytest.mark.parametrize("script", sorted(CASES))

@@ -139,3 +139,21 @@ def test_on_cpu_auto_batches_are_larger_where_the_prefix_is_shared(models, rte):
     for shared, expected in ((True, 32), (False, 8)):
         cache = PrefixCache.encode(parts, ctx, shared=shared)
         assert scorer._batch_size(cache, len(ctx), 20) == expected
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_shared_prefix_under_bf16_autocast_matches_the_expanded_path(models, rte, arch):
+    """A training run's float32 weights under bf16 autocast (its teacher pass, its held-out measures): the
+    rotary embedding leaves queries and keys float32 and values bfloat16, and the CPU kernel does not cast
+    by itself -- the shared path computes in autocast's dtype as sdpa would, and agrees with it."""
+    loaded = load_model(models[arch])
+    enc, ctx, queries = _encoded(loaded, rte)
+    parts, pad = lm_parts(loaded.model), loaded.tokenizer.pad_token_id
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        shared = PrefixCache.encode(parts, ctx)
+        a = score(parts, queries, enc.label_token_ids, pad, prefix_cache=shared, batch_size=8)
+        b = score(parts, queries, enc.label_token_ids, pad, prefix_cache=PrefixCache.encode(parts, ctx, shared=False),
+                  batch_size=8)
+    assert shared.shared
+    assert np.abs(a.label_logprobs - b.label_logprobs).max() <= 0.05  # bfloat16's rounding, not a wrong result
+    assert (a.predictions == b.predictions).mean() >= 0.9

@@ -77,19 +77,29 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     layer = shared_prefix.layers[module.layer_idx]
+    query, key, value, prefix_keys, prefix_values = _one_dtype(query, key, value, layer.keys, layer.values)
     b, q = query.shape[0], query.shape[2]
     allowed = _suffix_allowed(attention_mask, b, q, query.device)  # (b, q, q)
     kernel = lse_kernel(query.device)
     if kernel is not None:
         needed = _needed(allowed, shared_prefix, module.layer_idx)
-        return _merged(kernel, query, key, value, layer.keys, layer.values, allowed, scaling, needed), None
+        return _merged(kernel, query, key, value, prefix_keys, prefix_values, allowed, scaling, needed), None
     out = query.new_empty(b, q, query.shape[1], query.shape[3])
     rows = max(1, min(b, ROWS_PER_CHUNK))
     for start in range(0, b, rows):
         r = min(rows, b - start)
         out[start:start + r] = _rows(query[start:start + r], key[start:start + r], value[start:start + r],
-                                     layer.keys, layer.values, allowed[start:start + r], scaling)
+                                     prefix_keys, prefix_values, allowed[start:start + r], scaling)
     return out, None
+
+
+def _one_dtype(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors in the dtype sdpa would compute in: autocast's where it is on (a bf16-autocast run over
+    float32 weights: the rotary embedding leaves queries and keys float32, values are bfloat16, and a prefix
+    cached outside autocast is float32), else the query's.  The aten kernel below does not cast by itself."""
+    device = tensors[0].device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tensors[0].dtype
+    return [t.to(dtype) for t in tensors]
 
 
 def lse_kernel(device: torch.device):
