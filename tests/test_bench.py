@@ -19,6 +19,8 @@ CASES = {
     "cd_teacher_cache.py": ["--shots", "4", "--unlabeled", "2", "--epochs", "1"],
     "roofline.py": ["--context", "600", "--queries", "4", "--inputs", "2", "--batch", "2", "--rows", "16",
                     "--repeats", "1"],
+    "dtype_agreement.py": ["configs/quickstart.yaml", "data_seeds=[0]", "shots=4", "eval.max_examples=4",
+                           "train.epochs=1", "include=[{method: icl}, {method: pbft, trainable: [lora]}]"],
     "cd_long_context.py": ["--teacher-length", "256", "--lengths", "256,512", "--inputs", "2", "--held-out", "2",
                            "--queries", "1", "--steps", "1", "--batch-size", "2", "--top-k", "8"],
 }
@@ -26,7 +28,8 @@ CASES = {
 #: A line each script prints only once it has measured everything (the paths' agreement, where it is exact).
 EXPECT = {"icl_prefix_cache.py": "predictions identical: True (cached paths, 4), True (full, 2)",
           "pbft_vs_baseline.py": "vs reference", "cd_teacher_cache.py": "cached (shared) vs online",
-          "cd_long_context.py": "break-even vs icl", "roofline.py": "LoRA student, 8 queries alone"}
+          "cd_long_context.py": "break-even vs icl", "roofline.py": "LoRA student, 8 queries alone",
+          "dtype_agreement.py": "training loss, 1 steps"}
 
 
 @pytest.mark.parametrize("script", sorted(CASES))
