@@ -7,7 +7,7 @@
 The config runs twice through adaptbench, once with ``ADAPTBENCH_CPU_BF16=0`` (``auto``: float32 weights,
 no autocast) and once with ``=1`` (``auto``: bfloat16 weights for scoring, bf16 autocast over float32
 master weights for training), so each run of one is a run of the other but for what ``auto`` resolved to.
-Runs are paired by their settings without ``resolved``; for each pair and eval set it prints the share of
+Runs are paired by their settings but their precision; for each pair and eval set it prints the share of
 identical predictions (with n and a Wilson 95 % interval), the max and mean |delta log p| of the
 verbalizer tokens, and for training runs the per-step relative |delta| of the training loss.
 """
@@ -33,8 +33,13 @@ def wilson_interval(k: int, n: int) -> tuple[float, float]:
 
 
 def pair_key(spec: dict) -> str:
-    """A run's settings without what ``auto`` resolved to."""
-    return json.dumps({k: v for k, v in spec.items() if k != "resolved"}, sort_keys=True)
+    """A run's settings but its precision: ``resolved``, ``model.dtype`` and ``train.mixed_precision`` left out
+    (so a run with ``auto`` pairs with its twin that wrote ``float32`` out)."""
+    spec = {k: v for k, v in spec.items() if k != "resolved"}
+    spec["model"] = {k: v for k, v in spec["model"].items() if k != "dtype"}
+    if "train" in spec:
+        spec["train"] = {k: v for k, v in spec["train"].items() if k != "mixed_precision"}
+    return json.dumps(spec, sort_keys=True)
 
 
 def runs_of(results_dir: str) -> dict[str, tuple[dict, Path]]:
