@@ -9,7 +9,8 @@ no autocast) and once with ``=1`` (``auto``: bfloat16 weights for scoring, bf16 
 master weights for training), so each run of one is a run of the other but for what ``auto`` resolved to.
 Runs are paired by their settings but their precision; for each pair and eval set it prints the share of
 identical predictions (with n and a Wilson 95 % interval), the max and mean |delta log p| of the
-verbalizer tokens, and for training runs the per-step relative |delta| of the training loss.
+verbalizer tokens, the largest margin (|log p(yes) - log p(no)| of the reference) among the predictions that
+differ -- how close to a tie the flipped examples were -- and both accuracies, and for training runs the per-step relative |delta| of the training loss.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import binomtest
 
+from adaptbench._util.cpu import ENV
 from adaptbench.store.results import read_results
 
 
@@ -64,15 +66,21 @@ def compare(dir_a: str, dir_b: str) -> list[dict]:
     for key in sorted(set(a_runs) & set(b_runs)):
         (ra, pa), (rb, pb) = a_runs[key], b_runs[key]
         a, b = predictions(pa), predictions(pb)
-        name = f"{ra['spec']['method']} {ra['spec'].get('trainable') or ''} seed {ra['spec']['data_seed']}".replace(
-            "  ", " ")
+        spec = ra["spec"]
+        name = " ".join(str(x) for x in (spec["method"], spec.get("trainable") or "", f"k={spec['shots']}",
+                                         f"seed {spec['data_seed']}") if x)
         for eval_set in sorted({s for s, _ in a}):
             ids = [k for k in a if k[0] == eval_set and k in b]
             same = sum(a[k]["pred"] == b[k]["pred"] for k in ids)
             delta = np.abs(np.array([a[k]["label_logprobs"] for k in ids]) - np.array([b[k]["label_logprobs"]
                                                                                       for k in ids]))
+            # how close to a tie the reference was where the two disagree: within bf16's noise, or not
+            margins = [abs(a[k]["label_logprobs"][0] - a[k]["label_logprobs"][1]) for k in ids
+                       if a[k]["pred"] != b[k]["pred"]]
+            acc = [sum(x[k]["pred"] == x[k]["label"] for k in ids) / len(ids) for x in (a, b)]
             rows.append({"run": name, "eval_set": eval_set, "n": len(ids), "same": same,
-                         "max": float(delta.max()), "mean": float(delta.mean())})
+                         "max": float(delta.max()), "mean": float(delta.mean()),
+                         "flip_margin": max(margins, default=None), "accuracy": acc})
         la, lb = ra["method_info"].get("train_losses"), rb["method_info"].get("train_losses")
         if la and lb and len(la) == len(lb):
             rel = np.abs(np.array(la) - np.array(lb)) / np.maximum(np.abs(np.array(la)), 1e-12)
@@ -85,8 +93,8 @@ def compare(dir_a: str, dir_b: str) -> list[dict]:
 
 
 def show(rows: list[dict]) -> None:
-    print(f"{'run':24s} {'eval set':10s} {'n':>6s} {'identical':>10s} {'95% CI':>15s} {'max|dlogp|':>11s} "
-          f"{'mean|dlogp|':>12s}")
+    print(f"{'run':24s} {'eval set':10s} {'n':>6s} {'identical':>10s} {'95% CI':>17s} {'max|dlogp|':>11s} "
+          f"{'mean|dlogp|':>12s} {'flips: max margin':>18s} {'accuracy a -> b':>16s}")
     total_n = total_same = 0
     for r in rows:
         if "losses" in r:
@@ -95,8 +103,10 @@ def show(rows: list[dict]) -> None:
             continue
         lo, hi = wilson_interval(r["same"], r["n"])
         total_n, total_same = total_n + r["n"], total_same + r["same"]
+        flips = "-" if r["flip_margin"] is None else f"{r['flip_margin']:.3f}"
         print(f"{r['run']:24s} {r['eval_set']:10s} {r['n']:6d} {r['same'] / r['n']:10.2%} "
-              f"{f'[{lo:.3f}, {hi:.3f}]':>15s} {r['max']:11.2e} {r['mean']:12.2e}")
+              f"{f'[{lo:.4f}, {hi:.4f}]':>17s} {r['max']:11.2e} {r['mean']:12.2e} {flips:>18s} "
+              f"{r['accuracy'][0]:7.3f} -> {r['accuracy'][1]:.3f}")
     if total_n:
         lo, hi = wilson_interval(total_same, total_n)
         print(f"all: {total_same} of {total_n} predictions identical ({total_same / total_n:.2%}, 95% CI "
@@ -106,12 +116,19 @@ def show(rows: list[dict]) -> None:
 def run_both(config: str, overrides: list[str], out: str) -> tuple[str, str]:
     import adaptbench
 
-    dirs = []
-    for flag, label in (("0", "float32"), ("1", "bfloat16")):
-        os.environ["ADAPTBENCH_CPU_BF16"] = flag
-        records = adaptbench.run(config, [*overrides, "runtime.progress=false"], output_dir=os.path.join(out, label))
-        dirs.append(os.path.join(out, label, records[0]["sweep"]))
-        print(f"{label}: {len(records)} runs, {sum(r['status'] == 'ok' for r in records)} ok")
+    dirs, before = [], os.environ.get(ENV)
+    try:
+        for flag, label in (("0", "float32"), ("1", "bfloat16")):
+            os.environ[ENV] = flag
+            records = adaptbench.run(config, [*overrides, "runtime.progress=false"],
+                                     output_dir=os.path.join(out, label))
+            dirs.append(os.path.join(out, label, records[0]["sweep"]))
+            print(f"{label}: {len(records)} runs, {sum(r['status'] == 'ok' for r in records)} ok")
+    finally:  # the caller's setting back (this runs in-process in the test suite)
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
     return dirs[0], dirs[1]
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 # Tests never touch the network: hub lookups fail at once instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# dtype "auto" must not depend on the CPU the suite runs on (bfloat16 where it has AMX/AVX512-BF16, see
-# adaptbench/_util/cpu.py): float32 everywhere, and the tests of the bfloat16 path set it themselves.
+# dtype "auto" is float32 on CPU unless ADAPTBENCH_CPU_BF16 asks for bfloat16 (adaptbench/_util/cpu.py): a
+# caller's setting must not change the suite's values; the tests of the bfloat16 path set it themselves.
 os.environ["ADAPTBENCH_CPU_BF16"] = "0"
 
 import pytest

@@ -41,3 +41,11 @@ def test_bench_script_runs_at_tiny_size(script, tiny_models, data_dir, monkeypat
     runpy.run_path(str(path), run_name="__main__")
     out = capsys.readouterr().out
     assert EXPECT[script] in out and len(out.splitlines()) >= 3, out
+
+
+def test_bench_scripts_leave_the_precision_setting_as_they_found_it():
+    """bench/dtype_agreement.py switches ADAPTBENCH_CPU_BF16 while it runs, in this process (runpy): the rest
+    of the suite must still see the conftest's float32."""
+    import os
+
+    assert os.environ["ADAPTBENCH_CPU_BF16"] == "0"

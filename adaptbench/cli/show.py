@@ -104,10 +104,11 @@ def _precision(record: RunRecord) -> str:
     spec, resolved = record.spec, record.spec.get("resolved") or {}
     cpu = record.environment.get("cpu_bf16") or {}
     why = ""
-    if (record.model.device or "").startswith("cpu"):
-        why = (f": forced by {cpu['forced_by']}" if cpu.get("forced_by")
-               else f": the CPU has {', '.join(cpu['instructions'])}" if cpu.get("instructions")
-               else ": no bfloat16 matrix instructions on this CPU")
+    if (record.model.device or "").startswith("cpu") and cpu:
+        has = ", ".join(cpu.get("instructions") or []) or "no bfloat16 matrix instructions"
+        why = (f": ADAPTBENCH_CPU_BF16={cpu['setting']}, the CPU has {has}" if cpu.get("used") or cpu.get("setting")
+               else f": float32 on CPU; the CPU has {has}" + (", ADAPTBENCH_CPU_BF16=1 would compute in bfloat16"
+                                                              if cpu.get("instructions") else ""))
     train = spec.get("train")
     if train:
         mixed = train.get("mixed_precision", "no")

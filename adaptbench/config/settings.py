@@ -24,8 +24,8 @@ class ModelSpec(Strict):
     tokenizer: str | None = Field(None, description="tokenizer source, if not the model's")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 where the device multiplies it natively (CUDA; a CPU with AMX or "
-                        "AVX512-BF16), float16 on older GPUs, else float32")
+        "auto", description="auto: bfloat16 on CUDA (float16 on older GPUs); float32 on CPU, or bfloat16 "
+                        "with ADAPTBENCH_CPU_BF16=1 where the CPU has AMX or AVX512-BF16")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     trust_remote_code: bool = False
     api: Literal["openai-completions"] | None = Field(

@@ -52,8 +52,7 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
         # what model.dtype / train.mixed_precision "auto" read on this CPU (adaptbench._util.cpu)
-        "cpu_bf16": {"instructions": bf16_instructions(), "used": cpu_bf16(),
-                     **({"forced_by": f"{ENV}={os.environ[ENV]}"} if os.environ.get(ENV) else {})},
+        "cpu_bf16": {"instructions": bf16_instructions(), "used": cpu_bf16(), "setting": os.environ.get(ENV)},
         "cpu_count": os.cpu_count(),
         "hostname": platform.node(),
         "platform": platform.platform(),

@@ -147,9 +147,9 @@ def pick_device(device: str) -> torch.device:
 
 
 def auto_dtype(device_type: str) -> str:
-    """What ``model.dtype: auto`` means on a device: bfloat16 where the hardware multiplies it natively (a GPU
-    that supports it; a CPU with AMX or AVX512-BF16, see :mod:`adaptbench._util.cpu`), float16 on older GPUs,
-    else float32.  A planner without a GPU planning for one (a login node) assumes bfloat16."""
+    """What ``model.dtype: auto`` means on a device: bfloat16 on a GPU that supports it, float16 on older ones;
+    float32 on a CPU -- bfloat16 where the user asks and the CPU has AMX or AVX512-BF16 (see
+    :mod:`adaptbench._util.cpu`).  A planner without a GPU planning for one (a login node) assumes bfloat16."""
     if device_type == "cuda":
         return "bfloat16" if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else "float16"
     return "bfloat16" if device_type == "cpu" and cpu_bf16() else "float32"

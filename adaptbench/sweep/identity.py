@@ -2,9 +2,11 @@
 
 A run id is the hash of the run's settings.  Two things the settings do not show change results too:
 the contents of the files they name (a user task's CSV, the ``cd.context`` file, ``cd.inputs``, a local
-model folder or GGUF file) and the dtype ``auto`` resolves to on the machine (bfloat16 on a GPU and on a CPU with AMX or
-AVX512-BF16, else float32) and the training autocast ``train.mixed_precision: auto`` resolves to.  Both go into the run's identity (``spec.resolved``), so a run whose data was edited, or a
-sweep resumed on another kind of machine, runs again instead of reusing records made from other inputs.
+model folder or GGUF file) and what ``auto`` resolves to on the machine: the dtype (bfloat16 on a GPU;
+float32 on a CPU, or bfloat16 with ``ADAPTBENCH_CPU_BF16=1``) and the training autocast
+(``train.mixed_precision``).  Both go into the run's identity (``spec.resolved``), so a run whose data was
+edited, or a sweep resumed on another kind of machine, runs again instead of reusing records made from
+other inputs.
 File hashes are cached by path, size and modification time (``~/.cache/adaptbench/file-hashes.json``),
 so a large model folder is read once.
 """

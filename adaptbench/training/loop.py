@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from .._util import distributed
 from ..errors import AdaptbenchError
 from .packing import mask_dtype_for, pack
-from .precision import ObservedDtype
+from .precision import ObservedDtype, resolved_mixed_precision
 from ..scoring.core import pad_right
 from .settings import TrainSettings
 
@@ -75,13 +75,14 @@ def make_accelerator(settings: TrainSettings, device: torch.device):
 
     if PartialState._shared_state and PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
-    if settings.mixed_precision == "fp16" and device.type != "cuda":
+    mixed = resolved_mixed_precision(settings.mixed_precision, device.type)  # a run's is resolved already
+    if mixed == "fp16" and device.type != "cuda":
         raise AdaptbenchError("train.mixed_precision: fp16 needs a CUDA device; use bf16 or no on CPU")
     if settings.batch_size % distributed.world_size():
         raise AdaptbenchError(f"train.batch_size {settings.batch_size} must be divisible by the number of processes "
                               f"({distributed.world_size()}): it is the global batch, split across them")
     # split_batches: train.batch_size is the global batch, whatever the number of processes
-    return Accelerator(mixed_precision=settings.mixed_precision, gradient_accumulation_steps=settings.grad_accum,
+    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=settings.grad_accum,
                        cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 

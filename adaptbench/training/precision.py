@@ -29,12 +29,12 @@ def training_model_spec(spec: ModelSpec) -> ModelSpec:
 
 
 def resolved_mixed_precision(setting: str, device_type: str) -> str:
-    """What ``train.mixed_precision: auto`` means on a device: bf16 autocast where ``model.dtype: auto`` would
-    be bfloat16 (a GPU that has it, a CPU with AMX or AVX512-BF16), else none.  Never fp16: its loss scaling
-    is a choice a user makes knowingly (``mixed_precision: fp16``)."""
+    """What ``train.mixed_precision: auto`` means on a device: bf16 autocast on a CPU where ``model.dtype: auto``
+    is bfloat16 (``ADAPTBENCH_CPU_BF16=1`` and AMX or AVX512-BF16), else none -- on a GPU too, as before
+    ``auto`` existed (set bf16 or fp16 there).  Never fp16 by itself: its loss scaling is a knowing choice."""
     if setting != "auto":
         return setting
-    return "bf16" if auto_dtype(device_type) == "bfloat16" else "no"
+    return "bf16" if device_type == "cpu" and auto_dtype(device_type) == "bfloat16" else "no"
 
 
 def with_resolved_precision(spec, device_type: str):
@@ -70,6 +70,7 @@ def compute_dtype(weights: torch.dtype, mixed_precision: str) -> torch.dtype:
 def autocast(device: torch.device, mixed_precision: str):
     """The same autocast accelerate applies in training, for scoring the trained model afterwards (so the
     final predictions are computed as the evaluation points during training were)."""
+    mixed_precision = resolved_mixed_precision(mixed_precision, device.type)
     if mixed_precision not in AUTOCAST:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=AUTOCAST[mixed_precision])

@@ -36,8 +36,8 @@ class TrainSettings(Strict):
     schedule: Literal["constant", "linear"] = Field("linear", description="after warmup: constant or linear decay")
     max_grad_norm: PositiveFloat | None = Field(1.0, description="gradient clipping; null disables it")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        "auto", description="autocast through accelerate, float32 master weights; auto: bf16 where the device "
-                            "computes bfloat16 natively (recent GPUs; CPUs with AMX or AVX512-BF16), else no")
+        "auto", description="autocast through accelerate, float32 master weights; auto: bf16 on a CPU where "
+                            "model.dtype auto is bfloat16 (ADAPTBENCH_CPU_BF16=1), else no")
     eval_every: Literal["end", "epoch"] | PositiveInt = Field(
         "end", description="evaluate all eval sets at the end only, every epoch, or every N steps "
                            "(learning curves in the record)")
