@@ -23,15 +23,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import binomtest
 
 from adaptbench._util.cpu import ENV
+from adaptbench.measure.shares import wilson_interval
 from adaptbench.store.results import read_results
-
-
-def wilson_interval(k: int, n: int) -> tuple[float, float]:
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return ci.low, ci.high
 
 
 def pair_key(spec: dict) -> str:

@@ -229,6 +229,9 @@ def test_sequence_targets_on_a_classification_task(tmp_path, data_dir, tiny_mode
     ("", "context: 'file:context.txt', inputs: inputs.jsonl, held_out: 10", "cd.held_out"),
     ("", "context: 'file:context.txt'", "task: none"),
     ("", "context: 'file:context.txt', inputs: inputs.jsonl, teacher_cache: false", "teacher_cache"),
+    ("", "context: 'file:context.txt', inputs: inputs.jsonl, checks: [{call: 'nope.f'}]",
+     "cd.checks[0]: call 'nope.f': cannot import 'nope'"),
+    ("", "context: 'file:context.txt', inputs: inputs.jsonl, checks: [{regex: '(x'}]", "regex '(x' does not compile"),
 ])
 def test_bad_input_stops_before_any_model_loads(tmp_path, data_dir, setup, cd, message):
     _files(tmp_path)

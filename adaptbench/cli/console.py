@@ -46,6 +46,7 @@ def run_line(rec: dict | RunRecord, i: int, n: int) -> str:
         parts.append(f"[yellow]{_dropped(rec)} of {spec['shots']} training examples dropped (too long)[/]")
     if _recovered(rec):
         parts.append(f"recovered {_recovered(rec)}")
+    parts += _judged(rec)
     parts += [f"{seconds:.1f} s", f"{_gib(peak)} GiB"]
     return f"{head}  " + "  ".join(parts)
 
@@ -65,6 +66,21 @@ def _recovered(rec: RunRecord) -> str:
     held = getattr(rec.method_info, "heldout", None)
     share = held.recovered if held is not None else None
     return "" if share is None else f"{share:.0%} of {rec.method_info.context_tokens or 0:,} tok"
+
+
+def _judged(rec: RunRecord) -> list[str]:
+    """'checks student 4/10 teacher 9/10 base 1/10' (replies passing every check) and the same for exact match,
+    for a run that judged its held-out replies."""
+    judged = getattr(rec.method_info, "judged", None)
+    if judged is None:
+        return []
+    out = []
+    for label, block in (("checks", (judged.checks or {}).get("all checks")),
+                         ("exact match", (judged.answers or {}).get("exact_match"))):
+        if block:
+            out.append(label + " " + " ".join(f"{m} {block[m].k}/{block[m].n}" for m in ("student", "teacher", "base")
+                                              if m in block))
+    return out
 
 
 def _dropped(rec: RunRecord) -> int:

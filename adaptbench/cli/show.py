@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import AdaptbenchError
+from ..report.judged import shares_frame
 from ..store.record import RunRecord
 from ..store.records import RESULT, run_dir
 from ..store.results import flatten, read_results
@@ -78,7 +79,7 @@ def _short(text: str, limit: int = 160) -> str:
 
 def render(record: RunRecord, sweep_dir: str, note: str = "") -> Group:
     """Header, settings, metrics per eval set and slice, costs per phase, method details, files."""
-    parts = [_header(record, note), _settings(record), _metrics(record), _costs(record), _details(record),
+    parts = [_header(record, note), _settings(record), _metrics(record), _costs(record), _judged(record), _details(record),
              _files(record, sweep_dir)]
     return Group(*[p for p in parts if p is not None])
 
@@ -150,6 +151,18 @@ def _costs(record: RunRecord) -> Table | None:
                       c.weights_dtype or "-", c.compute_dtype or "-")
     table.add_row("[bold]total[/]", f"{record.total_seconds:.2f}", f"{record.peak_memory_bytes / 2**30:.2f}", "", "",
                   "")
+    return table
+
+
+def _judged(record: RunRecord) -> Table | None:
+    """Each behaviour check and answer score of the held-out replies: base, teacher, student, with interval."""
+    judged = getattr(record.method_info, "judged", None)
+    if judged is None:
+        return None
+    frame = shares_frame(judged)
+    table = _table(f"held-out replies judged ({judged.n}, at most {judged.reply_tokens} tokens)", list(frame.columns))
+    for row in frame.itertuples(index=False):
+        table.add_row(*[escape(str(v)) for v in row])
     return table
 
 

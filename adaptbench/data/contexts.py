@@ -9,7 +9,8 @@ of *inputs* X (what both read).  ``cd.context`` names the context:
   with the tokenizer's chat template where it has one (:func:`render_chat`).
 
 PATH is relative to the config's folder.  Inputs come from ``.jsonl`` files (a ``text`` field per line,
-or chat turns whose user turns are the inputs) or ``.txt`` files (one paragraph per input), and are split
+a ``question`` with its gold ``answer`` -- then the run scores the answers --, or chat turns whose user
+turns are the inputs) or ``.txt`` files (one paragraph per input), and are split
 into training and held-out inputs by a seeded shuffle (:func:`split_inputs`), so the run can report how
 much of the context's effect the student recovered on inputs it never trained on.
 
@@ -153,39 +154,71 @@ def _text_inputs(path: str) -> list[str]:
     return paragraphs
 
 
-def _jsonl_inputs(path: str) -> list[str]:
-    """Inputs of a ``.jsonl`` file: the first line decides -- a ``text`` field per line, or chat turns
-    (then the user turns are the inputs, the other turns are ignored)."""
-    inputs, chat = [], None
+def _gold_answers(obj: dict, path: str, number: int) -> list[str]:
+    """The gold answers of a question line: ``answer`` as one string or a list of strings."""
+    if "answer" not in obj:
+        raise DataError(f"{path} line {number}: missing key 'answer' (a question line is "
+                        f"{{\"question\": ..., \"answer\": ...}}, answer a string or a list of strings)")
+    gold = obj["answer"]
+    gold = [gold] if isinstance(gold, str) else gold
+    if not isinstance(gold, list) or not gold or not all(isinstance(g, str) and g.strip() for g in gold):
+        raise DataError(f"{path} line {number}: 'answer' must be a non-empty string or a list of them, "
+                        f"got {obj['answer']!r}")
+    return gold
+
+
+def _field_text(obj: dict, key: str, path: str, number: int) -> str:
+    text = obj.get(key)
+    if not isinstance(text, str) or not text.strip():
+        problem = f"missing key {key!r}" if key not in obj else f"{key!r} must be a non-empty string, got {text!r}"
+        raise DataError(f"{path} line {number}: {problem} (the first line has a {key!r} field, so every line needs one)")
+    return text
+
+
+def _first_line_form(obj: dict, path: str, number: int) -> str:
+    """text, question (with answer) or chat: the first line decides for the whole file."""
+    for form in ("text", "question"):
+        if form in obj:
+            return form
+    if "role" not in obj:
+        raise DataError(f"{path} line {number}: expected a 'text' field, a 'question' with its 'answer', or a chat "
+                        f"turn {{\"role\": ..., \"content\": ...}}, got keys {sorted(obj)}")
+    return "chat"
+
+
+def _jsonl_inputs(path: str) -> tuple[list[str], list[list[str]] | None]:
+    """Inputs of a ``.jsonl`` file, and gold answers for a question file: the first line decides -- a ``text``
+    field per line, a ``question`` with its ``answer`` (a string or a list: several gold answers), or chat
+    turns (then the user turns are the inputs, the other turns are ignored)."""
+    inputs, answers, form = [], [], None
     for number, obj in _jsonl_objects(path, "inputs"):
-        if chat is None:
-            chat = "text" not in obj
-            if chat and "role" not in obj:
-                raise DataError(f"{path} line {number}: expected a 'text' field or a chat turn "
-                                f"{{\"role\": ..., \"content\": ...}}, got keys {sorted(obj)}")
-        if chat:
+        form = form or _first_line_form(obj, path, number)
+        if form == "chat":
             turn = _chat_turn(obj, path, number)
             if turn["role"] == "user":
                 inputs.append(turn["content"])
             continue
-        text = obj.get("text")
-        if not isinstance(text, str) or not text.strip():
-            problem = "missing key 'text'" if "text" not in obj else f"'text' must be a non-empty string, got {text!r}"
-            raise DataError(f"{path} line {number}: {problem} "
-                            f"(the first line has a 'text' field, so every line needs one)")
-        inputs.append(text)
-    return inputs
+        inputs.append(_field_text(obj, form, path, number))
+        if form == "question":
+            answers.append(_gold_answers(obj, path, number))
+    return inputs, (answers if form == "question" else None)
 
 
-def read_inputs(path: str) -> list[str]:
-    """The distillation inputs in file order, from a ``.jsonl`` or ``.txt`` file (see the module doc)."""
+def read_inputs_and_answers(path: str) -> tuple[list[str], list[list[str]] | None]:
+    """The distillation inputs in file order, from a ``.jsonl`` or ``.txt`` file (see the module doc), and
+    for a question file each question's gold answers (None for other files)."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".jsonl", ".txt"):
         raise DataError(f"inputs: {path}: expected a .jsonl or .txt file, got {ext or 'no extension'!r}")
-    inputs = _jsonl_inputs(path) if ext == ".jsonl" else _text_inputs(path)
+    inputs, answers = _jsonl_inputs(path) if ext == ".jsonl" else (_text_inputs(path), None)
     if not inputs:
         raise DataError(f"inputs: {path} holds no inputs (a chat file needs user turns)")
-    return inputs
+    return inputs, answers
+
+
+def read_inputs(path: str) -> list[str]:
+    """The distillation inputs in file order (see :func:`read_inputs_and_answers`)."""
+    return read_inputs_and_answers(path)[0]
 
 
 def _held_out_count(held_out, n: int) -> int:

@@ -98,7 +98,12 @@ def fmt_mean_std(mean: float, std: float) -> str:
 #: Held-out measures of distilled contexts in the display tables: (column, header, format).
 DISTILLED_DISPLAY = [("context_tokens", "L", "{:,.0f}"), ("kl_base", "KL base", "{:.3f}"),
                      ("kl_student", "KL student", "{:.3f}"), ("recovered", "recovered", "{:.0%}"),
-                     ("top1_agreement", "top-1 agree", "{:.0%}")]
+                     ("top1_agreement", "top-1 agree", "{:.0%}"), ("judged_n", "n judged", "{:,.0f}")]
+
+
+#: Judged held-out replies (all checks passed, exact match, F1) of base, teacher and student: (measure, header, format).
+JUDGED_DISPLAY = [("checks", "checks b/t/s", "{:.0%}"), ("exact_match", "EM b/t/s", "{:.0%}"),
+                  ("f1", "F1 b/t/s", "{:.2f}")]
 
 
 def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
@@ -119,6 +124,11 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     for col, header, fmt in DISTILLED_DISPLAY:
         if col in summary:
             shown[header] = summary[col].map(lambda v, fmt=fmt: "-" if pd.isna(v) else fmt.format(v))
+    for measure, header, fmt in JUDGED_DISPLAY:  # base / teacher / student in one cell
+        cols = [f"{measure}_{m}" for m in ("base", "teacher", "student")]
+        if all(c in summary for c in cols):
+            shown[header] = [" / ".join("-" if pd.isna(v) else fmt.format(v) for v in row)
+                             for row in summary[cols].itertuples(index=False)]
     if "train_dropped" in summary:  # examples fine-tuning left out (longer than the window), summed over runs
         shown["train dropped"] = summary["train_dropped"].map(lambda v: f"{int(v)}" if v else "-")
     shown["adapt s"] = summary["adapt_seconds"].map(lambda v: f"{v:.1f}")

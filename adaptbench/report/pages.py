@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import plots
 from .aggregate import UNSCORED_NOTE, cost_curve_frame, cost_curves, display_cost_curve, display_frame, summarize
+from .judged import html_parts as judged_html, judged_runs, markdown_lines as judged_markdown
 from ..errors import AdaptbenchError, ResultsWriteError
 from ..store.record import RunRecord
 from ..store.results import read_results, sweep_dirs, to_frame
@@ -31,6 +32,7 @@ class Report:
     n_records: int = 0
     cost_curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # display version; empty without query costs
     generations: list[tuple[str, str, list[dict]]] = field(default_factory=list)  # (run id, about, side by side)
+    judged: list[tuple[str, object]] = field(default_factory=list)  # (run id, method_info.judged)
 
 
 def make_report(results_dir: str, out_dir: str | None = None) -> Report:
@@ -58,7 +60,7 @@ def _write_report(results, results_dir: str, out_dir: str) -> Report:
     summary = summarize(df) if not df.empty else pd.DataFrame()
     table = display_frame(summary) if not summary.empty else pd.DataFrame()
     report = Report(out_dir, summary, table, problems=list(results.problems), n_records=len(results.records),
-                    generations=side_by_side(results.records))
+                    generations=side_by_side(results.records), judged=judged_runs(results.records))
     failed = [r for r in results.records if r.status != "ok"]
     report.problems += [f"run {r.run_id} {r.status}: {r.reason or ''}" for r in failed]
     curves = cost_curves(results.records)
@@ -114,7 +116,7 @@ def _md_cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|") or " "
 
 
-COUNTS = ("n", "shots", "trainable_params", "total_params", "train_dropped", "context_tokens")
+COUNTS = ("n", "shots", "trainable_params", "total_params", "train_dropped", "context_tokens", "judged_n")
 
 
 def whole_numbers(df: pd.DataFrame) -> pd.DataFrame:
@@ -157,6 +159,8 @@ def markdown(report: Report, results_dir: str) -> str:
             lines += ["", f"run {run_id} ({about})", "", "| " + " | ".join(GENERATION_COLUMNS) + " |",
                       "|" + "---|" * len(GENERATION_COLUMNS)]
             lines += ["| " + " | ".join(_md_cell(g.get(c, "")) for c in GENERATION_COLUMNS) + " |" for g in rows]
+    if report.judged:
+        lines += judged_markdown(report.judged)
     if report.problems:
         lines += ["", "## Not included", ""] + [f"- {p}" for p in report.problems]
     return "\n".join(lines) + "\n"
@@ -215,6 +219,8 @@ def html_page(report: Report, results_dir: str, figures: list[tuple[str, list[st
             parts += ["<tr>" + "".join(f"<td>{html.escape(str(g.get(c, '')))}</td>" for c in GENERATION_COLUMNS)
                       + "</tr>" for g in rows]
             parts.append("</table>")
+    if report.judged:
+        parts += judged_html(report.judged)
     if figures:
         parts.append("<h2>Figures</h2>")
         for caption, paths in figures:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ..methods.cd.judge import ALL_CHECKS, MODELS
 from .record import RunRecord, load_record
 from .records import FINISHED, INDEX, PREDICTIONS, RESULT, index_order
 
@@ -185,7 +186,8 @@ def run_row(rec: RunRecord) -> dict:
 
 
 #: What a sequence-distillation run measured on its held-out inputs (``method_info.heldout``), as columns.
-DISTILLED = ("context_tokens", "recovered", "kl_student", "kl_base", "top1_agreement")
+JUDGED = tuple(f"{measure}_{model}" for measure in ("checks", "exact_match", "f1") for model in MODELS)
+DISTILLED = ("context_tokens", "recovered", "kl_student", "kl_base", "top1_agreement", "judged_n") + JUDGED
 
 
 def distilled_context(info) -> dict:
@@ -195,7 +197,19 @@ def distilled_context(info) -> dict:
     held = info.heldout
     return {"context_tokens": info.context_tokens, "recovered": held and held.recovered,
             "kl_student": held and held.kl_student, "kl_base": held and held.kl_base,
-            "top1_agreement": held and held.top1_agreement_student}
+            "top1_agreement": held and held.top1_agreement_student, **judged_columns(info.judged)}
+
+
+def judged_columns(judged) -> dict:
+    """``checks_<model>`` (the share of replies passing every check), ``exact_match_<model>``, ``f1_<model>``
+    and ``judged_n`` of a run that judged its held-out replies; {} otherwise."""
+    if judged is None:
+        return {}
+    out = {"judged_n": judged.n}
+    for measure, block in (("checks", (judged.checks or {}).get(ALL_CHECKS)), ("exact_match", (
+            judged.answers or {}).get("exact_match")), ("f1", (judged.answers or {}).get("f1"))):
+        out.update({f"{measure}_{m}": block[m].value for m in MODELS if block and m in block})
+    return out
 
 
 def to_frame(records: list[RunRecord]) -> pd.DataFrame:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 
 from ...config.schema import RunSpec
-from ...data.contexts import ContextSource, parse_context_setting, plain_chat, read_chat, read_inputs, read_text_file, render_chat, split_inputs
+from ...data.contexts import ContextSource, parse_context_setting, plain_chat, read_chat, read_inputs_and_answers, read_text_file, render_chat, split_inputs
 from ...errors import ConfigError
+from ...scoring.checks import Judge
 from ..base import RunContext
 
 
@@ -53,13 +54,15 @@ def is_chat_file(path: str) -> bool:
         return False
     with open(path, encoding="utf-8", errors="replace") as f:
         first = next((line for line in f if line.strip()), "")
-    return '"role"' in first and '"text"' not in first
+    return '"role"' in first and '"text"' not in first and '"question"' not in first
 
 
-def input_texts(spec: RunSpec, config_dir: str) -> tuple[list[str], bool]:
-    """The texts of ``cd.inputs`` (validated), and whether they are user turns of a conversation."""
+def input_texts(spec: RunSpec, config_dir: str) -> tuple[list[str], bool, list[list[str]] | None]:
+    """The texts of ``cd.inputs`` (validated), whether they are user turns of a conversation, and the gold
+    answers of a question file (None otherwise)."""
     path = os.path.join(config_dir, spec.cd.inputs)
-    return read_inputs(path), is_chat_file(path)
+    texts, answers = read_inputs_and_answers(path)
+    return texts, is_chat_file(path), answers
 
 
 def check_inputs(spec: RunSpec, config_dir: str) -> None:
@@ -70,6 +73,8 @@ def check_inputs(spec: RunSpec, config_dir: str) -> None:
         read_text_file(source.path, "cd.context")
     elif source.kind == "chat":
         read_chat(source.path)
+    if settings.checks:
+        Judge(settings.checks, config_dir)  # a call that cannot be imported stops the sweep here
     if settings.inputs is None:
         if settings.target == "sequence" and spec.task_name == "none":
             raise ConfigError("cd.inputs: a run without a task (task: none) needs a file of inputs to distil on")
@@ -77,5 +82,6 @@ def check_inputs(spec: RunSpec, config_dir: str) -> None:
     if settings.target != "sequence":
         raise ConfigError(f"cd.inputs is for cd.target: sequence (this run distils {settings.target!r} targets "
                           f"at the answer position of the task's examples)")
-    texts, _ = input_texts(spec, config_dir)
+    texts, _, _ = input_texts(spec, config_dir)
     split_inputs(texts, settings.held_out, spec.data_seed)
+

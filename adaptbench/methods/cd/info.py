@@ -53,6 +53,31 @@ class PathCost(RecordPart):
     peak_memory_query_tokens: int | None = Field(None, description="tokens of the query the peak was measured on")
 
 
+class Estimate(RecordPart):
+    """A share (pass rate, exact match) or a mean score (F1), with its n and 95 % interval."""
+
+    value: float | None = Field(None, description="the share or mean (None: nothing to judge)")
+    n: int = Field(0, description="held-out replies judged")
+    k: int | None = Field(None, description="a share: replies that passed")
+    ci95: list[float] | None = Field(None, description="95 % interval [low, high]")
+    interval: str | None = Field(None, description="wilson (shares) or bootstrap (means)")
+
+
+class Judged(RecordPart):
+    """The held-out replies of the base model, the teacher and the student, judged by the behaviour checks
+    and (a question file) the gold answers."""
+
+    reply_tokens: int | None = Field(None, description="greedy reply length at most (cd.reply_tokens)")
+    stop: list[str] = Field(default_factory=list, description="a reply ends before the first of these")
+    n: int = Field(0, description="held-out inputs")
+    checks: dict[str, dict[str, Estimate]] | None = Field(None, description="per check label (and 'all checks'), "
+                                                          "per model (base, teacher, student): the pass rate")
+    answers: dict[str, dict[str, Estimate]] | None = Field(None, description="exact_match, contains (shares) and "
+                                                           "f1 (mean) per model, SQuAD-normalised")
+    replies: list[dict[str, Any]] = Field(default_factory=list, description="input, each model's reply, the checks "
+                                          "each failed, gold answers and scores, side by side")
+
+
 class CDInfo(FineTuneInfo):
     """``method_info`` of a context-distillation run."""
 
@@ -93,6 +118,7 @@ class CDInfo(FineTuneInfo):
     heldout: HeldOut | None = Field(None, description="what the student recovered on held-out inputs")
     heldout_replies: list[str] | None = Field(None, description="the teacher's replies to the held-out inputs")
     generations: list[dict[str, str]] | None = Field(None, description="input, base, teacher, student side by side")
+    judged: Judged | None = Field(None, description="cd.checks / a question file: the held-out replies judged")
     query_costs: dict[str, PathCost] | None = Field(None, description="cd.query_costs: icl, icl_cached, distilled")
     query_costs_inputs: str | None = Field(None, description="held_out or distilled: where the timed queries came from")
     query_costs_interleaved: list[list[str]] | None = Field(None, description="the paths that took turns, by group")

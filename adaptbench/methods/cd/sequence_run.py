@@ -35,6 +35,7 @@ from ...training.loop import TrainItem
 from ..base import RunContext
 from .context import context_text, input_texts, user_turn_texts
 from .heldout import HeldOut, compare, greedy, recovered
+from .judge import ReplyJudging
 from .labels import check_same_tokenizer
 from .query_costs import DISTILL_PHASES, Query, QueryCosts, QueryPath, answer, cut_context
 from .generate import continuations
@@ -60,6 +61,8 @@ class SequenceDistillation:
         self.meter: QueryCosts | None = None  # cd.query_costs: the cost curve's three paths
         self.prefix: list[int] = []  # the tokens every teacher reading starts with (its KV cache's)
         self.together = False  # the paths of the cost curve are measured together, after training
+        self.judging: ReplyJudging | None = None  # cd.checks or a question file: the held-out replies judged
+        self.held_answers: list[list[str]] | None = None  # a question file's held-out gold answers
 
     def build(self, ctx: RunContext) -> nn.Module:
         self.student = SequenceStudent(ctx.loaded.model, ctx.encoder.label_token_ids)
@@ -70,12 +73,18 @@ class SequenceDistillation:
         """(distilled texts, their gold labels or -1, held-out texts)."""
         settings, source = self.settings, parse_context_setting(self.settings.context, ctx.config_dir)
         if settings.inputs is not None:
-            texts, chat = input_texts(ctx.spec, ctx.config_dir)
+            texts, chat, answers = input_texts(ctx.spec, ctx.config_dir)
             if chat:
                 texts = user_turn_texts(source, tokenizer, texts)
             train, held, split = split_inputs(texts, settings.held_out, ctx.spec.data_seed)
             ctx.info["split"] = split
+            self.held_answers = None if answers is None else [answers[i] for i in held]
+            plain = (chat or source.kind == "chat") and not getattr(tokenizer, "chat_template", None)
+            if ReplyJudging.wanted(settings, answers):
+                self.judging = ReplyJudging(settings, ctx.config_dir, self.held_answers, plain)
             return [texts[i] for i in train], [-1] * len(train), [texts[i] for i in held]
+        if settings.checks:
+            self.judging = ReplyJudging(settings, ctx.config_dir, None, False)
         extra = unlabeled_sample(ctx.pool, settings.unlabeled, ctx.spec.data_seed, ctx.sample)
         query = ctx.encoder.prompt.query
         held = [query(ex) for ex in (ctx.evals[0][2][:HELD_OUT_FROM_EVAL_SET] if ctx.evals else [])]
@@ -124,6 +133,8 @@ class SequenceDistillation:
         with ctx.costs.interval("heldout_teacher"):  # evaluation, not part of what distilling costs
             # one frozen copy of the teacher's output layer serves the hidden targets and the held-out states
             head = targets.head if isinstance(targets, HiddenTargets) else None
+            if self.judging is not None and self.held_answers is not None:  # those of the inputs that fit
+                self.judging.answers = [self.held_answers[i - len(texts)] for i in held]
             self._held_out(ctx, loaded, parts, reads, held, cache, head)
         ctx.info["inputs_read_otherwise"] = reads.changed  # own tokens not those of the input read alone
         self._save(ctx, targets, about, reads, items, len(texts) - len(keep))
@@ -198,6 +209,9 @@ class SequenceDistillation:
         self.held.teacher_hidden = [h[:self.held.rows(i)] for i, h in enumerate(hidden)]
         base_model = ctx.loaded.model  # the student's model before training, without the context
         self.held.base = compare(self.held, lm_parts(base_model), pad)
+        if self.judging is not None:
+            self.judging.inputs = self.held.texts
+            self._judged_replies("base", base_model, loaded.tokenizer)
         n = min(self.settings.generations, len(held))
         tok, new = loaded.tokenizer, self.settings.max_new_tokens
         greedy_replies = self._reply_settings() is not None and not self._reply_settings().sample
@@ -208,21 +222,46 @@ class SequenceDistillation:
                                                                               new), "teacher": teacher[i]}
                                  for i in range(n)]
 
+    def _judged_replies(self, name: str, model, tokenizer) -> None:
+        """A model without the context (the base, the student) writes its greedy reply to every held-out input."""
+        held, room = self.held, self.judging.room
+        self.judging.add(name, [greedy(model, tokenizer, ids[:len(ids) - len(r)], n) if n > 0 else ""
+                                for ids, r, n in zip(held.student_ids, held.replies, room)])
+
     def _reply_settings(self) -> ReplySettings | None:
         replies = self.settings.replies
         return ReplySettings() if replies is None else (replies or None)
 
     def _replies(self, ctx: RunContext, loaded, cache, suffixes: list[list[int]], own: list[list[int]]) -> list:
         """The teacher's reply to each held-out input (``cd.replies``: greedy by default), at most
-        ``cd.max_new_tokens`` tokens, fewer where the teacher's or the student's window ends; [] when off."""
-        how = self._reply_settings()
+        ``cd.max_new_tokens`` tokens, fewer where the teacher's or the student's window ends; [] when off.
+        With judged replies (:attr:`judging`) the teacher's greedy ones too (``cd.reply_tokens``): one greedy
+        pass gives both where the measured replies are greedy (a greedy reply's first tokens are the shorter one)."""
+        how, judging = self._reply_settings(), self.judging
+        if how is None and judging is None:
+            return [[] for _ in suffixes]
+        window = [min(loaded.window - len(self.prefix) - len(x), ctx.loaded.window - len(ctx.encoder.start_ids) - len(o))
+                  for x, o in zip(suffixes, own)]
+        room = [min(self.settings.max_new_tokens, w) for w in window] if how else [0] * len(suffixes)
+        long = [min(judging.tokens, w) for w in window] if judging else [0] * len(suffixes)
+        tok = loaded.tokenizer
+
+        def written(limits, sample=False, temperature=1.0, seed=0):
+            return continuations(loaded.model, tok, self.prefix, suffixes, cache, 1, limits, temperature, seed,
+                                 sample=sample)
+
+        if how is not None and how.sample:
+            replies = written(room, True, how.temperature, how.seed)
+            judged = written(long) if judging else None
+        else:
+            both = written([max(r, j) for r, j in zip(room, long)])
+            replies, judged = [g[:r] for g, r in zip(both, room)], [g[:j] for g, j in zip(both, long)]
+        if judging:
+            judging.add("teacher", [tok.decode(r, skip_special_tokens=True) for r in judged])
+            judging.room = long
         if how is None:
             return [[] for _ in suffixes]
-        room = [min(self.settings.max_new_tokens, loaded.window - len(self.prefix) - len(x),
-                    ctx.loaded.window - len(ctx.encoder.start_ids) - len(o)) for x, o in zip(suffixes, own)]
-        replies = continuations(loaded.model, loaded.tokenizer, self.prefix, suffixes, cache, 1, room,
-                                how.temperature, how.seed, sample=how.sample)
-        ctx.info["heldout_replies"] = [loaded.tokenizer.decode(r, skip_special_tokens=True) for r in replies]
+        ctx.info["heldout_replies"] = [tok.decode(r, skip_special_tokens=True) for r in replies]
         return replies
 
     def _save(self, ctx: RunContext, targets, about: dict, reads, items: list, dropped: int) -> None:
@@ -274,6 +313,9 @@ class SequenceDistillation:
                 for i, g in enumerate(self.held.generations):  # the student reads the input alone, no reply
                     ids = self.held.student_ids[i][:len(self.held.student_ids[i]) - len(self.held.replies[i])]
                     g["student"] = greedy(model.lm, ctx.loaded.tokenizer, ids, self.settings.max_new_tokens)
+                if self.judging is not None:
+                    self._judged_replies("student", model.lm, ctx.loaded.tokenizer)
+                    ctx.info["judged"] = self.judging.result()
             ctx.info["generations"] = self.held.generations
             self.held = None
         if self.meter is not None:  # the held-out states are freed: memory as when the ICL paths were timed

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from ...config.settings import ModelSpec, Strict
+from ...scoring.checks import Check
 
 
 class GenerateSettings(Strict):
@@ -29,6 +30,9 @@ class ReplySettings(Strict):
                                             "distribution at temperature")
     temperature: PositiveFloat = Field(1.0, description="sampling temperature (sample: true)")
     seed: int = Field(0, description="sampling seed (per input), so a rerun draws the same replies")
+
+
+REPLY_TOKENS = 64  # judged replies: room for a chat reply of a few sentences
 
 
 class CDSettings(Strict):
@@ -71,6 +75,16 @@ class CDSettings(Strict):
                                                        "the teacher and the student, side by side in the record")
     max_new_tokens: PositiveInt = Field(32, description="length of those generations and of the teacher's "
                                                         "held-out replies")
+    checks: list[Check] | None = Field(None, description="behaviour checks on the held-out replies of the base "
+                                       "model, the teacher and the student (contains, not_contains, regex, "
+                                       "lowercase, max_words, call), each reported as a pass rate with n and "
+                                       "a Wilson interval")
+    reply_tokens: PositiveInt | None = Field(None, description="length of the greedy held-out replies that checks "
+                                             "and answers (a question file's) judge; default "
+                                             f"{REPLY_TOKENS}, a chat reply")
+    reply_stop: list[str] | None = Field(None, description="a judged reply ends before the first of these texts "
+                                         "(default: the next turn of a plainly rendered conversation, "
+                                         "'\\nUser:'; none otherwise)")
     alpha: float = Field(1.0, ge=0.0, le=1.0, description="loss = alpha * T^2 * KL + (1 - alpha) * CE(gold)")
     temperature: PositiveFloat = Field(1.0, description="softens teacher and student distributions in the KL")
     teacher_cache: bool = Field(True, description="score the teacher once before training (then free it); "
@@ -114,4 +128,4 @@ class CDSettings(Strict):
 
 #: CD settings that only sequence targets read.
 SEQUENCE_ONLY = ("inputs", "held_out", "top_k", "store", "generate", "generations", "max_new_tokens", "context_tokens",
-                 "query_costs", "replies")
+                 "query_costs", "replies", "checks", "reply_tokens", "reply_stop")
