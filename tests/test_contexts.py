@@ -154,7 +154,7 @@ def test_read_inputs_txt_paragraphs(tmp_path):
     ([{"text": "a"}, {"text": 5}], "line 2: 'text' must be a non-empty string"),
     ([{"text": "a"}, {"text": "  "}], "line 2: 'text' must be a non-empty string"),
     ([{"role": "user", "content": "a"}, {"role": "user", "content": "b", "x": 1}], "line 2: unexpected key 'x'"),
-    ([{"txt": "a"}], "line 1: expected a 'text' field or a chat turn"),
+    ([{"txt": "a"}], "line 1: expected a 'text' field, a 'question' with its 'answer', a code 'prompt'"),
 ])
 def test_read_inputs_errors_name_file_and_line(tmp_path, rows, message):
     with pytest.raises(DataError, match="in.jsonl " + message):

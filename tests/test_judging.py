@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -10,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from adaptbench.cli.app import app
-from adaptbench.data.contexts import read_inputs_and_answers
+from adaptbench.data.contexts import InputSet, read_input_set
 from adaptbench.errors import ConfigError, DataError
 from adaptbench.measure.shares import bootstrap_interval, mean, share, wilson_interval
 from adaptbench.methods.cd.settings import CDSettings
@@ -94,16 +95,16 @@ def test_a_call_that_cannot_be_imported_names_the_check(tmp_path):
 def test_a_question_file_gives_inputs_and_gold_answers(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text('{"question": "Q1?", "answer": "a"}\n{"question": "Q2?", "answer": ["b", "c"]}\n')
-    assert read_inputs_and_answers(str(path)) == (["Q1?", "Q2?"], [["a"], ["b", "c"]])
+    assert read_input_set(str(path)) == InputSet(["Q1?", "Q2?"], [["a"], ["b", "c"]], "qa")
     path.write_text('{"question": "Q1?", "answer": "a"}\n\n{"question": "Q2?"}\n')
     with pytest.raises(DataError, match="qa.jsonl line 3: missing key 'answer'"):
-        read_inputs_and_answers(str(path))
+        read_input_set(str(path))
     path.write_text('{"question": "Q1?", "answer": []}\n')
     with pytest.raises(DataError, match="qa.jsonl line 1: 'answer' must be a non-empty string"):
-        read_inputs_and_answers(str(path))
+        read_input_set(str(path))
     path.write_text('{"question": "Q1?", "answer": "a"}\n{"text": "Q2?"}\n')
     with pytest.raises(DataError, match="qa.jsonl line 2: missing key 'question'"):
-        read_inputs_and_answers(str(path))
+        read_input_set(str(path))
 
 
 QUESTIONS = [("When did the committee meet?", ["Tuesday", "on Tuesday"]), ("What must a report name?", ["its sources"]),
@@ -166,3 +167,69 @@ def test_held_out_replies_are_judged_for_base_teacher_and_student(tmp_path, data
     md = (tmp_path / "results" / "t" / "report" / "summary.md").read_text()
     assert "Held-out replies judged" in md and "Held-out replies judged" in page
     assert report.summary.iloc[0]["checks_student"] == judged["checks"]["all checks"]["student"]["value"]
+
+
+def _lcs(a: str, b: str) -> int:
+    row = [0] * (len(b) + 1)
+    for ch in a:
+        prev = 0
+        for j, other in enumerate(b, start=1):
+            prev, row[j] = row[j], prev + 1 if ch == other else max(row[j], row[j - 1])
+    return row[-1]
+
+
+@pytest.mark.parametrize("reply,gold", [("return x + 1\nfoo", "    return x+1"), ("\n  for i in range(3):", "for i in range(3):"),
+                                        ("print('a')", "assert y")])
+def test_a_completed_line_is_scored_as_repobench_scores_it(reply, gold):
+    """Exact match of the stripped first non-empty line; edit similarity = 2 LCS / (|a| + |b|) (indel ratio)."""
+    line, target = answer_line(reply).strip(), gold.strip()
+    got = score(reply, [gold], "code")
+    assert got["exact_match"] == float(line == target)
+    assert got["edit_similarity"] == pytest.approx(2 * _lcs(line, target) / (len(line) + len(target)))
+
+
+CODE = '''import os
+
+
+def read_config(path):
+    """Read a config file."""
+    with open(path) as f:
+        text = f.read()
+    values = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def write_config(path, values):
+    lines = [f"{k} = {v}" for k, v in values.items()]
+    with open(path, "w") as f:
+        f.write("\\n".join(lines))
+    return len(lines)
+'''
+
+
+def test_completion_points_and_a_code_run(tmp_path, data_dir, tiny_models):
+    from adaptbench.data.code_lines import completion_points
+
+    (tmp_path / "lib.py").write_text(CODE)
+    points = completion_points(str(tmp_path / "lib.py"), prompt_lines=4, every=2)
+    lines = CODE.split("\n")
+    assert points.kind == "code" and len(points.texts) == len(points.answers) >= 4
+    for text, gold, group in zip(points.texts, points.answers, points.groups):
+        i = group["line"] - 1
+        assert gold == [lines[i].strip()] and text == "\n".join(lines[max(0, i - 4):i]) + "\n"
+        assert len(lines[i].strip()) >= 8 and not lines[i].lstrip().startswith("#")
+    (tmp_path / "context.txt").write_text(CODE.replace("config", "settings"))
+    cd = "context: 'file:context.txt', inputs: 'code:lib.py', held_out: 2, generations: 0, max_new_tokens: 2, reply_tokens: 6"
+    result = _run(tmp_path, data_dir, _config(tiny_models["gpt2"], cd).replace("max_steps: 40", "max_steps: 1"))
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    judged = rec["method_info"]["judged"]
+    assert judged["answer_kind"] == "code" and set(judged["answers"]) == {"exact_match", "edit_similarity"}
+    assert "groups" not in judged and all("line" in r for r in judged["replies"])
+    for model in ("base", "teacher", "student"):
+        values = [r["scores"][model]["edit_similarity"] for r in judged["replies"]]
+        assert judged["answers"]["edit_similarity"][model]["value"] == pytest.approx(sum(values) / len(values))
+    assert rec["spec"]["resolved"]["files"]["cd.inputs"] == hashlib.sha256((tmp_path / "lib.py").read_bytes()).hexdigest()

@@ -6,11 +6,13 @@ of *inputs* X (what both read).  ``cd.context`` names the context:
 - ``demonstrations``: the data seed's k-shot sample, rendered as in ICL (built elsewhere);
 - ``file:PATH``: any UTF-8 text -- a document, a code file -- used as it is;
 - ``chat:PATH``: a conversation, JSONL with one ``{"role": ..., "content": ...}`` per line, rendered
-  with the tokenizer's chat template where it has one (:func:`render_chat`).
+  with the tokenizer's chat template where it has one (:func:`render_chat`);
+- ``niah``: a needle-in-a-haystack context built for the run, with its questions as inputs
+  (:mod:`adaptbench.data.haystack`).
 
 PATH is relative to the config's folder.  Inputs come from ``.jsonl`` files (a ``text`` field per line,
-a ``question`` with its gold ``answer`` -- then the run scores the answers --, or chat turns whose user
-turns are the inputs) or ``.txt`` files (one paragraph per input), and are split
+a ``question`` with its gold ``answer`` or a code ``prompt`` with its ``next_line`` -- then the run scores
+the answers --, or chat turns whose user turns are the inputs) or ``.txt`` files (one paragraph per input), and are split
 into training and held-out inputs by a seeded shuffle (:func:`split_inputs`), so the run can report how
 much of the context's effect the student recovered on inputs it never trained on.
 
@@ -29,12 +31,12 @@ import numpy as np
 from ..errors import ConfigError, DataError
 
 ROLES = ("system", "user", "assistant")
-CONTEXT_FORMS = "'demonstrations', 'file:PATH' or 'chat:PATH'"
+CONTEXT_FORMS = "'demonstrations', 'file:PATH', 'chat:PATH' or 'niah'"
 
 
 @dataclass(frozen=True)
 class ContextSource:
-    """Where a context comes from: ``kind`` is demonstrations, file or chat; ``path`` None for demonstrations."""
+    """Where a context comes from: ``kind`` is demonstrations, file, chat or niah; ``path`` None but for files."""
 
     kind: str
     path: str | None = None
@@ -42,8 +44,8 @@ class ContextSource:
 
 def parse_context_setting(setting, config_dir: str) -> ContextSource:
     """Parse ``cd.context``; the path is resolved against the config's folder (absolute paths stay)."""
-    if setting == "demonstrations":
-        return ContextSource("demonstrations")
+    if setting in ("demonstrations", "niah"):
+        return ContextSource(setting)
     if isinstance(setting, str):
         for kind in ("file", "chat"):
             prefix = f"{kind}:"
@@ -154,16 +156,32 @@ def _text_inputs(path: str) -> list[str]:
     return paragraphs
 
 
-def _gold_answers(obj: dict, path: str, number: int) -> list[str]:
-    """The gold answers of a question line: ``answer`` as one string or a list of strings."""
-    if "answer" not in obj:
-        raise DataError(f"{path} line {number}: missing key 'answer' (a question line is "
-                        f"{{\"question\": ..., \"answer\": ...}}, answer a string or a list of strings)")
-    gold = obj["answer"]
+@dataclass
+class InputSet:
+    """A run's inputs, and where they have them, gold answers and how those are scored."""
+
+    texts: list[str]
+    answers: list[list[str]] | None = None  # per input, one or more gold answers
+    kind: str | None = None  # qa (question files, niah) or code (next-line completion): how answers are scored
+    chat: bool = False  # user turns of a conversation (rendered as the context's next turn)
+    groups: list[dict] | None = None  # per input, e.g. {"depth": 0.5}: answers are also scored per group
+
+
+#: JSONL input forms: the first line's key -> (the gold answer's key, how answers are scored).
+FORMS = {"text": (None, None), "question": ("answer", "qa"), "prompt": ("next_line", "code")}
+
+
+def _gold_answers(obj: dict, key: str, path: str, number: int) -> list[str]:
+    """The gold answers of a line: ``obj[key]`` as one string or a list of strings."""
+    if key not in obj:
+        raise DataError(f"{path} line {number}: missing key {key!r} (every line of this file is "
+                        f"{{{next(k for k, v in FORMS.items() if v[0] == key)!r}: ..., {key!r}: ...}}, "
+                        f"{key} a string or a list of strings)")
+    gold = obj[key]
     gold = [gold] if isinstance(gold, str) else gold
     if not isinstance(gold, list) or not gold or not all(isinstance(g, str) and g.strip() for g in gold):
-        raise DataError(f"{path} line {number}: 'answer' must be a non-empty string or a list of them, "
-                        f"got {obj['answer']!r}")
+        raise DataError(f"{path} line {number}: {key!r} must be a non-empty string or a list of them, "
+                        f"got {obj[key]!r}")
     return gold
 
 
@@ -176,20 +194,19 @@ def _field_text(obj: dict, key: str, path: str, number: int) -> str:
 
 
 def _first_line_form(obj: dict, path: str, number: int) -> str:
-    """text, question (with answer) or chat: the first line decides for the whole file."""
-    for form in ("text", "question"):
-        if form in obj:
-            return form
-    if "role" not in obj:
-        raise DataError(f"{path} line {number}: expected a 'text' field, a 'question' with its 'answer', or a chat "
-                        f"turn {{\"role\": ..., \"content\": ...}}, got keys {sorted(obj)}")
-    return "chat"
+    """text, question (with answer), prompt (with next_line) or chat: the first line decides for the file."""
+    form = next((f for f in FORMS if f in obj), None)
+    if form is None and "role" not in obj:
+        raise DataError(f"{path} line {number}: expected a 'text' field, a 'question' with its 'answer', a code "
+                        f"'prompt' with its 'next_line', or a chat turn {{\"role\": ..., \"content\": ...}}, "
+                        f"got keys {sorted(obj)}")
+    return form or "chat"
 
 
-def _jsonl_inputs(path: str) -> tuple[list[str], list[list[str]] | None]:
-    """Inputs of a ``.jsonl`` file, and gold answers for a question file: the first line decides -- a ``text``
-    field per line, a ``question`` with its ``answer`` (a string or a list: several gold answers), or chat
-    turns (then the user turns are the inputs, the other turns are ignored)."""
+def _jsonl_inputs(path: str) -> InputSet:
+    """Inputs of a ``.jsonl`` file: the first line decides -- a ``text`` field per line, a ``question`` with
+    its ``answer`` (a string or a list: several gold answers), a code ``prompt`` with its ``next_line``, or
+    chat turns (then the user turns are the inputs, the other turns are ignored)."""
     inputs, answers, form = [], [], None
     for number, obj in _jsonl_objects(path, "inputs"):
         form = form or _first_line_form(obj, path, number)
@@ -199,26 +216,28 @@ def _jsonl_inputs(path: str) -> tuple[list[str], list[list[str]] | None]:
                 inputs.append(turn["content"])
             continue
         inputs.append(_field_text(obj, form, path, number))
-        if form == "question":
-            answers.append(_gold_answers(obj, path, number))
-    return inputs, (answers if form == "question" else None)
+        gold_key, _ = FORMS[form]
+        if gold_key:
+            answers.append(_gold_answers(obj, gold_key, path, number))
+    kind = FORMS.get(form, (None, None))[1]
+    return InputSet(inputs, answers if kind else None, kind, chat=form == "chat")
 
 
-def read_inputs_and_answers(path: str) -> tuple[list[str], list[list[str]] | None]:
-    """The distillation inputs in file order, from a ``.jsonl`` or ``.txt`` file (see the module doc), and
-    for a question file each question's gold answers (None for other files)."""
+def read_input_set(path: str) -> InputSet:
+    """The distillation inputs in file order, from a ``.jsonl`` or ``.txt`` file (see the module doc), with
+    their gold answers where the file has them."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".jsonl", ".txt"):
         raise DataError(f"inputs: {path}: expected a .jsonl or .txt file, got {ext or 'no extension'!r}")
-    inputs, answers = _jsonl_inputs(path) if ext == ".jsonl" else (_text_inputs(path), None)
-    if not inputs:
+    found = _jsonl_inputs(path) if ext == ".jsonl" else InputSet(_text_inputs(path))
+    if not found.texts:
         raise DataError(f"inputs: {path} holds no inputs (a chat file needs user turns)")
-    return inputs, answers
+    return found
 
 
 def read_inputs(path: str) -> list[str]:
-    """The distillation inputs in file order (see :func:`read_inputs_and_answers`)."""
-    return read_inputs_and_answers(path)[0]
+    """The distillation inputs in file order (see :func:`read_input_set`)."""
+    return read_input_set(path).texts
 
 
 def _held_out_count(held_out, n: int) -> int:

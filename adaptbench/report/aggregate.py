@@ -103,7 +103,7 @@ DISTILLED_DISPLAY = [("context_tokens", "L", "{:,.0f}"), ("kl_base", "KL base", 
 
 #: Judged held-out replies (all checks passed, exact match, F1) of base, teacher and student: (measure, header, format).
 JUDGED_DISPLAY = [("checks", "checks b/t/s", "{:.0%}"), ("exact_match", "EM b/t/s", "{:.0%}"),
-                  ("f1", "F1 b/t/s", "{:.2f}")]
+                  ("f1", "F1 b/t/s", "{:.2f}"), ("edit_similarity", "ES b/t/s", "{:.2f}")]
 
 
 def display_frame(summary: pd.DataFrame) -> pd.DataFrame:

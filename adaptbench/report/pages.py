@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import plots
 from .aggregate import UNSCORED_NOTE, cost_curve_frame, cost_curves, display_cost_curve, display_frame, summarize
+from .heatmap import niah_heatmaps
 from .judged import html_parts as judged_html, judged_runs, markdown_lines as judged_markdown
 from ..errors import AdaptbenchError, ResultsWriteError
 from ..store.record import RunRecord
@@ -82,6 +83,7 @@ def _write_report(results, results_dir: str, out_dir: str) -> Report:
         figures += plots.accuracy_vs_cost(df, out_dir)
     figures += plots.learning_curves(results.records, out_dir)
     figures += plots.cost_curve(curves, out_dir)
+    figures += niah_heatmaps(results.records, out_dir)
     for _, paths in figures:
         report.files += paths
     html_path = os.path.join(out_dir, "report.html")

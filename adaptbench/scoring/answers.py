@@ -1,4 +1,5 @@
-"""Scores of a free-text answer against gold answers, as SQuAD scores them (Rajpurkar et al., 2016).
+"""Scores of a free-text answer against gold answers: questions as SQuAD scores them (Rajpurkar et al., 2016),
+code completions as RepoBench and CrossCodeEval do.
 
 Both sides are normalised the way SQuAD's official evaluation script does: lower case, punctuation
 removed, the articles *a*, *an*, *the* removed, whitespace collapsed.  Three scores, each the best over
@@ -11,6 +12,10 @@ the gold answers:
 
 A model continues past its answer; the answer scored by exact match and F1 is the reply's first
 non-empty line (:func:`answer_line`), ``contains`` reads the whole reply.
+
+A completed line of code (``kind="code"``) is scored as RepoBench and CrossCodeEval score it: the reply's
+first non-empty line and the gold line, whitespace-stripped, by ``exact_match`` and ``edit_similarity``
+(rapidfuzz's ``fuzz.ratio`` / 100: one minus the normalised indel distance).
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ import string
 from collections import Counter
 from typing import Sequence
 
+from rapidfuzz import fuzz
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
-METRICS = ("exact_match", "contains", "f1")
+METRICS = {"qa": ("exact_match", "contains", "f1"), "code": ("exact_match", "edit_similarity")}
+SHARES = ("exact_match", "contains")  # binary per reply (the others are means of per-reply scores)
 
 
 def normalize(text: str) -> str:
@@ -60,8 +68,12 @@ def token_f1(answer: str, gold: Sequence[str]) -> float:
     return max(_f1(answer, g) for g in gold)
 
 
-def score(reply: str, gold: Sequence[str]) -> dict[str, float]:
-    """The three scores of one reply (1.0/0.0 for the binary ones)."""
+def score(reply: str, gold: Sequence[str], kind: str = "qa") -> dict[str, float]:
+    """The scores of one reply (1.0/0.0 for the binary ones), the best over the gold answers."""
     line = answer_line(reply)
+    if kind == "code":
+        line = line.strip()
+        return {"exact_match": float(any(line == g.strip() for g in gold)),
+                "edit_similarity": max(fuzz.ratio(line, g.strip()) for g in gold) / 100}
     return {"exact_match": float(exact_match(line, gold)), "contains": float(contains(reply, gold)),
             "f1": token_f1(line, gold)}

@@ -186,7 +186,7 @@ def run_row(rec: RunRecord) -> dict:
 
 
 #: What a sequence-distillation run measured on its held-out inputs (``method_info.heldout``), as columns.
-JUDGED = tuple(f"{measure}_{model}" for measure in ("checks", "exact_match", "f1") for model in MODELS)
+JUDGED = tuple(f"{measure}_{model}" for measure in ("checks", "exact_match", "f1", "edit_similarity") for model in MODELS)
 DISTILLED = ("context_tokens", "recovered", "kl_student", "kl_base", "top1_agreement", "judged_n") + JUDGED
 
 
@@ -202,12 +202,14 @@ def distilled_context(info) -> dict:
 
 def judged_columns(judged) -> dict:
     """``checks_<model>`` (the share of replies passing every check), ``exact_match_<model>``, ``f1_<model>``
-    and ``judged_n`` of a run that judged its held-out replies; {} otherwise."""
+    (questions), ``edit_similarity_<model>`` (code) and ``judged_n`` of a run that judged its held-out replies;
+    {} otherwise."""
     if judged is None:
         return {}
     out = {"judged_n": judged.n}
-    for measure, block in (("checks", (judged.checks or {}).get(ALL_CHECKS)), ("exact_match", (
-            judged.answers or {}).get("exact_match")), ("f1", (judged.answers or {}).get("f1"))):
+    answers = judged.answers or {}
+    for measure, block in (("checks", (judged.checks or {}).get(ALL_CHECKS)), *((m, answers.get(m)) for m in (
+            "exact_match", "f1", "edit_similarity"))):
         out.update({f"{measure}_{m}": block[m].value for m in MODELS if block and m in block})
     return out
 

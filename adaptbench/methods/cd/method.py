@@ -38,7 +38,7 @@ from ...training.precision import dtype_name, observed_compute
 from ..base import RunContext, register
 from ..finetune import FineTunedPredictor, FineTuneMethod
 from ..pbft import VerbalizerModel
-from .context import check_inputs
+from .context import CODE_PREFIX, check_inputs
 from .info import CDInfo
 from .labels import FULL, Teacher, check_same_tokenizer
 from .sequence_run import SequenceDistillation, check_causal
@@ -80,7 +80,9 @@ class ContextDistillation(FineTuneMethod):
         if source is not None and source.path:
             found["cd.context"] = source.path
         if spec.cd.inputs:
-            found["cd.inputs"] = spec.cd.inputs
+            found["cd.inputs"] = spec.cd.inputs.removeprefix(CODE_PREFIX)
+        if spec.cd.niah is not None and spec.cd.niah.haystack:
+            found["cd.niah.haystack"] = spec.cd.niah.haystack
         return found
 
     @classmethod

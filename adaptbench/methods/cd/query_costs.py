@@ -59,7 +59,7 @@ def cut_context(encoder, text: str, length: int | None, source: ContextSource) -
 
     A context shorter than L skips the run (that point of the curve does not exist for this text);
     demonstrations are not cut mid-example -- their length axis is ``shots``."""
-    if length is None:
+    if length is None or source.kind == "niah":  # a haystack is built at its length, needles included
         return text
     if source.kind == "demonstrations":
         raise ConfigError("cd.context_tokens cuts a file or chat context; with cd.context: demonstrations the "

