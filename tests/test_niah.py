@@ -74,3 +74,19 @@ def test_a_haystack_run_scores_each_needle_question_by_depth(tmp_path, data_dir,
     assert any("needle in a haystack" in f or "niah" in f for f in report.files)
     page = (tmp_path / "results" / "t" / "report" / "report.html").read_text()
     assert "share of held-out needle questions" in page
+
+
+def test_self_study_on_a_haystack_holds_out_every_needle_question(tmp_path, data_dir, tiny_models):
+    cd = ("context: niah, context_tokens: 160, niah: {needles: 3, depths: [0.5]}, inputs: self_study, "
+          "self_study: {n: 3, chunk_tokens: [32], max_request_tokens: 5}, generations: 0, max_new_tokens: 2, "
+          "reply_tokens: 4, generate: false")
+    result = _run(tmp_path, data_dir, _config(tiny_models["llama"], cd).replace("max_steps: 40", "max_steps: 1"))
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    info = rec["method_info"]
+    assert info["self_study"]["held_out_requests"] == 0 and "split" not in info
+    judged = info["judged"]
+    assert judged["n"] == 3 and list(judged["groups"]["depth"]) == ["0.5"]
+    for row, needle in zip(judged["replies"], info["niah"]["needles"]):
+        assert row["input"] == f"User: What is the secret number of the {needle['place']} vault?\n\nAssistant:"
+        assert row["gold"] == [needle["number"]]

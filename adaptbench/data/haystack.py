@@ -38,8 +38,13 @@ class Needle:
         return f" The secret number of the {self.place} vault is {self.number}. "
 
     @property
+    def ask(self) -> str:
+        return f"What is the secret number of the {self.place} vault?"
+
+    @property
     def question(self) -> str:
-        return f"Question: What is the secret number of the {self.place} vault?\nAnswer:"
+        """As an input read after the context (self-study asks :attr:`ask` as a user turn instead)."""
+        return f"Question: {self.ask}\nAnswer:"
 
 
 def essay_files() -> list[str]:

@@ -18,7 +18,7 @@ from ...data.haystack import Needle, build_context, haystack_text, make_needles
 from ...errors import ConfigError
 from ...scoring.checks import Judge
 from ..base import RunContext
-from .settings import NiahSettings
+from .settings import SELF_STUDY, NiahSettings
 
 
 def niah_setup(spec: RunSpec, config_dir: str) -> tuple[str, list[Needle]]:
@@ -53,14 +53,14 @@ def context_text(source: ContextSource, ctx: RunContext, tokenizer) -> tuple[str
     return text, {"context": "chat", "context_file": source.path, "chat_rendering": rendering, "chat_turns": len(turns)}
 
 
-def user_turn_texts(source: ContextSource, tokenizer, user_texts: list[str]) -> list[str]:
+def user_turn_texts(source: ContextSource, tokenizer, user_texts: list[str], template: bool = False) -> list[str]:
     """Each user text as the next turn after the context's conversation, up to where the reply starts.
 
     With a chat template: the rendering of context + turn (with the generation prompt) minus the
     rendering of the context (read and rendered once); otherwise ``"User: ...\\n\\nAssistant:"``, as
-    :func:`plain_chat` renders."""
-    templated = source.kind == "chat" and getattr(tokenizer, "chat_template", None)
-    turns = read_chat(source.path) if templated else []
+    :func:`plain_chat` renders.  ``template``: with the chat template after any context (self-study's requests)."""
+    templated = (source.kind == "chat" or template) and getattr(tokenizer, "chat_template", None)
+    turns = read_chat(source.path) if templated and source.kind == "chat" else []
     before = tokenizer.apply_chat_template(turns, tokenize=False) if templated else ""
     out = []
     for text in user_texts:
@@ -93,8 +93,10 @@ def check_inputs(spec: RunSpec, config_dir: str) -> None:
         read_chat(source.path)
     if settings.checks:
         Judge(settings.checks, config_dir)  # a call that cannot be imported stops the sweep here
-    if source.kind == "niah":  # its questions are its inputs
+    if source.kind == "niah" and settings.inputs is None:  # its questions are its inputs
         split_inputs(range(len(niah_setup(spec, config_dir)[1])), settings.held_out, spec.data_seed)
+        return
+    if settings.inputs == SELF_STUDY:  # written by the model when the run starts
         return
     if settings.inputs is None:
         if settings.target == "sequence" and spec.task_name == "none":

@@ -42,7 +42,7 @@ from .context import CODE_PREFIX, check_inputs
 from .info import CDInfo
 from .labels import FULL, Teacher, check_same_tokenizer
 from .sequence_run import SequenceDistillation, check_causal
-from .settings import CDSettings
+from .settings import SELF_STUDY, CDSettings
 
 
 #: What a ``cd.target: sequence`` run computes, as a version in its identity (``resolved.cd_sequence``), so
@@ -79,7 +79,7 @@ class ContextDistillation(FineTuneMethod):
             source = None  # refused with its message when the run's inputs are checked
         if source is not None and source.path:
             found["cd.context"] = source.path
-        if spec.cd.inputs:
+        if spec.cd.inputs and spec.cd.inputs != SELF_STUDY:
             found["cd.inputs"] = spec.cd.inputs.removeprefix(CODE_PREFIX)
         if spec.cd.niah is not None and spec.cd.niah.haystack:
             found["cd.niah.haystack"] = spec.cd.niah.haystack

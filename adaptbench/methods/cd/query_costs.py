@@ -5,7 +5,8 @@
 - ``icl_cached``: the context's shared prefix is encoded once -- its seconds are this path's one-off
   cost -- then only the rest of each reading runs, attending over the cached positions;
 - ``distilled``: the trained student reads the query alone; its one-off cost is distillation itself
-  (:data:`DISTILL_PHASES` of the run's costs: the teacher pass, the student's set-up and training).
+  (:data:`DISTILL_PHASES` of the run's costs: self-study requests, the teacher pass, the student's set-up and
+  training).
 
 "One query" is what scoring it needs: one forward pass at batch size 1 that yields the next-token
 distribution (log-softmax over the vocabulary) after every query token.  How the paths are measured, so
@@ -50,7 +51,7 @@ from ...models.parts import LMParts, vocab_logits
 from ...scoring.core import PrefixCache, sequence_hidden
 from .sequence import CHUNK
 
-DISTILL_PHASES = ("load_teacher", "teacher", "setup", "train")  # what distilling costs once
+DISTILL_PHASES = ("load_teacher", "self_study", "teacher", "setup", "train")  # what distilling costs once
 
 
 def cut_context(encoder, text: str, length: int | None, source: ContextSource) -> str:

@@ -30,10 +30,11 @@ from ...data.sampling import unlabeled_sample
 from ...models.parts import LMParts
 from ...models.interface import lm_parts
 from ...scoring.core import PrefixCache
-from .settings import CDSettings, GenerateSettings, ReplySettings
+from .self_study import HELD_OUT_SEED, SelfStudySettings, held_out_count, save as save_requests, write_requests
+from .settings import SELF_STUDY, CDSettings, GenerateSettings, ReplySettings
 from ...training.loop import TrainItem
 from ..base import RunContext
-from .context import context_text, input_set, niah_inputs, user_turn_texts
+from .context import context_text, input_set, niah_inputs, niah_setup, user_turn_texts
 from .heldout import HeldOut, compare, greedy, recovered
 from .judge import ReplyJudging
 from .labels import check_same_tokenizer
@@ -70,9 +71,12 @@ class SequenceDistillation:
         self.label_ids = torch.tensor(ctx.encoder.label_token_ids, dtype=torch.long)
         return self.student
 
-    def inputs(self, ctx: RunContext, tokenizer) -> tuple[list[str], list[int], list[str]]:
+    def inputs(self, ctx: RunContext, loaded) -> tuple[list[str], list[int], list[str]]:
         """(distilled texts, their gold labels or -1, held-out texts)."""
         settings, source = self.settings, parse_context_setting(self.settings.context, ctx.config_dir)
+        tokenizer = loaded.tokenizer
+        if settings.inputs == SELF_STUDY:
+            return self._self_study(ctx, loaded, source)
         if settings.inputs is not None or source.kind == "niah":
             found = niah_inputs(ctx.spec, ctx.config_dir) if source.kind == "niah" else input_set(ctx.spec, ctx.config_dir)
             texts = user_turn_texts(source, tokenizer, found.texts) if found.chat else found.texts
@@ -93,10 +97,41 @@ class SequenceDistillation:
         labelled = [] if source.kind == "demonstrations" else list(ctx.sample)
         return ([query(ex) for ex in labelled + extra], [ex.label for ex in labelled] + [-1] * len(extra), held)
 
+    def _self_study(self, ctx: RunContext, loaded, source) -> tuple[list[str], list[int], list[str]]:
+        """Requests the model writes about chunks of the context, as user turns (:mod:`.self_study`); held
+        out: requests of their own samples, or with a haystack its needle questions (none of them trained on)."""
+        settings, tok = self.settings, loaded.tokenizer
+        how = settings.self_study or SelfStudySettings()
+        text = cut_context(ctx.encoder, context_text(source, ctx, tok)[0], settings.context_tokens, source)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        with ctx.costs.phase("self_study") as phase, ctx.compute(loaded):
+            train = write_requests(loaded.model, tok, ids, how, how.n, how.seed, loaded.window)
+            held = [] if source.kind == "niah" else write_requests(
+                loaded.model, tok, ids, how, held_out_count(settings.held_out, how.n), HELD_OUT_SEED + how.seed,
+                loaded.window)
+            phase.tokens = len(ids)
+        if not train or (source.kind != "niah" and not held):
+            raise RunSkipped(f"self-study: the model wrote {len(train)} training and {len(held)} held-out requests "
+                             f"(a request is the first non-empty line it writes); nothing to distil or measure")
+        ctx.info["self_study"] = {**how.model_dump(), "requests": len(train), "held_out_requests": len(held),
+                                  "file": save_requests(ctx.out_dir, train, held)}
+        held_texts = [r["text"] for r in held]
+        answers = groups = None
+        if source.kind == "niah":  # the needle questions, asked as the requests are
+            found = niah_inputs(ctx.spec, ctx.config_dir)
+            held_texts, answers, groups = [n.ask for n in niah_setup(ctx.spec, ctx.config_dir)[1]], found.answers, \
+                found.groups
+        self.held_answers, self.held_groups = answers, groups
+        if ReplyJudging.wanted(settings, answers):
+            plain = not getattr(tok, "chat_template", None)
+            self.judging = ReplyJudging(settings, ctx.config_dir, answers, plain, "qa" if answers else None)
+        turns = user_turn_texts(source, tok, [r["text"] for r in train] + held_texts, template=True)
+        return turns[:len(train)], [-1] * len(train), turns[len(train):]
+
     def items(self, ctx: RunContext, loaded) -> list[TrainItem]:
         """Score every input with the teacher once; training items carry the index of their targets."""
         check_causal(loaded, "teacher")
-        texts, gold, held_texts = self.inputs(ctx, loaded.tokenizer)
+        texts, gold, held_texts = self.inputs(ctx, loaded)
         with ctx.costs.phase("teacher") as phase, ctx.compute(loaded), observed_compute(phase, loaded.model):
             check_same_tokenizer(ctx, loaded.tokenizer)
             origin, phase.tokens = self._teacher(ctx, loaded, texts, held_texts)
@@ -148,7 +183,7 @@ class SequenceDistillation:
         turns it off."""
         g = self.settings.generate
         if g is None:
-            return GenerateSettings() if source.kind == "chat" else None
+            return GenerateSettings() if source.kind == "chat" or self.settings.inputs == SELF_STUDY else None
         return g or None
 
     def _cache_and_icl_costs(self, ctx: RunContext, loaded, parts, pad: int, reads, keep, held) -> PrefixCache | None:

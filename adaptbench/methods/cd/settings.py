@@ -10,6 +10,9 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_va
 
 from ...config.settings import ModelSpec, Strict
 from ...scoring.checks import Check
+from .self_study import SelfStudySettings
+
+SELF_STUDY = "self_study"  # cd.inputs: the model writes its own inputs about the context
 
 
 class GenerateSettings(Strict):
@@ -71,10 +74,14 @@ class CDSettings(Strict):
         "labels", description="labels: the verbalizer distribution at the answer position (works across "
                               "tokenizers); vocab: the full next-token distribution there; sequence: the full "
                               "next-token distribution at every token of every input (Askell et al., 2021)")
-    inputs: str | None = Field(None, description="sequence targets: a .jsonl (text field, or chat turns whose "
-                                                 "user turns are the inputs) or .txt (one paragraph each) file "
-                                                 "of inputs; default: the task's few-shot sample and unlabeled "
-                                                 "inputs")
+    inputs: str | None = Field(None, description="sequence targets: a .jsonl (text field; question + answer; "
+                                                 "code prompt + next_line; or chat turns whose user turns are "
+                                                 "the inputs) or .txt (one paragraph each) file of inputs; "
+                                                 "code:PATH (next-line completion points of a source file); "
+                                                 "self_study (the model writes them: cd.self_study); default: "
+                                                 "the task's few-shot sample and unlabeled inputs")
+    self_study: SelfStudySettings | None = Field(None, description="cd.inputs: self_study: chunks, seed prompt "
+                                                 "kinds, how many requests")
     held_out: PositiveFloat | PositiveInt = Field(0.2, description="share (0 < f < 1) or number of cd.inputs "
                                                                    "held out to measure what the student recovered")
     top_k: PositiveInt = Field(128, description="store: topk: the teacher's top-k log-probabilities per "
@@ -145,8 +152,18 @@ class CDSettings(Strict):
         if self.context_tokens is None:
             raise ValueError("cd.context: niah needs cd.context_tokens, the haystack's length in tokens (sweep "
                              "it with grid: for accuracy per length)")
-        if self.inputs is not None:
-            raise ValueError("cd.context: niah brings its own inputs (a question per needle); remove cd.inputs")
+        if self.inputs not in (None, SELF_STUDY):
+            raise ValueError("cd.context: niah brings its own inputs (a question per needle); remove cd.inputs "
+                             "or set it to self_study (then the needle questions are all held out)")
+        return self
+
+    @model_validator(mode="after")
+    def _self_study_settings_need_self_study(self):
+        if self.self_study is not None and self.inputs != SELF_STUDY:
+            raise ValueError("cd.self_study applies to cd.inputs: self_study")
+        if self.inputs == SELF_STUDY and self.context == "demonstrations":
+            raise ValueError("cd.inputs: self_study writes requests about a text context: use cd.context: "
+                             "file:PATH, chat:PATH or niah")
         return self
 
     @model_validator(mode="after")
@@ -166,4 +183,4 @@ class CDSettings(Strict):
 
 #: CD settings that only sequence targets read.
 SEQUENCE_ONLY = ("inputs", "held_out", "top_k", "store", "generate", "generations", "max_new_tokens", "context_tokens",
-                 "query_costs", "replies", "checks", "reply_tokens", "reply_stop", "niah")
+                 "query_costs", "replies", "checks", "reply_tokens", "reply_stop", "niah", "self_study")
