@@ -6,7 +6,8 @@
 - chat/: a conversation as the context -- a system prompt and example dialogues of the chatterbot
   corpus's persona categories -- and real user utterances of its other categories as inputs.
 - code/: a real source file as the context (the standard library's json/encoder.py) and the functions
-  of related modules (json/decoder.py, json/scanner.py, json/__init__.py) as inputs.
+  of related modules (json/decoder.py, json/scanner.py, json/__init__.py) as inputs; json/decoder.py
+  whole, whose lines the code-completion example completes.
 
 The files are committed, so the examples run without this script; it documents where they come from
 and rebuilds them (tests check that the shipped files match a rebuild where the corpus is installed).
@@ -33,6 +34,7 @@ MAX_CONTEXT_PAIRS = 160
 MAX_INPUTS = 80
 CODE_CONTEXT = "json.encoder"
 CODE_INPUTS = ("json.decoder", "json.scanner", "json")
+CODE_COMPLETION = "json.decoder"  # its lines are completed with json/encoder.py as the context
 
 
 def corpus_file(name: str) -> str:
@@ -105,6 +107,8 @@ def main() -> None:
     with open(os.path.join(code, "json_encoder.py"), "w", encoding="utf-8") as f:
         f.write(inspect.getsource(__import__(CODE_CONTEXT, fromlist=["_"])))
     write_jsonl(os.path.join(code, "inputs.jsonl"), [{"text": c} for m in CODE_INPUTS for c in functions_of(m)])
+    with open(os.path.join(code, "json_decoder.py"), "w", encoding="utf-8") as f:
+        f.write(inspect.getsource(__import__(CODE_COMPLETION, fromlist=["_"])))
     print(f"wrote {chat} and {code}")
 
 

@@ -57,14 +57,16 @@ def test_each_check_kind_judges_by_its_definition(tmp_path):
     (tmp_path / "mychecks.py").write_text("def pirate(reply):\n    return reply.startswith('Arr')\n"
                                           "def bad(reply):\n    return 'yes'\n")
     checks = [Check(contains="ahoy"), Check(not_contains="As an AI", ignore_case=True), Check(regex=r"^Arr\b"),
-              Check(lowercase=True), Check(max_words=3), Check(call="mychecks.pirate", name="pirate")]
+              Check(lowercase=True), Check(max_words=3), Check(call="mychecks.pirate", name="pirate"),
+              Check(not_regex=r"\bhuman\b", ignore_case=True)]
     judge = Judge(checks, str(tmp_path))
     assert judge.results("Arr ahoy matey") == {"contains 'ahoy'": True, "not_contains 'As an AI'": True,
                                                "regex '^Arr\\\\b'": True, "lowercase": False, "max_words 3": True,
-                                               "pirate": True}
+                                               "pirate": True, "not_regex '\\\\bhuman\\\\b'": True}
     assert judge.results("as an ai, ahoy there friend") == {
         "contains 'ahoy'": True, "not_contains 'As an AI'": False, "regex '^Arr\\\\b'": False, "lowercase": True,
-        "max_words 3": False, "pirate": False}
+        "max_words 3": False, "pirate": False, "not_regex '\\\\bhuman\\\\b'": True}
+    assert not judge.results("I am HUMAN")["not_regex '\\\\bhuman\\\\b'"]
     with pytest.raises(DataError, match=r"cd.checks\[0\]: call 'mychecks.bad' returned str"):
         Judge([Check(call="mychecks:bad")], str(tmp_path)).results("x")
 

@@ -9,7 +9,8 @@ from pydantic import Field
 from torch import nn
 
 from .._util import distributed
-from ..errors import RunSkipped
+from ..errors import ConfigError, RunSkipped
+from ..models.cartridge import initialize_from_ids
 from ..measure.metrics import eval_set_metrics
 from ..training.saving import save_adapted
 from ..training.packing import packing_unsupported
@@ -30,6 +31,10 @@ class FineTuneInfo(MethodInfo):
     freeze_embeddings: bool | None = Field(None, description="full: embeddings kept fixed")
     added_biases: int | None = Field(None, description="bitfit.add_biases: zero biases added to this many layers")
     lora_target_modules: list[str] | None = Field(None, description="lora: the modules adapted")
+    num_virtual_tokens: int | None = Field(None, description="cartridge: positions of the trained KV prefix")
+    cartridge_init: str | None = Field(None, description="cartridge: context, text or random")
+    trainable_bytes: int | None = Field(None, description="bytes of the trained parameters as kept (an adapter's or "
+                                        "a cartridge's size, to compare students)")
     lr: float | None = Field(None, description="the learning rate used (the policy's, else train.lr)")
     packed_batches: bool | None = Field(None, description="whether training batches were packed")
     train_examples: int | None = Field(None, description="training inputs")
@@ -50,7 +55,7 @@ class FineTuneMethod(Method):
     info = FineTuneInfo
 
     trains = True
-    trainable = ("full", "bitfit", "lora")
+    trainable = ("full", "bitfit", "lora", "cartridge")
 
     def build(self, ctx: RunContext) -> nn.Module:
         raise NotImplementedError
@@ -69,10 +74,12 @@ class FineTuneMethod(Method):
         with ctx.costs.phase("setup"):
             model = self.build(ctx)
             ctx.info.update(apply_policy(model, spec.trainable, lora=spec.lora, bitfit=spec.bitfit,
-                                         freeze_embeddings=settings.freeze_embeddings))
+                                         cartridge=spec.cartridge, freeze_embeddings=settings.freeze_embeddings))
+            if spec.trainable == "cartridge":
+                ctx.info.update(self._init_cartridge(ctx, model))
             model.to(ctx.loaded.device)
             check_master_weights(model)
-        policy_settings = {"lora": spec.lora, "bitfit": spec.bitfit}.get(spec.trainable)
+        policy_settings = {"lora": spec.lora, "bitfit": spec.bitfit, "cartridge": spec.cartridge}.get(spec.trainable)
         if policy_settings is not None and policy_settings.lr is not None:
             settings = settings.model_copy(update={"lr": policy_settings.lr})
         ctx.info["lr"] = settings.lr
@@ -99,6 +106,25 @@ class FineTuneMethod(Method):
             ctx.info["saved"] = save_adapted(model, spec.trainable, ctx.out_dir, ctx.loaded.tokenizer)
         stored = evaluator.points[chosen] if evaluator is not None else None
         return self.predictor(ctx, model, stored)
+
+    def context_ids(self, ctx: RunContext) -> list[int]:
+        """The tokens a cartridge starts from with ``cartridge.init: context``: by default the demonstrations
+        rendered as ICL's context (CD: its context, as the teacher read it)."""
+        return ctx.encoder.encode(ctx.encoder.context_text(ctx.sample))
+
+    def _init_cartridge(self, ctx: RunContext, model: nn.Module) -> dict:
+        """Start the KV prefix from a text's first tokens (``cartridge.init``), or leave PEFT's random one."""
+        settings, p = ctx.spec.cartridge, model.lm.active_peft_config.num_virtual_tokens
+        if settings.init == "random":
+            return {"cartridge_init": "random"}
+        if settings.init == "text" and not settings.init_text:
+            raise ConfigError("cartridge.init: text needs cartridge.init_text")
+        ids = self.context_ids(ctx) if settings.init == "context" else ctx.encoder.encode(settings.init_text)
+        if len(ids) < p:
+            raise ConfigError(f"cartridge.num_virtual_tokens: {p} is more than the {len(ids)} tokens of its "
+                              f"cartridge.init {settings.init!r}; use fewer tokens or init: random")
+        initialize_from_ids(model.lm, ids)
+        return {"cartridge_init": settings.init}
 
     @staticmethod
     def _fitting(ctx: RunContext, items: list[TrainItem]) -> list[TrainItem]:

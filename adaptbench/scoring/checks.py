@@ -4,7 +4,8 @@ A distilled persona, style or rule is kept only if the student's replies still b
 share cannot say so.  Each check is one test of a reply:
 
 - ``contains: TEXT`` / ``not_contains: TEXT``: a substring (``ignore_case: true`` to fold case);
-- ``regex: PATTERN``: :func:`re.search` finds it (compiled when the config loads);
+- ``regex: PATTERN`` / ``not_regex: PATTERN``: :func:`re.search` finds it / does not (compiled when the
+  config loads);
 - ``lowercase: true``: no upper-case letter;
 - ``max_words: N``: at most N whitespace-separated words;
 - ``call: module.function`` (or ``module:function``): any Python predicate ``f(reply: str) -> bool``,
@@ -25,7 +26,10 @@ from pydantic import Field, PositiveInt, model_validator
 from ..config.settings import Strict
 from ..errors import ConfigError, DataError
 
-KINDS = ("contains", "not_contains", "regex", "lowercase", "max_words", "call")
+KINDS = ("contains", "not_contains", "regex", "not_regex", "lowercase", "max_words", "call")
+
+
+FOLDING = ("contains", "not_contains", "regex", "not_regex")  # kinds that ignore_case applies to
 
 
 class Check(Strict):
@@ -34,10 +38,11 @@ class Check(Strict):
     contains: str | None = Field(None, description="the reply contains this text")
     not_contains: str | None = Field(None, description="the reply does not contain this text")
     regex: str | None = Field(None, description="re.search finds this pattern in the reply")
+    not_regex: str | None = Field(None, description="re.search does not find this pattern in the reply")
     lowercase: Literal[True] | None = Field(None, description="true: the reply has no upper-case letter")
     max_words: PositiveInt | None = Field(None, description="the reply has at most this many words")
     call: str | None = Field(None, description="module.function (or module:function): f(reply: str) -> bool")
-    ignore_case: bool = Field(False, description="contains / not_contains / regex: ignore case")
+    ignore_case: bool = Field(False, description="contains / not_contains / regex / not_regex: ignore case")
     name: str | None = Field(None, description="its label in the record and tables (default: the check written out)")
 
     @model_validator(mode="after")
@@ -46,13 +51,14 @@ class Check(Strict):
         if len(kinds) != 1:
             raise ValueError(f"a check has exactly one of {', '.join(KINDS)}; this one has "
                              f"{', '.join(kinds) if kinds else 'none'}")
-        if self.regex is not None:
+        pattern = self.regex if self.regex is not None else self.not_regex
+        if pattern is not None:
             try:
-                re.compile(self.regex)
+                re.compile(pattern)
             except re.error as e:
-                raise ValueError(f"regex {self.regex!r} does not compile: {e}") from None
-        if self.ignore_case and kinds[0] not in ("contains", "not_contains", "regex"):
-            raise ValueError(f"ignore_case applies to contains, not_contains and regex, not to {kinds[0]}")
+                raise ValueError(f"{kinds[0]} {pattern!r} does not compile: {e}") from None
+        if self.ignore_case and kinds[0] not in FOLDING:
+            raise ValueError(f"ignore_case applies to {', '.join(FOLDING)}, not to {kinds[0]}")
         return self
 
     @property
@@ -106,8 +112,9 @@ class Judge:
             return fold(c.contains) in fold(reply)
         if c.not_contains is not None:
             return fold(c.not_contains) not in fold(reply)
-        if c.regex is not None:
-            return re.search(c.regex, reply, re.IGNORECASE if c.ignore_case else 0) is not None
+        if c.regex is not None or c.not_regex is not None:
+            found = re.search(c.regex or c.not_regex, reply, re.IGNORECASE if c.ignore_case else 0) is not None
+            return found if c.regex is not None else not found
         if c.lowercase:
             return reply == reply.lower()
         if c.max_words is not None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from ..models.capabilities import local_capabilities
+from ..models.cartridge import is_cartridge
 
 
 def pack(seqs: Sequence[Sequence[int]], pad_id: int, mask_dtype: torch.dtype | None = None) -> dict:
@@ -69,6 +70,8 @@ def packing_unsupported(lm: torch.nn.Module) -> str | None:
     """Why this model's training batches cannot be packed, or None.  Packing works for every causal
     architecture that takes 4D masks and position ids (flash-attention-2 takes no 4D mask), as its
     capabilities say -- and, checked here once, gives packed rows the hidden states of padded ones."""
+    if is_cartridge(lm):
+        return "a cartridge student reads after its KV prefix; its batches are padded (packed 4D masks are not widened)"
     why_not = local_capabilities(lm.config).packing
     if why_not:
         return why_not

@@ -1,4 +1,4 @@
-"""Which parameters a fine-tuning method trains: full, head, bitfit, lora (+ freeze_embeddings).
+"""Which parameters a fine-tuning method trains: full, head, bitfit, lora, cartridge (+ freeze_embeddings).
 
 Policies act on a task model (``.lm``: the causal LM; ``.head``: a new classification head, or None)
 and report the trainable and total parameter counts measured from the model afterwards.
@@ -9,6 +9,8 @@ embeddings).  Models without biases (Llama, T5) get zero-initialised biases on t
 projections only when ``bitfit.add_biases`` asks for it, and the record says so.
 LoRA (Hu et al., 2022) goes through ``peft``; target modules default to peft's per-architecture
 choice (attention query/value projections: ``q_proj``/``v_proj``, T5's ``q``/``v``).
+A cartridge (Eyuboglu et al., 2025) is a trained KV prefix through peft's ``CartridgeConfig``
+(:mod:`adaptbench.models.cartridge`); the method initialises it (from its context's first tokens by default).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import warnings
 
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt
+from typing import Literal
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import nn
 
 from ..config.blocks import Policy, register_policy
@@ -38,6 +42,19 @@ class BitfitSettings(Strict):
     lr: PositiveFloat | None = Field(None, description="learning rate for BitFit runs; default: train.lr")
     add_biases: bool = Field(False, description="for models without bias terms (Llama): add zero-initialised "
                                                 "biases to the attention and MLP projections and train those")
+
+
+class CartridgeSettings(Strict):
+    lr: PositiveFloat | None = Field(None, description="learning rate for cartridge runs (a KV prefix wants a high "
+                                                       "one: the paper uses 2e-2); default: train.lr")
+    num_virtual_tokens: PositiveInt = Field(64, description="positions of the trained KV prefix (its bytes: "
+                                            "tokens x layers x 2 x kv heads x head dim x 4 in float32)")
+    init: Literal["context", "text", "random"] = Field(
+        "context", description="context: the KV cache of the context's first tokens (as the teacher reads them; "
+                               "for pbft the demonstrations); text: of cartridge.init_text; random: PEFT's normal init")
+    init_text: str | None = Field(None, description="init: text: the text whose first tokens' KV cache starts it")
+    num_frozen_tokens: NonNegativeInt = Field(1, description="first prefix positions kept frozen (an attention "
+                                              "sink, the paper's and PEFT's default)")
 
 
 # Projections that get a zero bias under bitfit.add_biases: Llama/Mistral/Qwen naming, then T5's
@@ -86,7 +103,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def apply_policy(model: nn.Module, policy: str, *, lora: LoraSettings | None = None,
-                 bitfit: BitfitSettings | None = None, freeze_embeddings: bool = False) -> dict:
+                 bitfit: BitfitSettings | None = None, cartridge: CartridgeSettings | None = None,
+                 freeze_embeddings: bool = False) -> dict:
     """Set ``requires_grad`` on ``model`` (a task model with ``.lm`` and ``.head``); returns what was done."""
     info: dict = {"policy": policy}
     for p in model.parameters():
@@ -110,6 +128,9 @@ def apply_policy(model: nn.Module, policy: str, *, lora: LoraSettings | None = N
     elif policy == "lora":
         model.lm = _wrap_lora(model.lm, lora or LoraSettings())
         info["lora_target_modules"] = sorted(model.lm.peft_config["default"].target_modules)
+    elif policy == "cartridge":
+        model.lm = _wrap_cartridge(model.lm, cartridge or CartridgeSettings())
+        info["num_virtual_tokens"] = model.lm.active_peft_config.num_virtual_tokens
     elif policy != "head":
         raise ConfigError(f"unknown trainable policy {policy!r}")
     if head is not None:
@@ -118,6 +139,9 @@ def apply_policy(model: nn.Module, policy: str, *, lora: LoraSettings | None = N
     elif policy == "head":
         raise ConfigError("trainable: head trains only a classification head, and this method has none")
     info["trainable_params"], info["total_params"] = count_parameters(model)
+    kept = (model.lm.prompt_encoder.parameters() if policy == "cartridge"  # its frozen sink positions too
+            else (p for p in model.parameters() if p.requires_grad))
+    info["trainable_bytes"] = sum(p.numel() * p.element_size() for p in kept)
     return info
 
 
@@ -134,9 +158,28 @@ def _wrap_lora(lm: nn.Module, settings: LoraSettings) -> nn.Module:
         raise ConfigError(f"lora: {e}".splitlines()[0] + " -- set lora.target_modules") from None
 
 
+def _wrap_cartridge(lm: nn.Module, settings: CartridgeSettings) -> nn.Module:
+    from peft import CartridgeConfig, get_peft_model
+
+    window = getattr(lm.config, "max_position_embeddings", None)
+    if window is not None and settings.num_virtual_tokens >= window:
+        raise ConfigError(f"cartridge.num_virtual_tokens: {settings.num_virtual_tokens} is not below the model's "
+                          f"window of {window} tokens")
+    if settings.num_frozen_tokens > settings.num_virtual_tokens:
+        raise ConfigError(f"cartridge.num_frozen_tokens: {settings.num_frozen_tokens} is more than "
+                          f"num_virtual_tokens ({settings.num_virtual_tokens})")
+    config = CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=settings.num_virtual_tokens,
+                             num_frozen_tokens=settings.num_frozen_tokens)
+    with warnings.catch_warnings():  # as for LoRA: peft calls a transformers API deprecated in 5.x
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(lm, config)
+
+
 for _policy in (Policy("full", "every parameter of the LM (embeddings too, unless train.freeze_embeddings)"),
                 Policy("head", "only a new classification head (vanilla)"),
                 Policy("bitfit", "bias terms only (Ben Zaken et al., 2022); bitfit.add_biases for models without",
                        BitfitSettings),
-                Policy("lora", "low-rank adapters through peft (Hu et al., 2022)", LoraSettings)):
+                Policy("lora", "low-rank adapters through peft (Hu et al., 2022)", LoraSettings),
+                Policy("cartridge", "a trained KV prefix through peft's CartridgeConfig (Eyuboglu et al., 2025)",
+                       CartridgeSettings)):
     register_policy(_policy)

@@ -1,6 +1,6 @@
 """Saving adapted weights in the formats people load them with.
 
-lora: the PEFT adapter folder (``PeftModel.from_pretrained(base, path)``); bitfit: a small safetensors
+lora, cartridge: the PEFT adapter folder (``PeftModel.from_pretrained(base, path)``); bitfit: a small safetensors
 file of the trained biases; full: ``save_pretrained`` of the whole model and tokenizer; a vanilla
 classification head: its own safetensors file.
 """
@@ -20,9 +20,9 @@ def save_adapted(model: nn.Module, policy: str, run_dir: str, tokenizer) -> dict
     folder = os.path.join(run_dir, "weights")
     os.makedirs(folder, exist_ok=True)
     saved = {}
-    if policy == "lora":
+    if policy in ("lora", "cartridge"):
         model.lm.save_pretrained(os.path.join(folder, "adapter"))
-        saved["lora_adapter"] = os.path.join(folder, "adapter")
+        saved[f"{policy}_adapter"] = os.path.join(folder, "adapter")
     elif policy == "bitfit":
         biases = {n: p.detach().contiguous().cpu() for n, p in model.lm.named_parameters() if p.requires_grad}
         path = os.path.join(folder, "bitfit_biases.safetensors")

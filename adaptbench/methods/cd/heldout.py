@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ...models.cartridge import generate as cartridge_generate, is_cartridge
+from ...models.interface import lm_parts
 from ...models.parts import LMParts, vocab_logits
 from ...scoring.core import sequence_hidden
 from .sequence import CHUNK
@@ -105,7 +107,10 @@ def recovered(base: dict[str, dict], student: dict[str, dict], reply_about: dict
 
 
 def greedy(model, tokenizer, ids: list[int], max_new_tokens: int) -> str:
-    """Greedy continuation of ``ids`` by a causal LM (or a peft wrapper), decoded."""
+    """Greedy continuation of ``ids`` by a causal LM (or a peft wrapper, a cartridge), decoded."""
+    if is_cartridge(model):
+        return tokenizer.decode(cartridge_generate(model, tokenizer, ids, max_new_tokens, lm_parts(model).cache_kwarg),
+                                skip_special_tokens=True)
     device = next(model.parameters()).device
     with torch.inference_mode():
         out = model.generate(input_ids=torch.tensor([ids], device=device), attention_mask=torch.ones(

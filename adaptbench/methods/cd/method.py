@@ -40,7 +40,7 @@ from ..finetune import FineTunedPredictor, FineTuneMethod
 from ..pbft import VerbalizerModel
 from .context import CODE_PREFIX, check_inputs
 from .info import CDInfo
-from .labels import FULL, Teacher, check_same_tokenizer
+from .labels import FULL, Teacher, check_same_tokenizer, teacher_texts
 from .sequence_run import SequenceDistillation, check_causal
 from .settings import SELF_STUDY, CDSettings
 
@@ -107,6 +107,13 @@ class ContextDistillation(FineTuneMethod):
             return self.sequence.build(ctx)
         return VerbalizerModel(ctx.loaded.model, ctx.encoder.label_token_ids,
                                vocab_in_training=ctx.spec.cd.target == "vocab")
+
+    def context_ids(self, ctx: RunContext) -> list[int]:
+        """A cartridge starts from the context as the teacher read it (sequence targets: the tokens every
+        reading shared; answer-position targets: the whole context)."""
+        if self.sequence is not None and self.sequence.prefix:
+            return self.sequence.prefix
+        return ctx.encoder.encode(teacher_texts(ctx, 0, 0, ctx.loaded.tokenizer)[0][FULL])
 
     def items(self, ctx: RunContext) -> list[TrainItem]:
         """Distillation inputs with their teacher distributions (cached), or with their index (online)."""
