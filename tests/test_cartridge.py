@@ -101,3 +101,16 @@ def test_a_saved_cartridge_loads_back(tmp_path, data_dir, sharp_llama):  # noqa:
         mine = lm_parts(model).backbone(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state
         theirs = model(input_ids=x, attention_mask=torch.ones_like(x), output_hidden_states=True).hidden_states[-1]
     assert torch.allclose(mine, theirs, atol=1e-5)
+
+
+def test_pbft_with_a_cartridge_starts_from_the_demonstrations(tmp_path, data_dir, tiny_models):
+    """A cartridge for PBFT: initialised from the 8-shot sample rendered as ICL's context, it starts as ICL."""
+    from .test_finetune import _ft_config
+
+    config = _ft_config(tiny_models["llama"], "trainable: cartridge\ncartridge: {num_virtual_tokens: 16}\n")
+    result = _run(tmp_path, data_dir, config)
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    assert rec["status"] == "ok", rec.get("reason")
+    info = rec["method_info"]
+    assert info["cartridge_init"] == "context" and info["num_virtual_tokens"] == 16 and rec["metrics"]["rte"]["all"]["n"] == 10

