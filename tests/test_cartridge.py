@@ -81,6 +81,7 @@ def test_a_cartridge_student_distils_a_document(tmp_path, data_dir, sharp_llama)
     info = rec["method_info"]
     assert info["policy"] == "cartridge" and info["num_virtual_tokens"] == 8 and info["cartridge_init"] == "context"
     assert info["packed_batches"] is False and "cartridge" in info["capabilities_off"]["packing"]
+    assert "own trained KV prefix" in info["capabilities_off"]["prefix_cache"]
     held = info["heldout"]
     assert held["kl_student"] < held["kl_base"] and info["train_losses"][-1] < info["train_losses"][0]
     assert set(info["generations"][0]) == {"input", "base", "teacher", "student"}

@@ -49,6 +49,11 @@ class FineTuneInfo(MethodInfo):
     saved: dict | None = Field(None, description="train.save: where the adapted weights are")
 
 
+#: What a cartridge student does not do: it reads after its own KV prefix, never after another cached context.
+CARTRIDGE_OFF = {name: "a cartridge student reads after its own trained KV prefix, not after a cached context"
+                 for name in ("prefix_cache", "shared_prefix")}
+
+
 class FineTuneMethod(Method):
     """Subclasses say how the task model is built and what the training targets and loss are."""
 
@@ -86,7 +91,8 @@ class FineTuneMethod(Method):
         evaluator = Evaluator(ctx, model) if settings.eval_every != "end" else None
         why_not = packing_unsupported(model.lm)
         packed = ctx.info["packed_batches"] = why_not is None
-        ctx.info["capabilities_off"] = {**ctx.loaded.capabilities.off(), **({"packing": why_not} if why_not else {})}
+        ctx.info["capabilities_off"] = {**ctx.loaded.capabilities.off(), **({"packing": why_not} if why_not else {}),
+                                        **(CARTRIDGE_OFF if spec.trainable == "cartridge" else {})}
         with ctx.costs.phase("train") as phase:
             log = train(model, items, settings, loss_fn=self.loss, pad_id=ctx.loaded.tokenizer.pad_token_id,
                         seed=spec.train_seed, device=ctx.loaded.device, evaluate=evaluator, progress=ctx.progress,

@@ -115,12 +115,11 @@ class SequenceDistillation:
                              f"(a request is the first non-empty line it writes); nothing to distil or measure")
         ctx.info["self_study"] = {**how.model_dump(), "requests": len(train), "held_out_requests": len(held),
                                   "file": save_requests(ctx.out_dir, train, held)}
-        held_texts = [r["text"] for r in held]
-        answers = groups = None
+        held_texts, answers, groups = [r["text"] for r in held], None, None
         if source.kind == "niah":  # the needle questions, asked as the requests are
             found = niah_inputs(ctx.spec, ctx.config_dir)
-            held_texts, answers, groups = [n.ask for n in niah_setup(ctx.spec, ctx.config_dir)[1]], found.answers, \
-                found.groups
+            held_texts = [n.ask for n in niah_setup(ctx.spec, ctx.config_dir)[1]]
+            answers, groups = found.answers, found.groups
         self.held_answers, self.held_groups = answers, groups
         if ReplyJudging.wanted(settings, answers):
             plain = not getattr(tok, "chat_template", None)
