@@ -68,12 +68,13 @@ def test_bad_cartridge_settings_are_clear(tiny_models):
 
 
 def test_a_cartridge_student_distils_a_document(tmp_path, data_dir, sharp_llama):  # noqa: F811
-    """cd with trainable: cartridge: initialised from the context, trained on the KL, judged and measured on
-    held-out inputs; saved as a PEFT adapter that PeftModel loads back to the same forward."""
+    """cd with trainable: cartridge: initialised from the context, trained on the KL, measured on held-out
+    inputs; saved as a PEFT adapter that PeftModel loads back to the same forward."""
     _files(tmp_path)
     cd = "context: 'file:context.txt', inputs: inputs.jsonl, held_out: 3, max_new_tokens: 4, generations: 1"
     config = _config(sharp_llama, cd).replace("trainable: full", "trainable: cartridge").replace(
-        "max_steps: 40", "max_steps: 15") + "cartridge: {num_virtual_tokens: 8, lr: 0.05}\n"
+        "max_steps: 40", "max_steps: 15").replace("train: {", "train: {save: true, ") + \
+        "cartridge: {num_virtual_tokens: 8, lr: 0.05}\n"
     result = _run(tmp_path, data_dir, config)
     assert result.exit_code == 0, result.output
     [rec] = _records(tmp_path)
@@ -85,23 +86,14 @@ def test_a_cartridge_student_distils_a_document(tmp_path, data_dir, sharp_llama)
     held = info["heldout"]
     assert held["kl_student"] < held["kl_base"] and info["train_losses"][-1] < info["train_losses"][0]
     assert set(info["generations"][0]) == {"input", "base", "teacher", "student"}
-
-
-def test_a_saved_cartridge_loads_back(tmp_path, data_dir, sharp_llama):  # noqa: F811
-    _files(tmp_path)
-    cd = "context: 'file:context.txt', inputs: inputs.jsonl, held_out: 3, max_new_tokens: 2, generations: 0"
-    config = _config(sharp_llama, cd).replace("trainable: full", "trainable: cartridge").replace(
-        "max_steps: 40", "max_steps: 2").replace("train: {", "train: {save: true, ") + "cartridge: {num_virtual_tokens: 4}\n"
-    assert _run(tmp_path, data_dir, config).exit_code == 0
-    [rec] = _records(tmp_path)
-    folder = rec["method_info"]["saved"]["cartridge_adapter"]
-    loaded = load_model(sharp_llama)
-    model = PeftModel.from_pretrained(loaded.model, folder)
+    model = PeftModel.from_pretrained(load_model(sharp_llama).model, info["saved"]["cartridge_adapter"])
     x = torch.tensor([[5, 6, 7, 8]])
-    with torch.no_grad():
+    with torch.no_grad():  # what adaptbench computes is what PEFT's own forward computes with the saved adapter
         mine = lm_parts(model).backbone(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state
         theirs = model(input_ids=x, attention_mask=torch.ones_like(x), output_hidden_states=True).hidden_states[-1]
     assert torch.allclose(mine, theirs, atol=1e-5)
+
+
 
 
 def test_pbft_with_a_cartridge_starts_from_the_demonstrations(tmp_path, data_dir, tiny_models):
