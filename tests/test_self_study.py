@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -57,3 +58,17 @@ def test_a_file_alone_is_a_complete_distillation(tmp_path, data_dir, tiny_models
     assert info["generated_inputs"] >= 1 and info["distill_inputs"] == len(train) + info["generated_inputs"]
     assert info["judged"]["n"] == len(held)
     assert [g["input"] for g in info["judged"]["replies"]] == [f"User: {r['text']}\n\nAssistant:" for r in held]
+
+
+def test_requests_after_a_text_context_are_rendered_with_the_chat_template(tokenizer):
+    """A template that refuses an empty conversation (SmolLM2's does) renders the request turn whole."""
+    from adaptbench.data.contexts import ContextSource
+    from adaptbench.methods.cd.context import user_turn_texts
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = ("{% if not messages %}{{ raise_exception('empty conversation') }}{% endif %}"
+                         "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    assert user_turn_texts(ContextSource("file", "x.txt"), tok, ["What is it?"], template=True) == [
+        "<|user|>What is it?<|end|><|assistant|>"]
+    assert user_turn_texts(ContextSource("file", "x.txt"), tok, ["What is it?"]) == ["User: What is it?\n\nAssistant:"]

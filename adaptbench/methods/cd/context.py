@@ -61,7 +61,8 @@ def user_turn_texts(source: ContextSource, tokenizer, user_texts: list[str], tem
     :func:`plain_chat` renders.  ``template``: with the chat template after any context (self-study's requests)."""
     templated = (source.kind == "chat" or template) and getattr(tokenizer, "chat_template", None)
     turns = read_chat(source.path) if templated and source.kind == "chat" else []
-    before = tokenizer.apply_chat_template(turns, tokenize=False) if templated else ""
+    # many templates refuse an empty conversation: after a text context, the turn is rendered whole
+    before = tokenizer.apply_chat_template(turns, tokenize=False) if templated and turns else ""
     out = []
     for text in user_texts:
         turn = [{"role": "user", "content": text}]
