@@ -235,3 +235,12 @@ def test_completion_points_and_a_code_run(tmp_path, data_dir, tiny_models):
         values = [r["scores"][model]["edit_similarity"] for r in judged["replies"]]
         assert judged["answers"]["edit_similarity"][model]["value"] == pytest.approx(sum(values) / len(values))
     assert rec["spec"]["resolved"]["files"]["cd.inputs"] == hashlib.sha256((tmp_path / "lib.py").read_bytes()).hexdigest()
+
+
+def test_a_judged_reply_ends_before_the_next_turn():
+    from adaptbench.methods.cd.judge import ReplyJudging
+
+    plain = ReplyJudging(CDSettings(target="sequence"), None, None, plain_chat=True)
+    assert plain.stop == ["\nUser:"] and plain.cut(" Arr, matey.\nUser: and you?\nAssistant: x") == "Arr, matey."
+    text = ReplyJudging(CDSettings(target="sequence", reply_stop=["###", "\n\n"]), None, None, plain_chat=False)
+    assert text.tokens == 64 and text.cut("a b\n\nc ### d") == "a b" and text.cut("no stop ") == "no stop"
