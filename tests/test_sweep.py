@@ -83,3 +83,18 @@ def test_stale_temp_files_are_removed(tmp_path):
         path.write_text("{")
     assert records.remove_stale_temp_files(str(sweep)) == 2
     assert not dead.exists() and not reused.exists() and alive.exists() and elsewhere.exists()
+
+
+def test_a_claim_left_beside_a_finished_record_is_removed(tmp_path):
+    """A writer killed after writing a run's record but before releasing its claim leaves the claim; the next
+    sweep removes it when its owner is gone (a live owner's claim stays)."""
+    from adaptbench.sweep import claims
+
+    sweep = tmp_path / "s"
+    for run_id in ("dead", "alive"):
+        (sweep / "runs" / run_id).mkdir(parents=True)
+    (sweep / "runs" / "dead" / claims.CLAIM).write_text(json.dumps(
+        {"host": owners.host(), "pid": 999_999_999, "started": 1_700_000_000.0}) + "\n")
+    (sweep / "runs" / "alive" / claims.CLAIM).write_text(json.dumps(owners.me()) + "\n")
+    assert claims.remove_stale_claims(str(sweep), ["dead", "alive", "never-claimed"]) == 1
+    assert not (sweep / "runs" / "dead" / claims.CLAIM).exists() and (sweep / "runs" / "alive" / claims.CLAIM).exists()

@@ -82,6 +82,25 @@ def release(sweep_dir: str, run_id: str) -> None:
                 pass
 
 
+def remove_stale_claims(sweep_dir: str, run_ids: list[str]) -> int:
+    """Claims of finished runs left by a writer that died between writing the record and releasing the
+    claim (a kill in that instant): the run is done, so a claim whose owner is gone is removed."""
+    removed = 0
+    for run_id in run_ids:
+        path = claim_path(sweep_dir, run_id)
+        if not os.path.exists(path):
+            continue
+        with records.locked(sweep_dir):
+            holder = read_claim(path)
+            if holder is not None and is_stale(path, holder):
+                try:
+                    os.unlink(path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
 def _heartbeat(path: str, stop: threading.Event) -> None:
     me = owners.me()
     while not stop.wait(HEARTBEAT_S):

@@ -15,6 +15,7 @@ from .._util import distributed
 from ..errors import AdaptbenchError, ResultsWriteError
 from ..models.pool import ModelPool
 from ..store import records
+from . import claims
 from .execute import run_and_save
 from .plan import Plan, pending
 from .preflight import preflight
@@ -39,6 +40,7 @@ def run_sweep(plan: Plan, force: bool = False, retry_failed: bool = False, on_re
         try:
             os.makedirs(plan.sweep_dir, exist_ok=True)
             records.remove_stale_temp_files(plan.sweep_dir)
+            claims.remove_stale_claims(plan.sweep_dir, [r["run_id"] for r in done])
             records.rebuild_index(plan.sweep_dir)
         except OSError as e:  # read-only, a file in the way, no space: before any run, naming the folder
             raise ResultsWriteError(f"cannot write the results folder {plan.sweep_dir}: {e.strerror or e} "
