@@ -7,6 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .._util.secrets import redact
+from ..methods.cd.judge import ALL_CHECKS
 from ..store.record import RunRecord, SliceMetrics, load_record
 
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "red", "elsewhere": "dim"}
@@ -75,7 +76,7 @@ def _judged(rec: RunRecord) -> list[str]:
     if judged is None:
         return []
     out = []
-    for label, block in (("checks", (judged.checks or {}).get("all checks")),
+    for label, block in (("checks", (judged.checks or {}).get(ALL_CHECKS)),
                          ("exact match", (judged.answers or {}).get("exact_match"))):
         if block:
             out.append(label + " " + " ".join(f"{m} {block[m].k}/{block[m].n}" for m in ("student", "teacher", "base")

@@ -236,7 +236,8 @@ def load_results(path: str) -> pd.DataFrame:
     (adapt_seconds, eval_seconds -- evaluation points during training included --, run_seconds = their
     sum, total_seconds = with model loading,
     peak_memory_gib, trainable_params, total_params), for sequence distillation runs context_tokens and
-    the held-out measures (recovered, kl_student, kl_base, top1_agreement), the flattened spec (``spec.train.lr``, ...), eval_set, in_domain, slice, n, n_unscored (``all`` slice:
+    the held-out measures (recovered, kl_student, kl_base, top1_agreement; judged replies: judged_n,
+    checks_<model>, exact_match_<model>, f1_<model>, edit_similarity_<model> for base, teacher, student), the flattened spec (``spec.train.lr``, ...), eval_set, in_domain, slice, n, n_unscored (``all`` slice:
     examples left out of its metrics because they did not fit the window), accuracy, mcc, f1, ...
     Failed and skipped runs have one row with no eval set.
     """
