@@ -28,10 +28,13 @@ def niah_setup(spec: RunSpec, config_dir: str) -> tuple[str, list[Needle]]:
     return haystack_text(path), make_needles(niah.needles, niah.depths, niah.seed)
 
 
-def niah_inputs(spec: RunSpec, config_dir: str) -> InputSet:
-    """The needles' questions, their gold answers and each question's group (the needle's depth)."""
-    needles = niah_setup(spec, config_dir)[1]
-    return InputSet([n.question for n in needles], [[n.number] for n in needles], "qa",
+def niah_inputs(spec: RunSpec, as_turns: bool = False) -> InputSet:
+    """The needles' questions (as inputs read after the context, or -- ``as_turns`` -- as the plain question a
+    user turn asks), their gold answers and each question's group (the needle's depth).  The needles are
+    drawn from the settings alone: the haystack need not be read for them."""
+    niah = spec.cd.niah or NiahSettings()
+    needles = make_needles(niah.needles, niah.depths, niah.seed)
+    return InputSet([n.ask if as_turns else n.question for n in needles], [[n.number] for n in needles], "qa",
                     groups=[{"depth": n.depth} for n in needles])
 
 

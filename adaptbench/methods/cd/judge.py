@@ -93,7 +93,8 @@ class ReplyJudging:
                 row["gold"] = self.answers[i]
                 row["scores"] = {m: ss[i] for m, ss in scores.items()}
                 row.update(self.groups[i] if self.groups else {})
-            if self.groups and self._by_group(scores):
-                out["groups"] = self._by_group(scores)
+            by_group = self._by_group(scores) if self.groups else {}
+            if by_group:
+                out["groups"] = by_group
         out["replies"] = rows
         return out

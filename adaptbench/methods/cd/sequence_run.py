@@ -34,7 +34,7 @@ from .self_study import HELD_OUT_SEED, SelfStudySettings, held_out_count, save a
 from .settings import SELF_STUDY, CDSettings, GenerateSettings, ReplySettings
 from ...training.loop import TrainItem
 from ..base import RunContext
-from .context import context_text, input_set, niah_inputs, niah_setup, user_turn_texts
+from .context import context_text, input_set, niah_inputs, user_turn_texts
 from .heldout import HeldOut, compare, greedy, recovered
 from .judge import ReplyJudging
 from .labels import check_same_tokenizer
@@ -78,7 +78,7 @@ class SequenceDistillation:
         if settings.inputs == SELF_STUDY:
             return self._self_study(ctx, loaded, source)
         if settings.inputs is not None or source.kind == "niah":
-            found = niah_inputs(ctx.spec, ctx.config_dir) if source.kind == "niah" else input_set(ctx.spec, ctx.config_dir)
+            found = niah_inputs(ctx.spec) if source.kind == "niah" else input_set(ctx.spec, ctx.config_dir)
             texts = user_turn_texts(source, tokenizer, found.texts) if found.chat else found.texts
             train, held, split = split_inputs(texts, settings.held_out, ctx.spec.data_seed)
             ctx.info["split"] = split
@@ -117,9 +117,8 @@ class SequenceDistillation:
                                   "file": save_requests(ctx.out_dir, train, held)}
         held_texts, answers, groups = [r["text"] for r in held], None, None
         if source.kind == "niah":  # the needle questions, asked as the requests are
-            found = niah_inputs(ctx.spec, ctx.config_dir)
-            held_texts = [n.ask for n in niah_setup(ctx.spec, ctx.config_dir)[1]]
-            answers, groups = found.answers, found.groups
+            found = niah_inputs(ctx.spec, as_turns=True)
+            held_texts, answers, groups = found.texts, found.answers, found.groups
         self.held_answers, self.held_groups = answers, groups
         if ReplyJudging.wanted(settings, answers):
             plain = not getattr(tok, "chat_template", None)
