@@ -18,7 +18,8 @@ METRIC = "contains"
 
 
 def _cells(records) -> dict[str, dict[str, dict[tuple[int, float], list[int]]]]:
-    """model name -> panel (base, teacher, student (trainable)) -> (L, depth) -> [k, n], pooled over runs."""
+    """model name -> panel (base, teacher, student (trainable), each arm of cd.arms) -> (L, depth) -> [k, n],
+    pooled over runs."""
     out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: [0, 0])))
     for rec in records:
         info = rec.method_info
@@ -29,7 +30,7 @@ def _cells(records) -> dict[str, dict[str, dict[tuple[int, float], list[int]]]]:
         panels = {"base": "base", "teacher": "teacher", "student": f"student ({rec.spec.get('trainable') or '-'})"}
         for depth, metrics in judged.groups["depth"].items():
             for role, est in metrics[METRIC].items():
-                cell = out[model][panels[role]][(info.context_tokens, float(depth))]
+                cell = out[model][panels.get(role, role)][(info.context_tokens, float(depth))]
                 cell[0] += est.k or 0
                 cell[1] += est.n
     return out
@@ -59,6 +60,6 @@ def niah_heatmaps(records, out_dir: str) -> list[tuple[str, list[str]]]:
         fig.suptitle(f"{model}: needle in a haystack")
         caption = (f"{model}: share of held-out needle questions whose reply contains the gold answer, per context "
                    f"length and needle depth (k/n pooled over runs), for the base model without the context, the "
-                   f"teacher with it in the prompt, and each distilled student.")
+                   f"teacher with it in the prompt, each distilled student and each other option of cd.arms.")
         figures.append((caption, _save(fig, out_dir, _slug("niah", model))))
     return figures

@@ -28,11 +28,19 @@ def _cell(est) -> str:
     return f"{est.value:.2f} [{low:.2f}, {high:.2f}]{count}"
 
 
+def models(judged) -> list[str]:
+    """The base model, the teacher, the student, then the arms of ``cd.arms`` that replied, in record order."""
+    blocks = [per_model for block in (judged.checks, judged.answers) for per_model in (block or {}).values()]
+    arms = [m for per_model in blocks[:1] for m in per_model if m not in MODELS]
+    return [*MODELS, *arms]
+
+
 def shares_frame(judged) -> pd.DataFrame:
-    """One row per check (then ``all checks``) and per answer score; a column per model."""
-    rows = [{"measure": name, **{m: _cell(per_model.get(m)) for m in MODELS}}
+    """One row per check (then ``all checks``) and per answer score; a column per model (and arm)."""
+    names = models(judged)
+    rows = [{"measure": name, **{m: _cell(per_model.get(m)) for m in names}}
             for block in (judged.checks, judged.answers) for name, per_model in (block or {}).items()]
-    return pd.DataFrame(rows, columns=["measure", *MODELS])
+    return pd.DataFrame(rows, columns=["measure", *names])
 
 
 def _reply(row: dict, model: str) -> str:
@@ -43,7 +51,7 @@ def _reply(row: dict, model: str) -> str:
 def replies_frame(judged) -> pd.DataFrame:
     gold = any("gold" in r for r in judged.replies)
     return pd.DataFrame([{"input": r.get("input", ""), **({"gold": " | ".join(r.get("gold", []))} if gold else {}),
-                          **{m: _reply(r, m) for m in MODELS}} for r in judged.replies])
+                          **{m: _reply(r, m) for m in models(judged)}} for r in judged.replies])
 
 
 def judged_runs(records: list[RunRecord]) -> list[tuple[str, object]]:

@@ -62,9 +62,12 @@ class PrefixCache:
     """Keys/values of a prefix encoded once (batch 1), reusable for any number of query batches."""
 
     def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int,
-                 last_hidden: torch.Tensor | None = None, shared: bool = False):
+                 last_hidden: torch.Tensor | None = None, shared: bool = False, position: int | None = None):
         self.layers = layers
-        self.length = length
+        self.length = length  # cached positions (what a query's attention mask covers before its own tokens)
+        # the position of the token after the prefix: its length, or more when entries were evicted
+        # (a compressed cache, :mod:`.kv_press`, keeps the positions its keys were encoded at)
+        self.position = length if position is None else position
         self.last_hidden = last_hidden  # (hidden,): the final hidden state at the prefix's last token
         self.shared = shared  # queries attend to it through adaptbench.shared_prefix (else expanded per row)
 
@@ -149,8 +152,8 @@ def _hidden_states(parts: LMParts, seqs: Sequence[Sequence[int]], pad_id: int, p
     ids, mask = ids.to(parts.device), mask.to(parts.device)
     if prefix is None:
         return parts.backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state, mask
-    offset = prefix.length
-    full_mask = torch.cat([mask.new_ones(len(seqs), offset), mask], dim=1)
+    offset = prefix.position
+    full_mask = torch.cat([mask.new_ones(len(seqs), prefix.length), mask], dim=1)
     positions = torch.arange(offset, offset + ids.shape[1], device=parts.device).expand(len(seqs), -1)
     if prefix.shared:  # the batch's queries attend to the one copy of the prefix together
         cache = prefix.for_shared_batch(answers_only)

@@ -16,6 +16,7 @@ from transformers.cache_utils import DynamicCache
 
 from ...scoring.core import PrefixCache
 from ...models.interface import lm_parts
+from ...models.parts import vocab_logits
 
 
 def _cache_copy(cache: PrefixCache) -> DynamicCache:
@@ -51,4 +52,37 @@ def continuations(model, tokenizer, prefix_ids: list[int], suffixes: list[list[i
                 gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=limit,
                                      pad_token_id=tokenizer.pad_token_id, **how, **kwargs)
                 out.append(gen[0, ids.shape[1]:].tolist())
+    return out
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """The tokens that end a generation: the model's generation config's, else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+
+
+def greedy_after(parts, cache: PrefixCache | None, ids: list[int], limit: int, stop: set[int]) -> list[int]:
+    """Greedy continuation of ``ids`` read after ``cache`` (whose entries may have been evicted: positions go
+    on from :attr:`PrefixCache.position`), ending at a ``stop`` token (kept, as ``generate`` keeps it).  The
+    step ``generate`` takes, written out, because ``generate`` counts positions by the cache's length."""
+    past, position, out = DynamicCache(), 0, []
+    if cache is not None:
+        for i, (keys, values) in enumerate(cache.layers):
+            past.update(keys.clone(), values.clone(), i)
+        position = cache.position
+    seen, step = past.get_seq_length(), list(ids)
+    with torch.inference_mode():
+        for _ in range(limit):
+            x = torch.tensor([step], device=parts.device)
+            positions = torch.arange(position, position + len(step), device=parts.device)[None]
+            hidden = parts.backbone(input_ids=x, attention_mask=torch.ones(1, seen + len(step), dtype=torch.long,
+                                                                           device=parts.device),
+                                    position_ids=positions, use_cache=True, **{parts.cache_kwarg: past}
+                                    ).last_hidden_state[0, -1]
+            token = int(vocab_logits(parts, hidden[None]).argmax(-1))
+            out.append(token)
+            seen, position, step = seen + len(step), position + len(step), [token]
+            if token in stop:
+                break
     return out

@@ -67,11 +67,13 @@ def _model_rows(held: HeldOut, parts: LMParts, pad_id: int) -> list[torch.Tensor
     return [h[a:a + held.rows(i)] for i, (h, a) in enumerate(zip(hidden, held.first_row))]
 
 
-def compare(held: HeldOut, parts: LMParts, pad_id: int) -> dict[str, dict]:
+def compare(held: HeldOut, parts: LMParts, pad_id: int, rows: list[torch.Tensor] | None = None) -> dict[str, dict]:
     """Per measure (input, reply): mean per-position KL(teacher || model) and top-1 agreement of ``parts``
-    (a model without the context) with the teacher."""
+    (a model without the context, or ``rows``: its hidden states at the measured rows of another reading --
+    an arm's, :mod:`.arms`) with the teacher."""
     sums: dict[str, list] = {}
-    for i, (t_h, s_h) in enumerate(zip(held.teacher_hidden, _model_rows(held, parts, pad_id))):
+    model_rows = rows if rows is not None else _model_rows(held, parts, pad_id)
+    for i, (t_h, s_h) in enumerate(zip(held.teacher_hidden, model_rows)):
         kl_rows, agree_rows = [], []
         for start in range(0, len(t_h), CHUNK):
             with torch.inference_mode():

@@ -51,6 +51,18 @@ class PathCost(RecordPart):
     setup_seconds: float = Field(0.0, description="its one-off cost: none, the context's encoding, distillation")
     tokens_per_query: float | None = Field(None, description="tokens a query reads on this path")
     peak_memory_query_tokens: int | None = Field(None, description="tokens of the query the peak was measured on")
+    state_bytes: int | None = Field(None, description="bytes of the state the path keeps resident (a KV cache, "
+                                    "from its tensors' shapes; None: no tensor state)")
+
+
+class ArmMeasured(RecordPart):
+    """An arm of ``cd.arms`` on the held-out inputs: its settings, the tokens it reads, its distance to the teacher."""
+
+    kind: str = Field(description="truncate, rag or kv_compressed")
+    tokens_per_query: float | None = Field(None, description="mean tokens read per held-out input (a cache's included)")
+    heldout: HeldOut | None = Field(None, description="KL(teacher || arm) and the share of the context's effect "
+                                    "kept (kl_student, recovered: the arm's)")
+    settings: dict[str, Any] = Field(default_factory=dict, description="the arm's settings")
 
 
 class Estimate(RecordPart):
@@ -69,12 +81,15 @@ class Judged(RecordPart):
 
     reply_tokens: int | None = Field(None, description="greedy reply length at most (cd.reply_tokens)")
     stop: list[str] = Field(default_factory=list, description="a reply ends before the first of these")
+    reply_tokens_mean: dict[str, float] | None = Field(None, description="per model: the judged replies' mean "
+                                                       "length in tokens (the reply as cut, tokenized again)")
     n: int = Field(0, description="held-out inputs")
     groups: dict[str, dict[str, dict[str, dict[str, Estimate]]]] | None = Field(
         None, description="answers per group of inputs (a haystack's needle depth): {'depth': {'0.5': {metric: "
                           "{model: estimate}}}}")
     checks: dict[str, dict[str, Estimate]] | None = Field(None, description="per check label (and 'all checks'), "
-                                                          "per model (base, teacher, student): the pass rate")
+                                                          "per model (base, teacher, student, each arm): the pass "
+                                                          "rate")
     answer_kind: str | None = Field(None, description="qa (question files, niah) or code (next-line completion)")
     answers: dict[str, dict[str, Estimate]] | None = Field(None, description="per model: qa -- exact_match, contains "
                                                            "(shares), f1 (mean), SQuAD-normalised; code -- "
@@ -126,8 +141,12 @@ class CDInfo(FineTuneInfo):
     heldout_replies: list[str] | None = Field(None, description="the teacher's replies to the held-out inputs")
     generations: list[dict[str, str]] | None = Field(None, description="input, base, teacher, student side by side")
     judged: Judged | None = Field(None, description="cd.checks / a question file: the held-out replies judged")
-    query_costs: dict[str, PathCost] | None = Field(None, description="cd.query_costs: icl, icl_cached, distilled")
+    arms: dict[str, ArmMeasured] | None = Field(None, description="cd.arms: each arm on the held-out inputs")
+    query_costs: dict[str, PathCost] | None = Field(None, description="cd.query_costs: icl, icl_cached, distilled, "
+                                                    "and with cd.arms no_context and each arm")
     query_costs_inputs: str | None = Field(None, description="held_out or distilled: where the timed queries came from")
+    query_costs_queries: list[str] | None = Field(None, description="the timed queries, in the order every path "
+                                                  "answered them")
     query_costs_interleaved: list[list[str]] | None = Field(None, description="the paths that took turns, by group")
     query_costs_notes: list[str] | None = Field(None, description="what could not be measured, and why")
     break_even: dict[str, float | None] | None = Field(None, description="vs_icl, vs_icl_cached: queries from which "

@@ -40,6 +40,7 @@ class ReplyJudging:
         self.inputs: list[str] = []
         self.room: list[int] = []  # each input's reply tokens: reply_tokens, or what the windows leave
         self.replies: dict[str, list[str]] = {}
+        self.count_tokens = None  # text -> its tokens: the replies' mean length (what an API would bill)
 
     @staticmethod
     def wanted(settings: CDSettings, answers: list[list[str]] | None) -> bool:
@@ -80,7 +81,10 @@ class ReplyJudging:
         """``method_info.judged``: per check (and ``all checks``) and per answer score, each model's share with
         n and interval; the replies side by side."""
         out: dict = {"reply_tokens": self.tokens, "stop": self.stop, "n": len(self.inputs)}
-        rows = [{"input": x, **{m: self.replies[m][i] for m in MODELS if m in self.replies}}
+        if self.count_tokens is not None:
+            out["reply_tokens_mean"] = {m: sum(map(self.count_tokens, rs)) / max(len(rs), 1)
+                                        for m, rs in self.replies.items()}
+        rows = [{"input": x, **{m: replies[i] for m, replies in self.replies.items()}}
                 for i, x in enumerate(self.inputs)]
         if self.judge.checks:
             out["checks"], verdicts = self._checks()

@@ -79,6 +79,7 @@ class Query:
     suffix: list[int]
     own: list[int]
     n: int  # positions scoring needs: every own token and the one after it (len(own) + a start token)
+    text: str = ""  # the query as written (what an arm retrieves with)
 
 
 def answer(parts: LMParts, ids, n: int, pad_id: int, cache: PrefixCache | None = None) -> None:
@@ -165,6 +166,7 @@ class QueryCosts:
                 "peak_memory_bytes": memory[path.name], "resident_bytes": resident[path.name],
                 "setup_seconds": setups.get(path.name, path.setup_seconds),
                 "tokens_per_query": mean(path.tokens(q) for q in self.queries),
+                "state_bytes": getattr(states.get(path.name), "nbytes", None),
                 "peak_memory_query_tokens": path.tokens(longest)}
         self.groups.append([p.name for p in paths])
         return states
@@ -179,6 +181,7 @@ class QueryCosts:
         info["query_costs"] = self.paths
         if self.queries:
             info["query_costs_inputs"] = self.kind
+            info["query_costs_queries"] = [q.text for q in self.queries]  # every path answered these, in order
             info["query_costs_interleaved"] = self.groups
         if self.notes:
             info["query_costs_notes"] = self.notes

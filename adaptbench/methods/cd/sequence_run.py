@@ -35,11 +35,12 @@ from .settings import SELF_STUDY, CDSettings, GenerateSettings, ReplySettings
 from ...training.loop import TrainItem
 from ..base import RunContext
 from .context import context_text, input_set, niah_inputs, user_turn_texts
+from .arms import arm_costs, build_arms, measure_arm
 from .heldout import HeldOut, compare, greedy, recovered
 from .judge import ReplyJudging
 from .labels import check_same_tokenizer
 from .query_costs import DISTILL_PHASES, Query, QueryCosts, QueryPath, answer, cut_context
-from .generate import continuations
+from .generate import continuations, eos_ids
 from .sequence import HiddenTargets, SequenceStudent, answer_logits, frozen_head, predicted_hidden, read_ids, sequence_loss, teacher_targets
 
 HELD_OUT_FROM_EVAL_SET = 16  # task inputs: held-out inputs are the first queries of the in-domain eval set
@@ -65,6 +66,9 @@ class SequenceDistillation:
         self.judging: ReplyJudging | None = None  # cd.checks or a question file: the held-out replies judged
         self.held_answers: list[list[str]] | None = None  # a question file's held-out gold answers
         self.held_groups: list[dict] | None = None  # and their groups (a needle's depth)
+        self.arms: list = []  # cd.arms: other ways to answer the held-out queries (:mod:`.arms`)
+        self.texts: list[str] = []  # the distilled inputs, then the held-out ones, as the teacher read them
+        self.start_ids: list[int] = []  # the tokens a reading starts with (the student's too)
 
     def build(self, ctx: RunContext) -> nn.Module:
         self.student = SequenceStudent(ctx.loaded.model, ctx.encoder.label_token_ids)
@@ -144,11 +148,14 @@ class SequenceDistillation:
         settings, enc = self.settings, ctx.encoder
         source = parse_context_setting(settings.context, ctx.config_dir)
         text, about = context_text(source, ctx, loaded.tokenizer)
-        reads = enc.read_after(cut_context(enc, text, settings.context_tokens, source), texts + held_texts)
+        text = cut_context(enc, text, settings.context_tokens, source)
+        self.texts, self.start_ids = texts + held_texts, list(enc.start_ids)
+        reads = enc.read_after(text, self.texts)
         if len(reads.context_ids) >= loaded.window:
             raise RunSkipped(f"the context is {len(reads.context_ids)} tokens; the teacher's window is {loaded.window} "
                              f"tokens (no truncation is done)")
         self.prefix = reads.prefix
+        self.arms = build_arms(settings.arms or [], enc, text, self.prefix, loaded.window)
         parts, pad, first = lm_parts(loaded.model), loaded.tokenizer.pad_token_id, bool(enc.start_ids)
         fits = [i for i in range(len(reads.suffixes))
                 if reads.own(i) and len(reads.prefix) + len(reads.suffixes[i]) <= loaded.window]
@@ -193,7 +200,8 @@ class SequenceDistillation:
         encode = None if why_not else (lambda: PrefixCache.encode(parts, self.prefix))
         if self.settings.query_costs:
             first = bool(ctx.encoder.start_ids)
-            query = [Query(reads.suffixes[i], reads.own(i), len(reads.own(i)) + first) for i in held + keep]
+            query = [Query(reads.suffixes[i], reads.own(i), len(reads.own(i)) + first, self.texts[i])
+                     for i in held + keep]
             self.meter = QueryCosts(ctx, self.settings.query_costs)
             self.meter.choose(query[:len(held)], query[len(held):])
             self.together = self.settings.teacher is None and ctx.spec.trainable == "lora"
@@ -203,7 +211,8 @@ class SequenceDistillation:
         return encode() if encode else None
 
     def _icl_paths(self, parts, pad: int, why_not: str | None, view=nullcontext) -> list[QueryPath]:
-        """ICL re-reading the context with every query, and ICL with the shared prefix's KV cache."""
+        """ICL re-reading the context with every query, and ICL with the shared prefix's KV cache; with
+        ``cd.arms``, the model without the context and each arm (:func:`.arms.arm_costs`)."""
         prefix = self.prefix
         paths = [QueryPath(ICL, lambda q, _: answer(parts, prefix + q.suffix, q.n, pad), view=view,
                            tokens=lambda q: len(prefix) + len(q.suffix))]
@@ -213,6 +222,8 @@ class SequenceDistillation:
             paths.append(QueryPath(ICL_CACHED, lambda q, cache: answer(parts, q.suffix, q.n, pad, cache),
                                    setup=lambda: PrefixCache.encode(parts, prefix), view=view,
                                    tokens=lambda q: len(q.suffix)))
+        if self.arms:
+            paths += arm_costs(self.arms, parts, pad, self.start_ids, self.meter.queries, view)
         return paths
 
     def _continued(self, ctx: RunContext, loaded, cache, items: list) -> list:
@@ -246,7 +257,10 @@ class SequenceDistillation:
         self.held.base = compare(self.held, lm_parts(base_model), pad)
         if self.judging is not None:
             self.judging.inputs = self.held.texts
+            tokenizer = loaded.tokenizer  # not the teacher: it is freed before the student trains
+            self.judging.count_tokens = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
             self._judged_replies("base", base_model, loaded.tokenizer)
+        self._arms_measured(ctx, loaded, parts, [self.texts[i] for i in held], suffixes, [reads.starts[i] for i in held])
         n = min(self.settings.generations, len(held))
         tok, new = loaded.tokenizer, self.settings.max_new_tokens
         greedy_replies = self._reply_settings() is not None and not self._reply_settings().sample
@@ -256,6 +270,24 @@ class SequenceDistillation:
         self.held.generations = [{"input": self.held.texts[i], "base": greedy(base_model, tok, enc.start_ids + own[i],
                                                                               new), "teacher": teacher[i]}
                                  for i in range(n)]
+
+    def _arms_measured(self, ctx: RunContext, loaded, parts, texts, suffixes, starts) -> None:
+        """Each arm's distance to the teacher on the held-out inputs (``method_info.arms``) and, where replies
+        are judged, its replies beside the other models'."""
+        if not self.arms:
+            return
+        pad, tok, first = loaded.tokenizer.pad_token_id, loaded.tokenizer, len(self.start_ids) > 0
+        rooms = self.judging.room if self.judging is not None else None
+        out = {}
+        for arm in self.arms:
+            rows, replies, tokens = measure_arm(arm, parts, pad, self.held, texts, suffixes, starts, int(first),
+                                                rooms, eos_ids(loaded.model, tok))
+            out[arm.name] = {"kind": arm.settings.kind, "settings": arm.settings.model_dump(exclude={"kind", "name"}),
+                             "tokens_per_query": tokens,
+                             "heldout": recovered(self.held.base, compare(self.held, parts, pad, rows))}
+            if replies is not None:
+                self.judging.add(arm.name, [tok.decode(r, skip_special_tokens=True) for r in replies])
+        ctx.info["arms"] = out
 
     def _judged_replies(self, name: str, model, tokenizer) -> None:
         """A model without the context (the base, the student) writes its greedy reply to every held-out input."""

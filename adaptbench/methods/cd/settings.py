@@ -10,6 +10,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_va
 
 from ...config.settings import ModelSpec, Strict
 from ...scoring.checks import Check
+from .arms import Arm, arm_name
 from .self_study import SelfStudySettings
 
 SELF_STUDY = "self_study"  # cd.inputs: the model writes its own inputs about the context
@@ -130,6 +131,21 @@ class CDSettings(Strict):
                                                                  "with its prefix cache and the student; record "
                                                                  "per-query seconds, peak memory and break-even "
                                                                  "query counts (null or 0: off)")
+    arms: list[Arm] | None = Field(None, description="sequence targets, text context: other ways to answer the "
+                                   "held-out queries, measured beside ICL and the student -- truncate, rag (BM25 "
+                                   "chunks), kv_compressed (a pressed KV cache); each a block with its kind "
+                                   "(see the arms' settings)")
+
+    @model_validator(mode="after")
+    def _arms_are_named_apart(self):
+        names = [arm_name(a) for a in self.arms or []]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"cd.arms: two arms are named {twice[0]!r}; give each a name")
+        if self.arms and self.context == "demonstrations":
+            raise ValueError("cd.arms compare ways to use a text context: use cd.context: file:PATH, chat:PATH or "
+                             "niah")
+        return self
 
     @model_validator(mode="after")
     def _api_teacher_gives_labels(self):
@@ -183,4 +199,5 @@ class CDSettings(Strict):
 
 #: CD settings that only sequence targets read.
 SEQUENCE_ONLY = ("inputs", "held_out", "top_k", "store", "generate", "generations", "max_new_tokens", "context_tokens",
-                 "query_costs", "replies", "checks", "reply_tokens", "reply_stop", "niah", "self_study")
+                 "query_costs", "replies", "checks", "reply_tokens", "reply_stop", "niah", "self_study",
+                 "arms")
