@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import AdaptbenchError
+from ..measure.breakeven import QUERIES, TOLERANCE
 from .._util.secrets import redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -45,6 +46,13 @@ def _fail(e: AdaptbenchError) -> None:
     raise typer.Exit(2)
 
 
+# what the recommendation among a context's options (cd.arms) is made for; run and report take both
+Queries = Annotated[int, typer.Option(min=1, help="cd.arms: the queries you expect to answer with the context; the "
+                                                  "recommendation is the cheapest option over that many")]
+Tolerance = Annotated[float, typer.Option(min=0.0, help="cd.arms: how far below ICL's quality an option may be "
+                                                        "(0.05: five points of a share)")]
+
+
 @app.command()
 def run(
     config: Annotated[str, typer.Argument(help="sweep config (YAML)")],
@@ -68,12 +76,13 @@ def run(
     log_with: Annotated[Optional[list[str]], typer.Option(
         "--log-with", help="experiment tracker(s), through accelerate: tensorboard, mlflow, wandb, ... (repeat "
                            "or comma-separate); one tracker run per run, files under <results>/trackers/")] = None,
+    queries: Queries = QUERIES,
+    tolerance: Tolerance = TOLERANCE,
 ) -> None:
     """Run the runs of a sweep config; results go to <output_dir>/<name>/."""
     from .._util import distributed
     from ..sweep.plan import make_plan, pending
     from ..sweep.runner import run_sweep
-    from .console import run_line
 
     distributed.init()  # under accelerate launch / torchrun: join the process group
     _show_notices()
@@ -92,12 +101,9 @@ def run(
         err.print(f"[bold]{escape(plan.sweep.name)}[/]: {len(plan.runs)} runs, {len(done)} already done, "
                   f"{len(todo)} to run -> {escape(plan.sweep_dir)}")
 
-        def on_record(i, n, rec):
-            err.print(run_line(rec, i, n), highlight=False, soft_wrap=True)
-
         options = {"partition": partition, "gpus": gpus_per_run, "time_limit": time_limit,
                    "array_parallelism": array_parallelism, "wait": wait}
-        recs = run_sweep(plan, force, retry_failed, on_record, jobs=jobs, executor=executor, executor_options=options)
+        recs = run_sweep(plan, force, retry_failed, _print_run_line, jobs=jobs, executor=executor, executor_options=options)
         if executor == "slurm" and not wait:
             err.print(f"submitted; logs in {plan.sweep_dir}/jobs. Check with `adaptbench report {plan.sweep_dir}`, "
                       "or run the same command again: it submits only runs that are neither done nor in flight",
@@ -105,14 +111,27 @@ def run(
             return
     except AdaptbenchError as e:
         _fail(e)
-    _print_results(plan, recs)
+    _print_results(plan, recs, queries, tolerance)
 
 
-def _print_results(plan, recs: list[dict]) -> None:
-    """The sweep's table, what another writer still runs, what failed or was skipped; exit 1 on a failure."""
+def _print_run_line(i: int, n: int, rec: dict) -> None:
+    from .console import run_line
+
+    err.print(run_line(rec, i, n), highlight=False, soft_wrap=True)
+
+
+def _print_results(plan, recs: list[dict], queries: int, tolerance: float) -> None:
+    """The sweep's table, the recommendation among a context's options (cd.arms), what another writer still
+    runs, what failed or was skipped; exit 1 on a failure."""
+    from ..report.decision import decisions, lines, recommend
+    from ..store.results import read_results
     from .console import problems, run_table
 
     out.print(run_table(recs, title=f"{plan.sweep.name} ({plan.sweep_dir})", width=out.width))
+    found = decisions(read_results(plan.sweep_dir).records) if any(
+        (r.get("method_info") or {}).get("arms") for r in recs) else []
+    for line in lines([recommend(d, queries, tolerance) for d in found], queries, tolerance):
+        out.print(f"recommended: {line}", markup=False, highlight=False, soft_wrap=True)
     if len(recs) < len(plan.runs):
         err.print(f"{len(plan.runs) - len(recs)} runs are being run by another writer on this folder; their records "
                   f"appear there when it finishes them (`adaptbench report {plan.sweep_dir}` collects all)",
@@ -158,12 +177,22 @@ def _print_api_plan(plan, todo) -> None:
 def report(
     results_dir: Annotated[str, typer.Argument(help="a sweep's results folder (results/<name>) or a folder of them")],
     out_dir: Annotated[Optional[str], typer.Option("--out", help="where to write (default: RESULTS_DIR/report)")] = None,
+    queries: Queries = QUERIES,
+    tolerance: Tolerance = TOLERANCE,
+    price_prompt: Annotated[Optional[float], typer.Option(min=0.0, help="cd.arms: an API model's price per 1,000 "
+                                                                        "prompt tokens: the per-query price of the "
+                                                                        "options it could run")] = None,
+    price_completion: Annotated[float, typer.Option(min=0.0, help="its price per 1,000 completion tokens")] = 0.0,
+    cached_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="the share of the prompt price a cached "
+                                                                       "prompt token costs")] = 0.1,
 ) -> None:
     """Tables (Markdown, CSV), plots (PNG, SVG) and one offline HTML page from finished runs."""
+    from ..report.decision import Prices
     from ..report.pages import make_report
 
+    prices = None if price_prompt is None else Prices(price_prompt, price_completion, cached_share)
     try:
-        rep = make_report(results_dir, out_dir)
+        rep = make_report(results_dir, out_dir, queries, tolerance, prices)
     except AdaptbenchError as e:
         _fail(e)
     if rep.table.empty:
@@ -177,6 +206,8 @@ def report(
         for row in rep.table.itertuples(index=False):
             table.add_row(*[escape(str(v)) for v in row])
         out.print(table)
+    for line in rep.recommendations:
+        out.print(f"recommended: {line}", markup=False, highlight=False, soft_wrap=True)
     for line in rep.problems:
         err.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
     err.print(f"wrote {len(rep.files)} files to {rep.out_dir} (open {rep.out_dir}/report.html)", markup=False)

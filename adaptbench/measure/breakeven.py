@@ -23,6 +23,7 @@ ICL = "icl"
 ICL_CACHED = "icl_cached"
 DISTILLED = "distilled"
 ICL_PATHS = (ICL, ICL_CACHED)
+QUERIES, TOLERANCE = 1000, 0.05  # the defaults a recommendation among ways to use a context is made for
 
 
 @dataclass(frozen=True)

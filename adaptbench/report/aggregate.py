@@ -142,7 +142,7 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
 CostCurve = list[tuple[int, dict[str, PathCost]]]
 
 
-def _context_label(info) -> str:
+def context_label(info) -> str:
     """The context a curve is about: its file's name, or ``demonstrations``."""
     return os.path.basename(info.context_file) if info.context_file else (info.context or "")
 
@@ -154,7 +154,7 @@ def cost_curves(records: list) -> dict[tuple[str, str], CostCurve]:
     for rec in records:
         info = rec.method_info
         if rec.status == "ok" and getattr(info, "query_costs", None):
-            key = (rec.spec["model"]["name"], _context_label(info))
+            key = (rec.spec["model"]["name"], context_label(info))
             points[key][info.context_tokens].append(info.query_costs)
     return {key: [(length, _mean_paths(runs)) for length, runs in sorted(by_length.items())]
             for key, by_length in points.items()}

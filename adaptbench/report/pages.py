@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from . import plots
+from . import decision, decision_plots, plots
 from .aggregate import UNSCORED_NOTE, cost_curve_frame, cost_curves, display_cost_curve, display_frame, summarize
 from .heatmap import niah_heatmaps
 from .judged import html_parts as judged_html, judged_runs, markdown_lines as judged_markdown
@@ -34,11 +34,16 @@ class Report:
     cost_curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # display version; empty without query costs
     generations: list[tuple[str, str, list[dict]]] = field(default_factory=list)  # (run id, about, side by side)
     judged: list[tuple[str, object]] = field(default_factory=list)  # (run id, method_info.judged)
+    decision: pd.DataFrame = field(default_factory=pd.DataFrame)  # display version; empty without cd.arms
+    recommendations: list[str] = field(default_factory=list)  # one line per model, context and length
 
 
-def make_report(results_dir: str, out_dir: str | None = None) -> Report:
+def make_report(results_dir: str, out_dir: str | None = None, queries: int = decision.QUERIES,
+                tolerance: float = decision.TOLERANCE, prices: decision.Prices | None = None) -> Report:
     """Read every run under ``results_dir`` and write the report's files; a folder that is not there or holds
-    no sweep is an error (nothing is written), as is one the report cannot be written to."""
+    no sweep is an error (nothing is written), as is one the report cannot be written to.  ``queries`` and
+    ``tolerance``: what the recommendation among a context's options is made for (:mod:`.decision`); ``prices``:
+    an API model's, for the options it could run."""
     if not os.path.exists(results_dir):
         raise AdaptbenchError(f"{results_dir}: no such folder (a sweep's results folder, e.g. results/quickstart)")
     if not os.path.isdir(results_dir):
@@ -50,12 +55,12 @@ def make_report(results_dir: str, out_dir: str | None = None) -> Report:
     results = read_results(results_dir)
     out_dir = out_dir or os.path.join(results_dir, "report")
     try:
-        return _write_report(results, results_dir, out_dir)
+        return _write_report(results, results_dir, out_dir, (queries, tolerance, prices))
     except OSError as e:
         raise ResultsWriteError(f"cannot write the report to {out_dir}: {e.strerror or e}") from None
 
 
-def _write_report(results, results_dir: str, out_dir: str) -> Report:
+def _write_report(results, results_dir: str, out_dir: str, deciding: tuple) -> Report:
     os.makedirs(out_dir, exist_ok=True)
     df = to_frame(results.records)
     summary = summarize(df) if not df.empty else pd.DataFrame()
@@ -70,6 +75,14 @@ def _write_report(results, results_dir: str, out_dir: str) -> Report:
         report.cost_curve = display_cost_curve(curve_table)
         spreadsheet_safe(curve_table).to_csv(os.path.join(out_dir, "cost_curve.csv"), index=False)
         report.files.append(os.path.join(out_dir, "cost_curve.csv"))
+    found, (queries, tolerance, prices) = decision.decisions(results.records), deciding
+    if found:
+        table = decision.frame(found, prices)
+        report.decision = decision.display(table)
+        report.recommendations = decision.lines([decision.recommend(d, queries, tolerance) for d in found],
+                                                queries, tolerance)
+        spreadsheet_safe(table).to_csv(os.path.join(out_dir, "decision.csv"), index=False)
+        report.files.append(os.path.join(out_dir, "decision.csv"))
 
     csv_path, md_path = os.path.join(out_dir, "summary.csv"), os.path.join(out_dir, "summary.md")
     spreadsheet_safe(whole_numbers(summary)).to_csv(csv_path, index=False)
@@ -83,6 +96,7 @@ def _write_report(results, results_dir: str, out_dir: str) -> Report:
         figures += plots.accuracy_vs_cost(df, out_dir)
     figures += plots.learning_curves(results.records, out_dir)
     figures += plots.cost_curve(curves, out_dir)
+    figures += decision_plots.figures(found, out_dir)
     figures += niah_heatmaps(results.records, out_dir)
     for _, paths in figures:
         report.files += paths
@@ -150,9 +164,13 @@ def markdown(report: Report, results_dir: str) -> str:
              f"{report.n_records} runs; metrics are mean ± std over data seeds (n runs per row); costs are means "
              "per run (adapt s: context encoding, teacher scoring or training; eval s: all eval sets, evaluation "
              "points during training included).", ""]
+    if report.recommendations:
+        lines += ["## Recommendation", ""] + [f"- {line}" for line in report.recommendations] + [""]
     lines.append(report.table.to_markdown(index=False) if not report.table.empty else "_no finished runs_")
     if _has_unscored(report):
         lines += ["", UNSCORED_NOTE.replace("*", "\\*", 1)]
+    if not report.decision.empty:
+        lines += ["", f"## {decision.TITLE}", "", decision.NOTE, "", report.decision.to_markdown(index=False)]
     if not report.cost_curve.empty:
         lines += ["", f"## {COST_CURVE_TITLE}", "", COST_CURVE_NOTE, "", report.cost_curve.to_markdown(index=False)]
     if report.generations:
@@ -206,10 +224,16 @@ def html_page(report: Report, results_dir: str, figures: list[tuple[str, list[st
         f"<title>adaptbench report: {html.escape(results_dir)}</title>", f"<style>{CSS}</style></head><body>",
         f"<h1>adaptbench report</h1><p class=\"meta\">{html.escape(results_dir)}: {report.n_records} runs; "
         f"generated {now}. Metrics: mean ± std over data seeds; costs: means per run.</p>",
-        "<h2>Summary</h2>", table,
     ]
+    if report.recommendations:
+        parts += ["<h2>Recommendation</h2><ul>"] + [f"<li>{html.escape(x)}</li>" for x in report.recommendations] + [
+            "</ul>"]
+    parts += ["<h2>Summary</h2>", table]
     if _has_unscored(report):
         parts.append(f'<p class="meta">{html.escape(UNSCORED_NOTE)}</p>')
+    if not report.decision.empty:
+        parts += [f"<h2>{html.escape(decision.TITLE)}</h2>", f'<p class="meta">{html.escape(decision.NOTE)}</p>',
+                  report.decision.to_html(index=False, border=0, escape=True)]
     if not report.cost_curve.empty:
         parts += [f"<h2>{html.escape(COST_CURVE_TITLE)}</h2>", f'<p class="meta">{html.escape(COST_CURVE_NOTE)}</p>',
                   report.cost_curve.to_html(index=False, border=0, escape=True)]
