@@ -17,7 +17,8 @@ from .test_cost_curve import _config, _files
 from .test_run import _records, _run
 
 ARMS = ("[{kind: truncate, tokens: 16}, {kind: rag, chunk_tokens: 12, overlap: 2, k: 2}, "
-        "{kind: kv_compressed, compression_ratio: 0.5}, {kind: rag, name: rag_all, chunk_tokens: 12, overlap: 0, k: 1000}]")
+        "{kind: kv_compressed, compression_ratio: 0.5}, {kind: rag, name: rag_all, chunk_tokens: 12, overlap: 0, k: 1000}, "
+        "{kind: kv_compressed, name: kv_4bit, compression_ratio: null, bits: 4}]")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def arms_run(tmp_path_factory, data_dir, tiny_models):
 def test_every_arm_is_measured_on_the_same_queries(arms_run):
     _, rec = arms_run
     info = rec["method_info"]
-    names = {"truncate", "rag", "kv_compressed", "rag_all"}
+    names = {"truncate", "rag", "kv_compressed", "rag_all", "kv_4bit"}
     assert set(info["arms"]) == names
     for name in names:
         held = info["arms"][name]["heldout"]
@@ -53,6 +54,7 @@ def test_every_arm_is_measured_on_the_same_queries(arms_run):
     assert info["arms"]["truncate"]["tokens_per_query"] < info["query_costs"]["icl"]["tokens_per_query"]
     assert info["query_costs"]["kv_compressed"]["state_bytes"] * 2 == pytest.approx(
         info["query_costs"]["icl_cached"]["state_bytes"], rel=0.1)
+    assert info["query_costs"]["kv_4bit"]["state_bytes"] < info["query_costs"]["icl_cached"]["state_bytes"] / 3
 
 
 
@@ -64,7 +66,8 @@ def test_the_report_has_the_decision_table_figures_and_a_recommendation(arms_run
     folder, rec = arms_run
     rep = make_report(str(folder / "results" / "t"), queries=10, tolerance=1.0)
     table = pd.read_csv(rep.out_dir + "/decision.csv")
-    options = {"icl", "icl_cached", "no_context", "truncate", "rag", "rag_all", "kv_compressed", "distilled:lora"}
+    options = {"icl", "icl_cached", "no_context", "truncate", "rag", "rag_all", "kv_compressed", "kv_4bit",
+               "distilled:lora"}
     assert set(table["option"]) == options
     info = rec["method_info"]
     for _, row in table.iterrows():  # the record's measured numbers, nothing else
@@ -226,6 +229,7 @@ def test_bad_arm_settings_are_named(tmp_path, data_dir, tiny_models):
                                                           "compression_ratio"),
                           ("[{kind: rag}, {kind: rag, k: 8}]", "two arms are named 'rag'"),
                           ("[{kind: rag, chunk_tokens: 8}]", "overlap \\(16\\) must be less than chunk_tokens"),
+                          ("[{kind: kv_compressed, compression_ratio: null}]", "neither compresses"),
                           ("[{kind: summarize}]", "kind")):
         path = tmp_path / "sweep.yaml"
         path.write_text(_config(tiny_models["llama"], f"arms: {arms}"))
@@ -265,3 +269,43 @@ def test_an_option_that_scores_higher_than_the_cheapest_acceptable_one_is_named(
                                  "distilled__lora": (0.0, 1000.0, 0.05), "no_context": (0.0, 0.0, 0.04),
                                  "rag": (0.5, 1.0, 0.1)}), 100, 0.05)
     assert rec.choice.name == "no_context" and "; rag scores higher, 0.50 vs 0.00, at 11 s" in rec.reason
+
+
+def test_a_quantized_cache_is_its_dequantized_values_in_a_quarter_of_the_bytes_or_less(tiny_models):
+    """4-bit keys/values in groups of 64 with a float scale and shift: at most ~1/4 of float32's bytes plus the
+    scales; a query against it reads exactly the dequantized cache; the values stay close to the originals."""
+    from transformers import AutoModelForCausalLM
+
+    from adaptbench.scoring.kv_press import QuantizedPrefix, quantize
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    parts = lm_parts(model)
+    prefix, query = list(range(5, 133)), [50, 51, 52]
+    full = PrefixCache.encode(parts, prefix, shared=False)
+    packed = quantize(full, 4)
+    assert isinstance(packed, QuantizedPrefix) and packed.length == full.length == packed.position
+    assert packed.nbytes < full.nbytes / 4 + full.nbytes / 8  # int4 data + a scale and shift per 64 values
+    dense = PrefixCache(packed.dense_layers(), packed.length, shared=False)
+    for (k, v), (dk, dv) in zip(full.layers, dense.layers):
+        assert (dk - k).abs().max() <= 0.2 * k.abs().max() and (dv - v).abs().max() <= 0.2 * v.abs().max()
+        assert not torch.equal(dk, k)  # it was quantized
+    with torch.inference_mode():
+        got, expected = (sequence_hidden(parts, [query], 0, c)[0] for c in (packed, dense))
+    assert torch.equal(got, expected)
+    with pytest.raises(ConfigError, match="2 or 4 bits"):
+        quantize(full, 3)
+
+
+def test_students_of_one_kind_stay_apart_and_seeds_are_decided_apart(arms_run):
+    from adaptbench.report.decision import decisions
+    from adaptbench.store.results import read_results
+
+    folder, rec = arms_run
+    [record] = read_results(str(folder / "results" / "t")).records
+    twin = record.model_copy(update={"run_id": "f" * 16})
+    other_seed = record.model_copy(update={"run_id": "e" * 16, "spec": {**record.spec, "data_seed": 1}})
+    found = decisions([record, twin, other_seed])
+    assert [d.context for d in found] == ["context.txt (seed 0)", "context.txt (seed 1)"]
+    assert {n for n in found[0].options if n.startswith("distilled")} == {
+        f"distilled:lora:{record.run_id[:8]}", "distilled:lora:ffffffff"}
+    assert {n for n in found[1].options if n.startswith("distilled")} == {"distilled:lora"}

@@ -97,8 +97,9 @@ def _tokens(opt: Option, info, path: str, cost, model: str) -> None:
     opt.completion_tokens = (means or {}).get(model)
 
 
-def _options(rec: RunRecord, metric: tuple) -> dict[str, Option]:
-    """The options one run measured: quality from its judged replies (or KL), cost from its query costs."""
+def _options(rec: RunRecord, metric: tuple, tag: str | None = None) -> dict[str, Option]:
+    """The options one run measured: quality from its judged replies (or KL), cost from its query costs;
+    ``tag`` tells its student from another of the same kind."""
     info, (_, block, key) = rec.method_info, metric
     kl_student, kl_base, kept = _measure(info.heldout)
     arms = info.arms or {}
@@ -106,7 +107,7 @@ def _options(rec: RunRecord, metric: tuple) -> dict[str, Option]:
     kls.update({name: _measure(arm.heldout)[::2] for name, arm in arms.items()})
     out = {}
     for path, cost in (info.query_costs or {}).items():
-        name = f"{DISTILLED}:{rec.spec.get('trainable')}" if path == DISTILLED else path
+        name = f"{DISTILLED}:{rec.spec.get('trainable')}" + (f":{tag}" if tag else "") if path == DISTILLED else path
         kl, share = kls.get(path, (None, None))
         opt = Option(name, kl=kl, cost=PathCost(name, cost.setup_seconds, cost.per_query_seconds,
                                                 cost.peak_memory_bytes), state_bytes=cost.state_bytes,
@@ -138,16 +139,24 @@ def _averaged(runs: list[dict[str, Option]]) -> dict[str, Option]:
 
 
 def decisions(records: list[RunRecord]) -> list[Decision]:
-    """One :class:`Decision` per model, context and length among the finished runs that measured arms."""
+    """One :class:`Decision` per model, context, length and data seed (held-out queries of their own) among the
+    finished runs that measured arms; a student trained twice there (another lr, another seed) is named with
+    its run id."""
     groups: dict[tuple, list[RunRecord]] = defaultdict(list)
     for rec in records:
         info = rec.method_info
         if rec.status == "ok" and getattr(info, "arms", None) and getattr(info, "query_costs", None):
-            groups[(rec.spec["model"]["name"], context_label(info), info.context_tokens)].append(rec)
+            key = (rec.spec["model"]["name"], context_label(info), info.context_tokens, rec.spec.get("data_seed") or 0)
+            groups[key].append(rec)
+    seeds = {key[:3]: sum(k[:3] == key[:3] for k in groups) for key in groups}
     out = []
-    for (model, context, length), recs in sorted(groups.items()):
+    for (model, context, length, seed), recs in sorted(groups.items()):
         metric = _metric(recs[0].method_info)
-        out.append(Decision(model, context, length, metric[0], _averaged([_options(r, metric) for r in recs])))
+        trainables = [r.spec.get("trainable") for r in recs]
+        runs = [_options(r, metric, r.run_id[:8] if trainables.count(r.spec.get("trainable")) > 1 else None)
+                for r in recs]
+        label = f"{context} (seed {seed})" if seeds[(model, context, length)] > 1 else context
+        out.append(Decision(model, label, length, metric[0], _averaged(runs)))
     return out
 
 

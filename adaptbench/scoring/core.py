@@ -112,6 +112,10 @@ class PrefixCache:
     def for_batch(self, batch_size: int) -> Cache:
         return Cache(layers=[_PrefixLayer(k, v, batch_size) for k, v in self.layers])
 
+    def dense_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Its keys/values as plain tensors (a quantized cache's dequantized), e.g. to seed a generation."""
+        return self.layers
+
     def for_shared_batch(self, answers_only: bool = False) -> SharedPrefixCache:
         """The cache for :mod:`adaptbench.shared_prefix` attention: the prefix once, never expanded."""
         return SharedPrefixCache([SharedPrefixLayer(k, v) for k, v in self.layers], answers_only)

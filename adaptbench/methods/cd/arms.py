@@ -5,8 +5,8 @@ replies score, and what a query costs (:mod:`.query_costs`).
 - ``truncate``: the context cut to its first or last N tokens, re-read with every query;
 - ``rag``: the context in chunks of tokens, the top-k chunks for each query by BM25, in context order
   (:mod:`adaptbench.data.retrieval`), read with the query;
-- ``kv_compressed``: the context's KV cache compressed once by a query-agnostic press
-  (:mod:`adaptbench.scoring.kv_press`) and reused by every query.
+- ``kv_compressed``: the context's KV cache compressed once -- entries evicted by a query-agnostic press
+  and/or kept in 2 or 4 bits (:mod:`adaptbench.scoring.kv_press`) -- and reused by every query.
 
 Each arm reads a query the way the teacher does -- context and query as one text -- and its measured rows
 are the same as the teacher's: the query's own tokens (the teacher's) and the teacher's reply.
@@ -23,7 +23,7 @@ from ...config.settings import Strict
 from ...data.retrieval import Bm25Chunks, chunk_spans
 from ...errors import ConfigError
 from ...scoring.core import PrefixCache, sequence_hidden
-from ...scoring.kv_press import PRESSES, compress
+from ...scoring.kv_press import PRESSES, compress, quantize
 from .generate import greedy_after
 from .query_costs import QueryPath, answer
 
@@ -63,12 +63,22 @@ class KvCompressedArm(Strict):
 
     kind: Literal["kv_compressed"]
     name: str | None = Field(None, description="the arm's name in tables (default: its kind)")
-    compression_ratio: float = Field(0.5, gt=0.0, lt=1.0, description="share of the cached positions evicted "
-                                     "in every layer and head")
+    compression_ratio: float | None = Field(0.5, gt=0.0, lt=1.0, description="share of the cached positions "
+                                            "evicted in every layer and head (null: none)")
     press: Literal[PRESSES] = Field("knorm", description="knorm: keep the keys of lowest L2 norm (Devoto et al., "
                                     "2024); streaming: the first sink positions and the most recent (Xiao et "
                                     "al., 2024)")
     sink: NonNegativeInt = Field(4, description="streaming: first positions always kept")
+    bits: Literal[2, 4] | None = Field(None, description="keep the (kept) keys and values as 2- or 4-bit integers "
+                                       "(optimum-quanto, as transformers' QuantizedCache; pip install "
+                                       "'adaptbench[kv]'); null: float")
+    group_size: PositiveInt = Field(64, description="bits: values sharing one scale and shift")
+
+    @model_validator(mode="after")
+    def _compresses(self):
+        if self.compression_ratio is None and self.bits is None:
+            raise ValueError("set compression_ratio (evict), bits (quantize) or both: neither compresses the cache")
+        return self
 
 
 Arm = Annotated[Union[TruncateArm, RagArm, KvCompressedArm], Field(discriminator="kind")]
@@ -101,7 +111,7 @@ class TextArm:
         offsets = self.enc.tokenizer(self.context, add_special_tokens=False, return_offsets_mapping=True)[
             "offset_mapping"]
         n = len(offsets)
-        keep = settings.tokens if isinstance(settings.tokens, int) else round(settings.tokens * n)
+        keep = settings.tokens if isinstance(settings.tokens, int) else max(1, round(settings.tokens * n))
         if keep >= n:
             return self.context
         return self.context[:offsets[keep - 1][1]] if settings.keep == "first" else self.context[offsets[n - keep][0]:]
@@ -125,8 +135,10 @@ class CacheArm:
         self.cached, self.lead = prefix[:-1], prefix[-1:]
 
     def build(self, parts) -> PrefixCache:
-        s = self.settings
-        return compress(PrefixCache.encode(parts, self.cached, shared=False), s.compression_ratio, s.press, s.sink)
+        s, cache = self.settings, PrefixCache.encode(parts, self.cached, shared=False)
+        if s.compression_ratio is not None:
+            cache = compress(cache, s.compression_ratio, s.press, s.sink)
+        return cache if s.bits is None else quantize(cache, s.bits, s.group_size)
 
 
 def build_arms(settings: list, encoder, context: str, prefix: list[int], window: int) -> list:
@@ -141,7 +153,6 @@ def build_arms(settings: list, encoder, context: str, prefix: list[int], window:
         else:
             out.append(TextArm(arm, encoder, context, window))
     return out
-
 
 
 def _before(arm, parts, texts: list[str], suffixes: list[list[int]], starts: list[int]):

@@ -68,7 +68,7 @@ def greedy_after(parts, cache: PrefixCache | None, ids: list[int], limit: int, s
     step ``generate`` takes, written out, because ``generate`` counts positions by the cache's length."""
     past, position, out = DynamicCache(), 0, []
     if cache is not None:
-        for i, (keys, values) in enumerate(cache.layers):
+        for i, (keys, values) in enumerate(cache.dense_layers()):
             past.update(keys.clone(), values.clone(), i)
         position = cache.position
     seen, step = past.get_seq_length(), list(ids)
