@@ -22,7 +22,7 @@ from ...models.parts import vocab_logits
 def _cache_copy(cache: PrefixCache) -> DynamicCache:
     """A fresh DynamicCache holding the prefix (generation appends to it, the prefix stays reusable)."""
     out = DynamicCache()
-    for i, (keys, values) in enumerate(cache.layers):
+    for i, (keys, values) in enumerate(cache.dense_layers()):
         out.update(keys.clone(), values.clone(), i)
     return out
 
@@ -66,11 +66,8 @@ def greedy_after(parts, cache: PrefixCache | None, ids: list[int], limit: int, s
     """Greedy continuation of ``ids`` read after ``cache`` (whose entries may have been evicted: positions go
     on from :attr:`PrefixCache.position`), ending at a ``stop`` token (kept, as ``generate`` keeps it).  The
     step ``generate`` takes, written out, because ``generate`` counts positions by the cache's length."""
-    past, position, out = DynamicCache(), 0, []
-    if cache is not None:
-        for i, (keys, values) in enumerate(cache.dense_layers()):
-            past.update(keys.clone(), values.clone(), i)
-        position = cache.position
+    past = _cache_copy(cache) if cache is not None else DynamicCache()
+    position, out = cache.position if cache is not None else 0, []
     seen, step = past.get_seq_length(), list(ids)
     with torch.inference_mode():
         for _ in range(limit):
