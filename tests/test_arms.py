@@ -20,12 +20,15 @@ ARMS = ("[{kind: truncate, tokens: 16}, {kind: rag, chunk_tokens: 12, overlap: 2
         "{kind: kv_compressed, compression_ratio: 0.5}, {kind: rag, name: rag_all, chunk_tokens: 12, overlap: 0, k: 1000}, "
         "{kind: kv_compressed, name: kv_4bit, compression_ratio: null, bits: 4}]")
 
+SERVING_BUDGET = 64 * 2**30
+
 
 @pytest.fixture(scope="module")
 def arms_run(tmp_path_factory, data_dir, tiny_models):
     folder = tmp_path_factory.mktemp("arms")
     _files(folder)
-    cd = f"query_costs: 2, context_tokens: 48, arms: {ARMS}, checks: [{{max_words: 50}}], reply_tokens: 6"
+    cd = (f"query_costs: 2, context_tokens: 48, arms: {ARMS}, checks: [{{max_words: 50}}], reply_tokens: 6, "
+          f"serving: {{batch_sizes: [1, 3], repeats: 1, memory_budget: {SERVING_BUDGET}}}")
     result = _run(folder, data_dir, _config(tiny_models["llama"], cd))
     assert result.exit_code == 0, result.output
     [rec] = _records(folder)
@@ -309,3 +312,44 @@ def test_students_of_one_kind_stay_apart_and_seeds_are_decided_apart(arms_run):
     assert {n for n in found[0].options if n.startswith("distilled")} == {
         f"distilled:lora:{record.run_id[:8]}", "distilled:lora:ffffffff"}
     assert {n for n in found[1].options if n.startswith("distilled")} == {"distilled:lora"}
+
+
+def test_serving_is_measured_for_the_cache_the_arms_and_the_student(arms_run):
+    _, rec = arms_run
+    serving = rec["method_info"]["serving"]
+    assert serving["batch_sizes"] == [1, 3] and serving["threads"] >= 1 and serving["queries"] == 2
+    assert set(serving["paths"]) == {"icl_cached", "kv_compressed", "kv_4bit", "distilled:lora", "distilled:lora_merged"}
+    for name, regimes in serving["paths"].items():
+        assert set(regimes) == {"shared", "per_user"}
+        for regime, m in regimes.items():
+            sizes = ["1"] if (name, regime) == ("distilled:lora_merged", "per_user") else ["1", "3"]
+            assert list(m["batch"]) == sizes
+            assert all(b["queries_per_second"] > 0 and b["transient_bytes"] >= 0 for b in m["batch"].values())
+            assert m["within_budget"]["batch"] == int(sizes[-1])
+    icl = serving["paths"]["icl_cached"]["per_user"]
+    assert icl["users_built"] == 3 and icl["users_measured"] == 2
+    # shapes: the 4-bit cache holds well under the full cache's bytes; a merged model a whole model's
+    assert serving["paths"]["kv_4bit"]["per_user"]["per_user_bytes_shapes"] < icl["per_user_bytes_shapes"] / 3
+    merged = serving["paths"]["distilled:lora_merged"]["per_user"]
+    assert merged["per_user_bytes_shapes"] > 50 * serving["paths"]["distilled:lora"]["per_user"]["per_user_bytes_shapes"]
+    assert serving["paths"]["icl_cached"]["shared"]["within_budget"]["users"] is None
+    assert rec["costs"]["serving"]["seconds"] > 0
+
+
+def test_the_report_has_the_serving_table_and_its_ratios(arms_run):
+    import pandas as pd
+
+    from adaptbench.report.pages import make_report
+
+    folder, rec = arms_run
+    rep = make_report(str(folder / "results" / "t"), out_dir=str(folder / "serving-report"))
+    table = pd.read_csv(rep.out_dir + "/serving.csv")
+    assert len(table) == 10 and set(table["regime"]) == {"shared", "per_user"}
+    paths = rec["method_info"]["serving"]["paths"]
+    for _, row in table.iterrows():  # the record's measured numbers
+        m = paths[row["option"]][row["regime"]]
+        assert row["qps_batch_1"] == pytest.approx(m["batch"]["1"]["queries_per_second"])
+        assert row["per_user_bytes_measured"] == pytest.approx(m["per_user_bytes_measured"])
+    text = open(rep.out_dir + "/summary.md").read()
+    assert "## Serving many users" in text and "vs icl_cached per user" in text
+    assert "Serving many users" in open(rep.out_dir + "/report.html").read()

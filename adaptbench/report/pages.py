@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from . import decision, decision_plots, plots
+from . import decision, decision_plots, plots, serving
 from .aggregate import UNSCORED_NOTE, cost_curve_frame, cost_curves, display_cost_curve, display_frame, summarize
 from .heatmap import niah_heatmaps
 from .judged import html_parts as judged_html, judged_runs, markdown_lines as judged_markdown
@@ -36,6 +36,8 @@ class Report:
     judged: list[tuple[str, object]] = field(default_factory=list)  # (run id, method_info.judged)
     decision: pd.DataFrame = field(default_factory=pd.DataFrame)  # display version; empty without cd.arms
     recommendations: list[str] = field(default_factory=list)  # one line per model, context and length
+    serving: pd.DataFrame = field(default_factory=pd.DataFrame)  # display version; empty without cd.serving
+    serving_ratios: list[str] = field(default_factory=list)  # per run: each way against the cached context
 
 
 def make_report(results_dir: str, out_dir: str | None = None, queries: int = decision.QUERIES,
@@ -83,6 +85,11 @@ def _write_report(results, results_dir: str, out_dir: str, deciding: tuple) -> R
                                                 queries, tolerance)
         spreadsheet_safe(table).to_csv(os.path.join(out_dir, "decision.csv"), index=False)
         report.files.append(os.path.join(out_dir, "decision.csv"))
+    served = serving.serving_frame(results.records)
+    if not served.empty:
+        report.serving, report.serving_ratios = serving.display(served), serving.ratios(served)
+        spreadsheet_safe(served).to_csv(os.path.join(out_dir, "serving.csv"), index=False)
+        report.files.append(os.path.join(out_dir, "serving.csv"))
 
     csv_path, md_path = os.path.join(out_dir, "summary.csv"), os.path.join(out_dir, "summary.md")
     spreadsheet_safe(whole_numbers(summary)).to_csv(csv_path, index=False)
@@ -171,6 +178,9 @@ def markdown(report: Report, results_dir: str) -> str:
         lines += ["", UNSCORED_NOTE.replace("*", "\\*", 1)]
     if not report.decision.empty:
         lines += ["", f"## {decision.TITLE}", "", decision.NOTE, "", report.decision.to_markdown(index=False)]
+    if not report.serving.empty:
+        lines += ["", f"## {serving.TITLE}", "", serving.NOTE, "", report.serving.to_markdown(index=False)]
+        lines += [""] + [f"- {line}" for line in report.serving_ratios]
     if not report.cost_curve.empty:
         lines += ["", f"## {COST_CURVE_TITLE}", "", COST_CURVE_NOTE, "", report.cost_curve.to_markdown(index=False)]
     if report.generations:
@@ -234,6 +244,10 @@ def html_page(report: Report, results_dir: str, figures: list[tuple[str, list[st
     if not report.decision.empty:
         parts += [f"<h2>{html.escape(decision.TITLE)}</h2>", f'<p class="meta">{html.escape(decision.NOTE)}</p>',
                   report.decision.to_html(index=False, border=0, escape=True)]
+    if not report.serving.empty:
+        parts += [f"<h2>{html.escape(serving.TITLE)}</h2>", f'<p class="meta">{html.escape(serving.NOTE)}</p>',
+                  report.serving.to_html(index=False, border=0, escape=True), "<ul>"]
+        parts += [f"<li>{html.escape(x)}</li>" for x in report.serving_ratios] + ["</ul>"]
     if not report.cost_curve.empty:
         parts += [f"<h2>{html.escape(COST_CURVE_TITLE)}</h2>", f'<p class="meta">{html.escape(COST_CURVE_NOTE)}</p>',
                   report.cost_curve.to_html(index=False, border=0, escape=True)]

@@ -149,5 +149,9 @@ class CDInfo(FineTuneInfo):
                                                   "answered them")
     query_costs_interleaved: list[list[str]] | None = Field(None, description="the paths that took turns, by group")
     query_costs_notes: list[str] | None = Field(None, description="what could not be measured, and why")
+    serving: dict[str, Any] | None = Field(None, description="cd.serving: batch_sizes, threads, device, "
+                                           "memory_budget_bytes and per path and regime (shared, per_user) the "
+                                           "throughput per batch, memory per user measured and from shapes, and "
+                                           "the users within the budget (adaptbench.measure.serving)")
     break_even: dict[str, float | None] | None = Field(None, description="vs_icl, vs_icl_cached: queries from which "
                                                        "on distilling costs no more in total (None: never)")

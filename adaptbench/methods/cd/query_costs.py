@@ -85,10 +85,16 @@ class Query:
 def answer(parts: LMParts, ids, n: int, pad_id: int, cache: PrefixCache | None = None) -> None:
     """One query as scoring needs it: a forward pass over ``ids`` (after ``cache``'s prefix, if any) and the
     next-token log-distributions after its last ``n`` tokens (computed a block at a time, then dropped)."""
+    answer_batch(parts, [ids], [n], pad_id, cache)
+
+
+def answer_batch(parts: LMParts, seqs: list, ns: list[int], pad_id: int, cache: PrefixCache | None = None) -> None:
+    """Queries answered together, one forward over the right-padded batch (see :func:`answer`)."""
     with torch.inference_mode():
-        hidden = sequence_hidden(parts, [list(ids)], pad_id, cache)[0][-n:]
-        for start in range(0, len(hidden), CHUNK):
-            torch.log_softmax(vocab_logits(parts, hidden[start:start + CHUNK]), dim=-1)
+        for hidden, n in zip(sequence_hidden(parts, [list(x) for x in seqs], pad_id, cache), ns):
+            hidden = hidden[-n:]
+            for start in range(0, len(hidden), CHUNK):
+                torch.log_softmax(vocab_logits(parts, hidden[start:start + CHUNK]), dim=-1)
 
 
 @dataclass

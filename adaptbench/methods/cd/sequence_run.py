@@ -35,6 +35,7 @@ from .settings import SELF_STUDY, CDSettings, GenerateSettings, ReplySettings
 from ...training.loop import TrainItem
 from ..base import RunContext
 from .context import context_text, input_set, niah_inputs, user_turn_texts
+from . import serving
 from .arms import arm_costs, build_arms, measure_arm
 from .heldout import HeldOut, compare, greedy, recovered
 from .judge import ReplyJudging
@@ -203,6 +204,8 @@ class SequenceDistillation:
             query = [Query(reads.suffixes[i], reads.own(i), len(reads.own(i)) + first, self.texts[i])
                      for i in held + keep]
             self.meter = QueryCosts(ctx, self.settings.query_costs)
+            if self.settings.serving is not None:
+                serving.check_budget(self.settings.serving.memory_budget, loaded.model)
             self.meter.choose(query[:len(held)], query[len(held):])
             self.together = self.settings.teacher is None and ctx.spec.trainable == "lora"
             if not self.together:
@@ -397,3 +400,16 @@ class SequenceDistillation:
             with ctx.compute():
                 self.meter.measure(paths)
             self.meter.finish()
+            if self.settings.serving is not None:
+                self._serving(ctx, model, pad)
+
+    def _serving(self, ctx: RunContext, model: nn.Module, pad: int) -> None:
+        """``method_info.serving``: many users at once (:mod:`.serving`), the last thing the run measures."""
+        if self.settings.teacher is not None or ctx.spec.trainable not in ("lora", "cartridge"):
+            ctx.info["serving"] = {"note": "cd.serving is measured where the student is a LoRA adapter or a "
+                                           "cartridge on the teacher's own model"}
+            return
+        with ctx.costs.phase("serving"), ctx.compute():
+            ctx.info["serving"] = serving.measure(self.settings.serving, self.meter.queries, model.lm, pad,
+                                                  self.prefix, ctx.encoder.start_ids, self.arms or [],
+                                                  ctx.loaded.device)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import ByteSize, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from ...config.settings import ModelSpec, Strict
 from ...scoring.checks import Check
@@ -56,6 +56,18 @@ class NiahSettings(Strict):
 
 
 REPLY_TOKENS = 64  # judged replies: room for a chat reply of a few sentences
+
+
+class ServingSettings(Strict):
+    """``cd.serving``: many users served at once (see :mod:`adaptbench.measure.serving`)."""
+
+    batch_sizes: list[PositiveInt] = Field([1, 4, 16], min_length=1, description="batches of concurrent "
+                                           "queries timed (one forward each); per user, that many users' states "
+                                           "are resident")
+    memory_budget: ByteSize | None = Field(None, description="bytes a server may hold (e.g. 8GiB): the most "
+                                           "concurrent users that fit it, and the throughput there, per way of "
+                                           "serving; must exceed the model's own bytes")
+    repeats: PositiveInt = Field(3, description="timed batches per batch size (the median is reported)")
 
 
 class CDSettings(Strict):
@@ -136,6 +148,18 @@ class CDSettings(Strict):
                                    "chunks), kv_compressed (a pressed KV cache); each a block with its kind "
                                    "(see the arms' settings)")
 
+    serving: ServingSettings | None = Field(None, description="sequence targets with query_costs, a LoRA or "
+                                            "cartridge student on the teacher's model: throughput at several "
+                                            "batch sizes and measured memory per user, one context shared by all "
+                                            "users and one per user, for the cached context, each kv_compressed "
+                                            "arm and the student (LoRA unmerged and merged)")
+
+    @model_validator(mode="after")
+    def _serving_needs_query_costs(self):
+        if self.serving is not None and not self.query_costs:
+            raise ValueError("cd.serving answers the queries cd.query_costs chooses: set cd.query_costs (e.g. 8)")
+        return self
+
     @model_validator(mode="after")
     def _arms_are_named_apart(self):
         names = [arm_name(a) for a in self.arms or []]
@@ -200,4 +224,4 @@ class CDSettings(Strict):
 #: CD settings that only sequence targets read.
 SEQUENCE_ONLY = ("inputs", "held_out", "top_k", "store", "generate", "generations", "max_new_tokens", "context_tokens",
                  "query_costs", "replies", "checks", "reply_tokens", "reply_stop", "niah", "self_study",
-                 "arms")
+                 "arms", "serving")
