@@ -25,4 +25,12 @@ def load_results(path: str):
     return _load(path)
 
 
-__all__ = ["__version__", "load_results", "run"]
+def load_adapted(run: str, results_dir: str = "results", device: str = "cpu"):
+    """``(model, tokenizer)`` of a finished run's adapted model (saved with ``train.save: true``), ready to
+    generate: the base model with its LoRA adapter or cartridge, BitFit biases or fully trained weights."""
+    from .store.adapted import load_adapted as _load
+
+    return _load(run, results_dir, device)
+
+
+__all__ = ["__version__", "load_adapted", "load_results", "run"]

@@ -236,6 +236,26 @@ def show(
 
 
 @app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="a run id (or its first 4+ characters) or a run folder")],
+    to: Annotated[str, typer.Option("--to", help="the folder to write (new or empty)")],
+    format: Annotated[str | None, typer.Option("--format", help="peft (LoRA, cartridge; their default), merged "
+                                                                 "(a whole transformers folder; the others' default) "
+                                                                 "or gguf")] = None,
+    results_dir: Annotated[str, typer.Option(help="where to look for a run id")] = "results",
+    force: Annotated[bool, typer.Option(help="replace what the folder holds")] = False,
+) -> None:
+    """A run's adapted model as a PEFT adapter or a merged model folder, with a model card (README.md)."""
+    from ..store.export import export as write
+
+    try:
+        fmt = write(run, to, format, results_dir, force)
+    except AdaptbenchError as e:
+        _fail(e)
+    err.print(f"wrote {fmt} to {to} (its README.md says what it is and how to load it)", markup=False)
+
+
+@app.command()
 def tasks() -> None:
     """List the built-in tasks and evaluation sets."""
     from ..data import EVAL_SETS, TASKS

@@ -1,0 +1,113 @@
+"""Use what you adapted (issue 29): a run's saved weights exported and loaded back give the run's own predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adaptbench.errors import AdaptbenchError
+from adaptbench.store.export import export
+
+from .test_run import _config, _records, _run
+
+TRAIN = "train: {max_steps: 2, batch_size: 4, lr: 1.0e-3, save: true}"
+
+
+def _predictions(sweep: Path, run_id: str) -> dict:
+    rows = [json.loads(x) for x in (sweep / "runs" / run_id / "predictions.jsonl").read_text().splitlines()]
+    return {(r["eval_set"], r["idx"]): r for r in rows}
+
+
+def _trained(tmp_path, data_dir, model, trainable, method="pbft"):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    extra = "\nbitfit: {add_biases: true}" if trainable == "bitfit" else ""  # Llama has none of its own
+    text = _config(model, f"method: {method}\ntrainable: {trainable}\n{TRAIN}{extra}", seeds=1, max_examples=8)
+    result = _run(tmp_path, data_dir, text)
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    assert rec["status"] == "ok", rec.get("reason")
+    return rec
+
+
+@pytest.mark.parametrize("trainable", ["lora", "bitfit", pytest.param("full", marks=pytest.mark.slow)])
+def test_a_merged_export_scores_as_the_run_did(tmp_path, data_dir, tiny_models, trainable):
+    """The merged folder, read by adaptbench as a plain model (zero-shot, the run's own pattern), predicts what the
+    pbft run predicted: the same label log-probabilities within 1e-4."""
+    rec = _trained(tmp_path / "a", data_dir, tiny_models["llama"], trainable)
+    out = tmp_path / "merged"
+    assert export(rec["run_id"], str(out), "merged", str(tmp_path / "a" / "results")) == "merged"
+    card = (out / "README.md").read_text()
+    assert rec["run_id"] in card and "accuracy" in card and "n 8" in card
+    (tmp_path / "b").mkdir()
+    again = _run(tmp_path / "b", data_dir, _config(str(out), "shots: 0", seeds=1, max_examples=8))
+    assert again.exit_code == 0, again.output
+    [icl] = _records(tmp_path / "b")
+    before = _predictions(tmp_path / "a" / "results" / "t", rec["run_id"])
+    after = _predictions(tmp_path / "b" / "results" / "t", icl["run_id"])
+    assert before.keys() == after.keys() and len(before) >= 8
+    worst = max(abs(a - b) for k in before for a, b in zip(before[k]["label_logprobs"], after[k]["label_logprobs"]))
+    assert worst <= 1e-4
+
+
+def test_a_lora_adapter_exports_as_a_peft_folder_that_loads_on_the_base_model(tmp_path, data_dir, tiny_models):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adaptbench import load_adapted
+    from adaptbench.cli.app import app
+    from typer.testing import CliRunner
+
+    rec = _trained(tmp_path / "a", data_dir, tiny_models["llama"], "lora")
+    results = str(tmp_path / "a" / "results")
+    out = tmp_path / "adapter"
+    cli = CliRunner().invoke(app, ["export", rec["run_id"][:8], "--to", str(out), "--results-dir", results])
+    assert cli.exit_code == 0, cli.output
+    assert (out / "adapter_config.json").is_file() and "PeftModel.from_pretrained" in (out / "README.md").read_text()
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), str(out)).eval()
+    ours, tokenizer = load_adapted(rec["run_id"], results)
+    ids = torch.tensor([tokenizer("the premise and the hypothesis")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(theirs(ids).logits, ours(ids).logits, atol=1e-5)
+    # the folder is not empty now: refused without --force, replaced with it
+    again = CliRunner().invoke(app, ["export", rec["run_id"][:8], "--to", str(out), "--results-dir", results])
+    assert again.exit_code != 0 and "not empty" in again.output and "--force" in again.output
+    assert export(rec["run_id"], str(out), results_dir=results, force=True) == "peft"
+
+
+def test_what_cannot_be_exported_is_named(tmp_path, data_dir, tiny_models):
+    (tmp_path / "icl").mkdir()
+    assert _run(tmp_path / "icl", data_dir, _config(tiny_models["llama"], seeds=1, max_examples=4)).exit_code == 0
+    [icl] = _records(tmp_path / "icl")
+    with pytest.raises(AdaptbenchError, match="trained nothing"):
+        export(icl["run_id"], str(tmp_path / "x"), results_dir=str(tmp_path / "icl" / "results"))
+    with pytest.raises(AdaptbenchError, match="no finished run abcdef12 under"):
+        export("abcdef12", str(tmp_path / "x"), results_dir=str(tmp_path / "icl" / "results"))
+    (tmp_path / "unsaved").mkdir()
+    text = _config(tiny_models["llama"], "method: pbft\ntrainable: lora\ntrain: {max_steps: 1, batch_size: 4}",
+                   seeds=1, max_examples=4)
+    assert _run(tmp_path / "unsaved", data_dir, text).exit_code == 0
+    [unsaved] = _records(tmp_path / "unsaved")
+    with pytest.raises(AdaptbenchError, match="did not save its weights.*train.save=true"):
+        export(unsaved["run_id"], str(tmp_path / "x"), results_dir=str(tmp_path / "unsaved" / "results"))
+
+
+@pytest.mark.slow
+def test_a_cartridge_exports_as_its_peft_folder_and_is_not_merged(tmp_path, data_dir, tiny_models):
+    import torch
+
+    from adaptbench import load_adapted
+
+    rec = _trained(tmp_path / "a", data_dir, tiny_models["llama"], "cartridge")
+    results = str(tmp_path / "a" / "results")
+    with pytest.raises(AdaptbenchError, match="KV prefix.*cannot be merged"):
+        export(rec["run_id"], str(tmp_path / "m"), "merged", results)
+    with pytest.raises(AdaptbenchError, match="gguf is not written yet"):
+        export(rec["run_id"], str(tmp_path / "g"), "gguf", results)
+    assert export(rec["run_id"], str(tmp_path / "c"), results_dir=results) == "peft"
+    model, _ = load_adapted(rec["run_id"], results)
+    assert model.active_peft_config.num_virtual_tokens == rec["method_info"]["num_virtual_tokens"]
+    prefix = model.get_prompt(batch_size=1).layers[0].keys
+    assert prefix.shape[-2] == rec["method_info"]["num_virtual_tokens"] and torch.isfinite(prefix).all()
