@@ -32,7 +32,10 @@ EXPECT = {"icl_prefix_cache.py": "predictions identical: True (cached paths, 4),
           "dtype_agreement.py": "training loss, 1 steps"}
 
 
-@pytest.mark.parametrize("script", sorted(CASES))
+SLOW = {"cd_long_context.py", "cd_teacher_cache.py", "dtype_agreement.py"}  # 10-12 s each: the slow suite's
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in sorted(CASES)])
 def test_bench_script_runs_at_tiny_size(script, tiny_models, data_dir, monkeypatch, capsys):
     path = ROOT / "bench" / script
     data = ["--data-dir", data_dir] if "--data-dir" in path.read_text() else []

@@ -84,6 +84,7 @@ def test_accelerate_config_files(name, kind):
     assert str(config.distributed_type).endswith(kind)
 
 
+@pytest.mark.slow
 def test_fsdp_config_on_cpu_runs_data_parallel_and_says_so(tmp_path, data_dir, tiny_models):
     """accelerate has no FSDP on CPU: the FSDP config's launch still trains (data-parallel, gloo) and
     the record says what actually ran; a warning says FSDP was not used."""
