@@ -24,7 +24,7 @@ export ADAPTBENCH_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: setup setup-server demo test test-slow docs bench clean
+.PHONY: setup setup-server setup-gguf demo test test-slow docs bench clean
 
 setup: $(STAMP)
 
@@ -46,13 +46,25 @@ $(SERVER_STAMP): $(STAMP)
 		$(BIN)/python -m pip install --quiet 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'
 	touch $(SERVER_STAMP)
 
+# llama.cpp's HF -> GGUF converter (adaptbench export --format gguf), from the llama-cpp-python source the server
+# is built from: pip downloads it (~75 MB, ~40 s), adaptbench keeps convert_hf_to_gguf.py, conversion/, gguf-py/.
+GGUF_CONVERTER := $(VENV)/llama.cpp/convert_hf_to_gguf.py
+setup-gguf: $(GGUF_CONVERTER)
+
+$(GGUF_CONVERTER): $(STAMP)
+	rm -rf $(VENV)/llama-cpp-sdist
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: 'llama-cpp-python==$(LLAMA_CPP_VERSION)' \
+		-d $(VENV)/llama-cpp-sdist
+	$(BIN)/python -c "from adaptbench.store.gguf import extract_converter as x; x('$(VENV)/llama-cpp-sdist', '$(VENV)/llama.cpp')"
+	rm -rf $(VENV)/llama-cpp-sdist
+
 demo: setup
 	$(BIN)/adaptbench run configs/quickstart.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q
 
-test-slow: setup setup-server
+test-slow: setup setup-server setup-gguf
 	$(BIN)/python -m pytest -q -m slow
 
 # The docs tree, strict: a broken link or a missing page fails (the settings and record tables are generated).

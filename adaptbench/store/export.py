@@ -5,7 +5,8 @@
   and so the serving engines that read such folders): a LoRA adapter merged into the base weights, BitFit's
   biases in place, a fully trained model as it is; a vanilla run's classification head beside it
   (``classifier_head.safetensors``).  A cartridge is a KV prefix, not weights: it cannot be merged.
-- ``gguf`` is not written yet: export ``merged`` and convert it with llama.cpp's ``convert_hf_to_gguf.py``.
+- ``gguf``: the merged model as one float32 GGUF file (``model.gguf``) for llama.cpp, through llama.cpp's own
+  converter (:mod:`.gguf`; ``make setup-gguf``); an architecture the converter lacks is named in the error.
 
 Every export has a ``README.md`` naming the base model and its hash, the method, the distilled context, the run's
 measured numbers (with n and an interval) and its run id.
@@ -18,10 +19,12 @@ import shutil
 
 from ..errors import AdaptbenchError
 from ..measure.shares import wilson_interval
+from . import gguf
 from .adapted import adapted_run, load_adapted
 from .record import RunRecord
 
 FORMATS = ("peft", "merged", "gguf")
+GGUF_FILE = "model.gguf"
 
 
 def _target(to: str, force: bool) -> None:
@@ -35,7 +38,8 @@ def _target(to: str, force: bool) -> None:
     os.makedirs(to, exist_ok=True)
 
 
-def export(run: str, to: str, fmt: str | None = None, results_dir: str = "results", force: bool = False) -> str:
+def export(run: str, to: str, fmt: str | None = None, results_dir: str = "results", force: bool = False,
+           llama_cpp: str | None = None) -> str:
     """Write the run's adapted model to ``to`` in ``fmt`` (default: peft for LoRA and cartridge runs, else
     merged); returns the format written."""
     record, folder = adapted_run(run, results_dir)
@@ -43,20 +47,30 @@ def export(run: str, to: str, fmt: str | None = None, results_dir: str = "result
     fmt = fmt or ("peft" if trainable in ("lora", "cartridge") else "merged")
     if fmt not in FORMATS:
         raise AdaptbenchError(f"--format {fmt}: choose from {', '.join(FORMATS)}")
-    if fmt == "gguf":
-        raise AdaptbenchError("--format gguf is not written yet: export --format merged, then convert the folder "
-                              "with llama.cpp's convert_hf_to_gguf.py")
     if fmt == "peft" and trainable not in ("lora", "cartridge"):
         raise AdaptbenchError(f"--format peft: run {record.run_id[:8]} trained {trainable}, not a PEFT adapter; "
                               f"use --format merged")
-    if fmt == "merged" and trainable == "cartridge":
-        raise AdaptbenchError(f"--format merged: run {record.run_id[:8]}'s cartridge is a trained KV prefix, not "
+    if fmt in ("merged", "gguf") and trainable == "cartridge":
+        raise AdaptbenchError(f"--format {fmt}: run {record.run_id[:8]}'s cartridge is a trained KV prefix, not "
                               f"weights: it cannot be merged into the model; use --format peft")
+    if fmt == "gguf":
+        gguf.find_converter(llama_cpp)  # before any work: is there a converter?
+        if record.spec.get("method") == "vanilla":
+            raise AdaptbenchError(f"--format gguf: run {record.run_id[:8]} is a vanilla classification head, which "
+                                  f"llama.cpp cannot run; use --format merged")
     _target(to, force)
     if fmt == "peft":
         shutil.copytree(os.path.join(folder, "weights", "adapter"), to, dirs_exist_ok=True)
-    else:
+    elif fmt == "merged":
         _merged(run, record, folder, to, results_dir)
+    else:
+        merged = os.path.join(to, ".merged")
+        try:
+            _merged(run, record, folder, merged, results_dir)
+            gguf.convert(merged, os.path.join(to, GGUF_FILE), llama_cpp,
+                         (record.model.architecture if record.model else None) or "model")
+        finally:
+            shutil.rmtree(merged, ignore_errors=True)
     with open(os.path.join(to, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(record, fmt))
     return fmt
@@ -135,6 +149,10 @@ def model_card(record: RunRecord, fmt: str) -> str:
 
 
 def _how_to_load(record: RunRecord, fmt: str, model: str) -> list[str]:
+    if fmt == "gguf":
+        return ["# llama.cpp: llama-server -m THIS_FOLDER/model.gguf  (or llama-cpp-python's llama_cpp.server)",
+                "from transformers import AutoModelForCausalLM",
+                "model = AutoModelForCausalLM.from_pretrained('THIS_FOLDER', gguf_file='model.gguf')"]
     if fmt == "peft":
         return ["from peft import PeftModel", "from transformers import AutoModelForCausalLM",
                 f"base = AutoModelForCausalLM.from_pretrained({model!r})  # the base model above",
