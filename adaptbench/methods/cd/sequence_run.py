@@ -134,6 +134,8 @@ class SequenceDistillation:
     def items(self, ctx: RunContext, loaded) -> list[TrainItem]:
         """Score every input with the teacher once; training items carry the index of their targets."""
         check_causal(loaded, "teacher")
+        if self.settings.serving is not None:  # before any work (self-study, the teacher pass)
+            serving.check_budget(self.settings.serving.memory_budget, ctx.loaded.model)
         texts, gold, held_texts = self.inputs(ctx, loaded)
         with ctx.costs.phase("teacher") as phase, ctx.compute(loaded), observed_compute(phase, loaded.model):
             check_same_tokenizer(ctx, loaded.tokenizer)
@@ -204,8 +206,6 @@ class SequenceDistillation:
             query = [Query(reads.suffixes[i], reads.own(i), len(reads.own(i)) + first, self.texts[i])
                      for i in held + keep]
             self.meter = QueryCosts(ctx, self.settings.query_costs)
-            if self.settings.serving is not None:
-                serving.check_budget(self.settings.serving.memory_budget, loaded.model)
             self.meter.choose(query[:len(held)], query[len(held):])
             self.together = self.settings.teacher is None and ctx.spec.trainable == "lora"
             if not self.together:
