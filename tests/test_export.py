@@ -76,6 +76,9 @@ def test_a_lora_adapter_exports_as_a_peft_folder_that_loads_on_the_base_model(tm
     again = CliRunner().invoke(app, ["export", rec["run_id"][:8], "--to", str(out), "--results-dir", results])
     assert again.exit_code != 0 and "not empty" in again.output and "--force" in again.output
     assert export(rec["run_id"], str(out), results_dir=results, force=True) == "peft"
+    with pytest.raises(AdaptbenchError, match="holds the run's own folder"):  # --force never removes the results
+        export(rec["run_id"], results, results_dir=results, force=True)
+    assert (tmp_path / "a" / "results" / "t" / "results.jsonl").is_file()
 
 
 def test_what_cannot_be_exported_is_named(tmp_path, data_dir, tiny_models):

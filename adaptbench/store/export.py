@@ -27,7 +27,10 @@ FORMATS = ("peft", "merged", "gguf")
 GGUF_FILE = "model.gguf"
 
 
-def _target(to: str, force: bool) -> None:
+def _target(to: str, force: bool, run_folder: str) -> None:
+    here, there = os.path.realpath(to), os.path.realpath(run_folder)
+    if os.path.commonpath([here, there]) == here:
+        raise AdaptbenchError(f"--to {to}: it holds the run's own folder ({run_folder}); give a folder outside it")
     if os.path.exists(to) and not os.path.isdir(to):
         raise AdaptbenchError(f"--to {to}: a file is there; give a folder")
     if os.path.isdir(to) and os.listdir(to):
@@ -58,15 +61,15 @@ def export(run: str, to: str, fmt: str | None = None, results_dir: str = "result
         if record.spec.get("method") == "vanilla":
             raise AdaptbenchError(f"--format gguf: run {record.run_id[:8]} is a vanilla classification head, which "
                                   f"llama.cpp cannot run; use --format merged")
-    _target(to, force)
+    _target(to, force, folder)
     if fmt == "peft":
         shutil.copytree(os.path.join(folder, "weights", "adapter"), to, dirs_exist_ok=True)
     elif fmt == "merged":
-        _merged(run, record, folder, to, results_dir)
+        _merged(record, folder, to, results_dir)
     else:
         merged = os.path.join(to, ".merged")
         try:
-            _merged(run, record, folder, merged, results_dir)
+            _merged(record, folder, merged, results_dir)
             gguf.convert(merged, os.path.join(to, GGUF_FILE), llama_cpp,
                          (record.model.architecture if record.model else None) or "model")
         finally:
@@ -76,7 +79,7 @@ def export(run: str, to: str, fmt: str | None = None, results_dir: str = "result
     return fmt
 
 
-def _merged(run: str, record: RunRecord, folder: str, to: str, results_dir: str) -> None:
+def _merged(record: RunRecord, folder: str, to: str, results_dir: str) -> None:
     from ..models.loading import save_plain
 
     model, tokenizer = load_adapted(os.path.join(folder), results_dir)
