@@ -132,6 +132,7 @@ def test_two_sweeps_at_once_run_each_run_once(tmp_path, data_dir, tiny_models):
         assert f"{N_RUNS} runs, " in err
 
 
+@pytest.mark.slow  # ~20 s / ~11 s: the slow suite keeps the default one under ten minutes
 def test_a_file_size_limit_fails_cleanly_and_resumes(tmp_path, data_dir, tiny_models):
     """A real failing write (RLIMIT_FSIZE: the kernel refuses to grow a file past it, as a full disk would):
     exit status 2 with the path in the message, no traceback, no half-written or temp file; without the

@@ -19,6 +19,7 @@ def no_mlflow_env(monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
 
 
+@pytest.mark.slow  # ~20 s / ~11 s: the slow suite keeps the default one under ten minutes
 def test_tensorboard_and_mlflow_get_one_run_per_run(tmp_path, data_dir, tiny_models, no_mlflow_env):
     pytest.importorskip("tensorboard")
     mlflow = pytest.importorskip("mlflow")
