@@ -44,9 +44,10 @@ def model_bytes(model: torch.nn.Module) -> int:
 
 def check_budget(budget: int | None, model: torch.nn.Module) -> None:
     """A memory budget must hold the model itself (checked before the run's work starts)."""
-    if budget is not None and budget <= model_bytes(model):
+    weights = model_bytes(model) if budget is not None else 0
+    if budget is not None and budget <= weights:
         raise ConfigError(f"cd.serving.memory_budget: {budget:,} bytes is smaller than the model itself "
-                          f"({model_bytes(model):,} bytes of weights): no user fits; raise it")
+                          f"({weights:,} bytes of weights): no user fits; raise it")
 
 
 def _reused(build):
@@ -62,12 +63,13 @@ def _reused(build):
     return state
 
 
-def _cache_paths(name: str, parts, pad: int, build, lead: list[int], view) -> list[ServingPath]:
+def _cache_paths(name: str, parts, pad: int, build, reads, view=nullcontext) -> list[ServingPath]:
     """A cache-backed way to serve, in both regimes: ``build(shared)`` makes a cache (``shared``: attended to
-    once by a whole batch where the model allows it)."""
+    once by a whole batch where the model allows it; None: wherever it does), ``reads(query)`` the ids a query
+    reads after it."""
 
     def reading(queries):
-        return [lead + q.suffix for q in queries], [q.n for q in queries]
+        return [reads(q) for q in queries], [q.n for q in queries]
 
     def per_user(states, queries):
         with view():
@@ -102,15 +104,7 @@ def _cartridge_paths(lm, pad: int, start: list[int]) -> list[ServingPath]:
             shared = shared_prefix_unsupported(base.backbone.config) is None
         return PrefixCache(layers, p, shared=shared)
 
-    def reading(queries):
-        return [_student_reads(q, start) for q in queries], [q.n for q in queries]
-
-    return [ServingPath(CARTRIDGE, SHARED, lambda: build(None),
-                        lambda states, queries: answer_batch(base, *reading(queries), pad, states[0]),
-                        lambda c: c.nbytes),
-            ServingPath(CARTRIDGE, PER_USER, _reused(lambda: build(False)),
-                        lambda states, queries: answer_batch(base, *reading(queries), pad, UserCaches(states)),
-                        lambda c: c.nbytes)]
+    return _cache_paths(CARTRIDGE, base, pad, build, lambda q: _student_reads(q, start))
 
 
 class _Adapters:
@@ -172,11 +166,12 @@ def serving_paths(lm, pad: int, prefix: list[int], start: list[int], arms: list)
     else:
         adapters = _Adapters(lm)
         base, view, extra, cleanup = lm_parts(lm), lm.disable_adapter, _lora_paths(lm, pad, start, adapters), [adapters]
-    paths = _cache_paths(ICL_CACHED, base, pad, lambda shared: PrefixCache.encode(base, prefix, shared=shared), [],
-                         view)
+    paths = _cache_paths(ICL_CACHED, base, pad, lambda shared: PrefixCache.encode(base, prefix, shared=shared),
+                         lambda q: q.suffix, view)
     for arm in arms:
         if isinstance(arm, CacheArm):
-            paths += _cache_paths(arm.name, base, pad, lambda _, a=arm: a.build(base), arm.lead, view)
+            paths += _cache_paths(arm.name, base, pad, lambda _, a=arm: a.build(base), lambda q, a=arm: a.lead + q.suffix,
+                                  view)
     return paths + extra, cleanup
 
 
