@@ -20,6 +20,32 @@ def _predictions(sweep: Path, run_id: str) -> dict:
     return {(r["eval_set"], r["idx"]): r for r in rows}
 
 
+def _worst_rescored(rec: dict, sweep: Path, task_model, tokenizer, data_dir: str) -> float:
+    """Scores the rows of the run's predictions.jsonl with ``task_model`` (``(ids, mask) -> label logits``) on the
+    query tokens the run read (its record's prompt, the task's rows by idx); the largest |delta log p| to the run's."""
+    import numpy as np
+    import torch
+    from scipy.special import log_softmax
+
+    from adaptbench.data import eval_examples, get_eval_set, get_task
+    from adaptbench.prompts.prompt import Prompt, PromptEncoder
+    from adaptbench.scoring.core import batched_logits
+
+    p = rec["prompt"]
+    encoder = PromptEncoder(tokenizer, Prompt(p["pattern"], p["target_prefix"], p["separator"], tuple(p["verbalizer"]),
+                                              p["instruction"]), tuple(rec["task"]["labels"]))
+    before, worst = _predictions(sweep, rec["run_id"]), 0.0
+    for name in {k[0] for k in before}:
+        rows = {ex.idx: ex for ex in eval_examples(get_eval_set(name, get_task(rec["task"]["name"])), data_dir)[0]}
+        keys = [k for k in before if k[0] == name]
+        logits, _, _ = batched_logits(task_model.eval(), [encoder.query_ids(rows[k[1]]) for k in keys],
+                                      tokenizer.pad_token_id, torch.device("cpu"), 4)
+        ours = np.array([before[k]["label_logprobs"] for k in keys])
+        worst = max(worst, float(np.abs(log_softmax(logits, axis=-1) - ours).max()))
+    assert len(before) >= 8
+    return worst
+
+
 def _trained(tmp_path, data_dir, model, trainable, method="pbft", max_examples=8, train=TRAIN):
     tmp_path.mkdir(parents=True, exist_ok=True)
     extra = "\nbitfit: {add_biases: true}" if trainable == "bitfit" else ""  # Llama has none of its own
@@ -111,10 +137,44 @@ def test_a_cartridge_exports_as_its_peft_folder_and_is_not_merged(tmp_path, data
     with pytest.raises(AdaptbenchError, match="--format gguf: .*KV prefix.*cannot be merged"):
         export(rec["run_id"], str(tmp_path / "g"), "gguf", results)
     assert export(rec["run_id"], str(tmp_path / "c"), results_dir=results) == "peft"
-    model, _ = load_adapted(rec["run_id"], results)
+    model, tokenizer = load_adapted(rec["run_id"], results)
     assert model.active_peft_config.num_virtual_tokens == rec["method_info"]["num_virtual_tokens"]
     prefix = model.get_prompt(batch_size=1).layers[0].keys
     assert prefix.shape[-2] == rec["method_info"]["num_virtual_tokens"] and torch.isfinite(prefix).all()
+    # the exported folder on the base model scores as the run did (the verbalizers after the trained prefix)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adaptbench.methods.pbft import VerbalizerModel
+
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_models["llama"]), str(tmp_path / "c"))
+    student = VerbalizerModel(theirs, rec["prompt"]["label_token_ids"])
+    assert _worst_rescored(rec, tmp_path / "a" / "results" / "t", student, tokenizer, data_dir) <= 1e-4
+
+
+def test_a_vanilla_head_exports_beside_its_merged_model_and_scores_as_the_run_did(tmp_path, data_dir, tiny_models):
+    """A vanilla run (LoRA + a new mlp head): the merged folder, read by transformers, with the head rebuilt from
+    classifier_head.json and its weights as the model card says, gives the run's predictions."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adaptbench.methods.vanilla import HeadModel
+
+    rec = _trained(tmp_path / "a", data_dir, tiny_models["llama"], "lora", method="vanilla",
+                   train=TRAIN + "\nvanilla: {head: mlp}")
+    results = str(tmp_path / "a" / "results")
+    assert export(rec["run_id"], str(tmp_path / "peft"), results_dir=results) == "peft"  # the head goes with it
+    assert {"classifier_head.safetensors", "classifier_head.json"} <= {p.name for p in (tmp_path / "peft").iterdir()}
+    out = tmp_path / "merged"
+    assert export(rec["run_id"], str(out), "merged", results) == "merged"
+    assert "HeadModel" in (out / "README.md").read_text()
+    about = json.loads((out / "classifier_head.json").read_text())
+    assert about["kind"] == "mlp" and about["pooling"] == "last_token" and about["labels"] == rec["task"]["labels"]
+    head = HeadModel(AutoModelForCausalLM.from_pretrained(str(out)), len(about["labels"]), kind=about["kind"],
+                     pooling=about["pooling"])
+    head.head.load_state_dict(load_file(str(out / "classifier_head.safetensors")))
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert _worst_rescored(rec, tmp_path / "a" / "results" / "t", head, tokenizer, data_dir) <= 1e-4
 
 
 def test_gguf_without_llama_cpps_converter_says_where_to_get_it(tmp_path, data_dir, tiny_models, monkeypatch):

@@ -1,10 +1,11 @@
 """``adaptbench export RUN --to DIR``: a run's adapted model where people load models from, with a model card.
 
-- ``peft`` (LoRA, cartridge): the PEFT adapter folder, ``PeftModel.from_pretrained(base, DIR)``;
+- ``peft`` (LoRA, cartridge): the PEFT adapter folder, ``PeftModel.from_pretrained(base, DIR)`` (a vanilla run's
+  head beside it, as below);
 - ``merged``: a whole transformers model folder with its tokenizer (``AutoModelForCausalLM.from_pretrained(DIR)``,
   and so the serving engines that read such folders): a LoRA adapter merged into the base weights, BitFit's
   biases in place, a fully trained model as it is; a vanilla run's classification head beside it
-  (``classifier_head.safetensors``).  A cartridge is a KV prefix, not weights: it cannot be merged.
+  (``classifier_head.safetensors``, and ``classifier_head.json``: its kind, pooling, labels and prompt).  A cartridge is a KV prefix, not weights: it cannot be merged.
 - ``gguf``: the merged model as one float32 GGUF file (``model.gguf``) for llama.cpp, through llama.cpp's own
   converter (:mod:`.gguf`; ``make setup-gguf``); an architecture the converter lacks is named in the error.
 
@@ -14,6 +15,7 @@ measured numbers (with n and an interval) and its run id.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -24,6 +26,7 @@ from .adapted import adapted_run, load_adapted
 from .record import RunRecord
 
 FORMATS = ("peft", "merged", "gguf")
+HEAD_FILE = "classifier_head.safetensors"
 GGUF_FILE = "model.gguf"
 
 
@@ -64,6 +67,7 @@ def export(run: str, to: str, fmt: str | None = None, results_dir: str = "result
     _target(to, force, folder)
     if fmt == "peft":
         shutil.copytree(os.path.join(folder, "weights", "adapter"), to, dirs_exist_ok=True)
+        _head_beside(record, folder, to)
     elif fmt == "merged":
         _merged(record, folder, to, results_dir)
     else:
@@ -89,9 +93,23 @@ def _merged(record: RunRecord, folder: str, to: str, results_dir: str) -> None:
     if (record.spec.get("bitfit") or {}).get("add_biases"):
         _config_with_biases(lm, record)
     save_plain(lm, tokenizer, to)
-    head = os.path.join(folder, "weights", "classifier_head.safetensors")
+    _head_beside(record, folder, to)
+
+
+def _head_beside(record: RunRecord, folder: str, to: str) -> None:
+    """A vanilla run's classification head next to its model or adapter, with what it needs to be used."""
+    head = os.path.join(folder, "weights", HEAD_FILE)
     if os.path.isfile(head):
-        shutil.copy(head, os.path.join(to, "classifier_head.safetensors"))
+        shutil.copy(head, os.path.join(to, HEAD_FILE))
+        with open(os.path.join(to, "classifier_head.json"), "w", encoding="utf-8") as f:
+            json.dump(head_description(record), f, indent=1)
+
+
+def head_description(record: RunRecord) -> dict:
+    """What a vanilla run's head needs besides its weights: its shape, what it reads, the labels in its order."""
+    info = record.method_info
+    return {"kind": getattr(info, "head", None) or "linear", "pooling": getattr(info, "pooling", None) or "last_token",
+            "labels": list(record.task["labels"]), "prompt": record.prompt}
 
 
 def _config_with_biases(lm, record: RunRecord) -> None:
@@ -157,9 +175,18 @@ def _how_to_load(record: RunRecord, fmt: str, model: str) -> list[str]:
                 "from transformers import AutoModelForCausalLM",
                 "model = AutoModelForCausalLM.from_pretrained('THIS_FOLDER', gguf_file='model.gguf')"]
     if fmt == "peft":
-        return ["from peft import PeftModel", "from transformers import AutoModelForCausalLM",
-                f"base = AutoModelForCausalLM.from_pretrained({model!r})  # the base model above",
-                "model = PeftModel.from_pretrained(base, 'THIS_FOLDER')"]
-    return ["from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "model = AutoModelForCausalLM.from_pretrained('THIS_FOLDER')",
-            "tokenizer = AutoTokenizer.from_pretrained('THIS_FOLDER')"]
+        lines = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM",
+                 f"base = AutoModelForCausalLM.from_pretrained({model!r})  # the base model above",
+                 "model = PeftModel.from_pretrained(base, 'THIS_FOLDER')"]
+    else:
+        lines = ["from transformers import AutoModelForCausalLM, AutoTokenizer",
+                 "model = AutoModelForCausalLM.from_pretrained('THIS_FOLDER')",
+                 "tokenizer = AutoTokenizer.from_pretrained('THIS_FOLDER')"]
+    if record.spec.get("method") == "vanilla":  # the head beside it: classifier_head.json says how it was used
+        lines += ["# the classification head (labels, pooling and the prompt it read: classifier_head.json)",
+                  "import json, safetensors.torch", "from adaptbench.methods.vanilla import HeadModel",
+                  "about = json.load(open('THIS_FOLDER/classifier_head.json'))",
+                  "classifier = HeadModel(model, len(about['labels']), kind=about['kind'], pooling=about['pooling'])",
+                  "classifier.head.load_state_dict(safetensors.torch.load_file('THIS_FOLDER/" + HEAD_FILE + "'))",
+                  "# classifier(ids, mask) -> one logit per label, from the hidden state of each row's last token"]
+    return lines
