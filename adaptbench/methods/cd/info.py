@@ -94,7 +94,8 @@ class Judged(RecordPart):
     answers: dict[str, dict[str, Estimate]] | None = Field(None, description="per model: qa -- exact_match, contains "
                                                            "(shares), f1 (mean), SQuAD-normalised; code -- "
                                                            "exact_match (share), edit_similarity (mean)")
-    replies: list[dict[str, Any]] = Field(default_factory=list, description="input, each model's reply, the checks "
+    replies: list[dict[str, Any]] = Field(default_factory=list, description="input, the prompt a model without the "
+                                          "context replied to (special tokens kept), each model's reply, the checks "
                                           "each failed, gold answers and scores, side by side")
 
 

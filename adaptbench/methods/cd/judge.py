@@ -25,6 +25,12 @@ def _estimate(metric: str, values: list[float]) -> dict:
     return share([v == 1.0 for v in values]) if metric in SHARES else mean(values)
 
 
+def cut_reply(text: str, stop: list[str]) -> str:
+    """The reply up to the first stop text, stripped."""
+    ends = [text.find(s) for s in stop if s and s in text]
+    return (text[:min(ends)] if ends else text).strip()
+
+
 class ReplyJudging:
     """The held-out inputs, their gold answers, and each model's judged replies as they come in."""
 
@@ -38,6 +44,7 @@ class ReplyJudging:
         self.kind = kind or "qa"  # how answers are scored: qa or code
         self.groups: list[dict] | None = None  # per held-out input, e.g. {"depth": 0.5}: answers per group too
         self.inputs: list[str] = []
+        self.prompts: list[str] | None = None  # the text a model without the context replied to, per input
         self.room: list[int] = []  # each input's reply tokens: reply_tokens, or what the windows leave
         self.replies: dict[str, list[str]] = {}
         self.count_tokens = None  # text -> its tokens: the replies' mean length (what an API would bill)
@@ -47,9 +54,7 @@ class ReplyJudging:
         return bool(settings.checks) or answers is not None
 
     def cut(self, text: str) -> str:
-        """The reply up to the first stop text, stripped."""
-        ends = [text.find(s) for s in self.stop if s and s in text]
-        return (text[:min(ends)] if ends else text).strip()
+        return cut_reply(text, self.stop)
 
     def add(self, model: str, texts: list[str]) -> None:
         self.replies[model] = [self.cut(t) for t in texts]
@@ -84,8 +89,8 @@ class ReplyJudging:
         if self.count_tokens is not None:
             out["reply_tokens_mean"] = {m: sum(map(self.count_tokens, rs)) / max(len(rs), 1)
                                         for m, rs in self.replies.items()}
-        rows = [{"input": x, **{m: replies[i] for m, replies in self.replies.items()}}
-                for i, x in enumerate(self.inputs)]
+        rows = [{"input": x, **({"prompt": self.prompts[i]} if self.prompts else {}),
+                 **{m: replies[i] for m, replies in self.replies.items()}} for i, x in enumerate(self.inputs)]
         if self.judge.checks:
             out["checks"], verdicts = self._checks()
             for i, row in enumerate(rows):

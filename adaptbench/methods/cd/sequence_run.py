@@ -295,8 +295,10 @@ class SequenceDistillation:
     def _judged_replies(self, name: str, model, tokenizer) -> None:
         """A model without the context (the base, the student) writes its greedy reply to every held-out input."""
         held, room = self.held, self.judging.room
-        self.judging.add(name, [greedy(model, tokenizer, ids[:len(ids) - len(r)], n) if n > 0 else ""
-                                for ids, r, n in zip(held.student_ids, held.replies, room)])
+        prompts = [ids[:len(ids) - len(r)] for ids, r in zip(held.student_ids, held.replies)]
+        self.judging.add(name, [greedy(model, tokenizer, ids, n) if n > 0 else "" for ids, n in zip(prompts, room)])
+        if name == "student":  # what it replied to, special tokens kept: a served student can be asked the same
+            self.judging.prompts = [tokenizer.decode(ids, skip_special_tokens=False) for ids in prompts]
 
     def _reply_settings(self) -> ReplySettings | None:
         replies = self.settings.replies
