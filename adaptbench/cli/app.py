@@ -76,6 +76,8 @@ def run(
     log_with: Annotated[Optional[list[str]], typer.Option(
         "--log-with", help="experiment tracker(s), through accelerate: tensorboard, mlflow, wandb, ... (repeat "
                            "or comma-separate); one tracker run per run, files under <results>/trackers/")] = None,
+    keep_checkpoints: Annotated[bool, typer.Option(
+        "--keep-checkpoints", help="keep training runs' checkpoints after their records are written")] = False,
     queries: Queries = QUERIES,
     tolerance: Tolerance = TOLERANCE,
 ) -> None:
@@ -91,8 +93,8 @@ def run(
     try:
         trackers = [t.strip() for item in log_with or [] for t in item.split(",") if t.strip()]
         gpu_jobs = executor == "slurm" and gpus_per_run > 0
-        plan = make_plan(config, overrides or [], output_dir, data_dir, batch_size, trackers or None,
-                         device="cuda" if gpu_jobs else None)
+        plan = make_plan(config, [*(overrides or []), *(["runtime.keep_checkpoints=true"] * keep_checkpoints)],
+                         output_dir, data_dir, batch_size, trackers or None, device="cuda" if gpu_jobs else None)
         todo, done = pending(plan, force, retry_failed)
         if dry_run:
             _print_plan(plan, {r.run_id for r in todo})

@@ -49,6 +49,10 @@ def run_line(rec: dict | RunRecord, i: int, n: int) -> str:
         parts.append(f"recovered {_recovered(rec)}")
     parts += _judged(rec)
     parts += [f"{seconds:.1f} s", f"{_gib(peak)} GiB"]
+    resumed = getattr(rec.method_info, "resumed_from_step", None)
+    if resumed:  # a killed run that went on from its checkpoint
+        parts.append(f"[yellow]resumed from step {resumed}[/] (+{rec.method_info.train_seconds_before_resume:.1f} s "
+                     f"trained before)")
     return f"{head}  " + "  ".join(parts)
 
 

@@ -132,6 +132,8 @@ class RuntimeOptions(Strict):
     log_with: list[str] = Field(default_factory=list, description="experiment trackers (accelerate's): "
                                                                  "tensorboard, mlflow, wandb, ...")
     api: ApiRuntime = ApiRuntime()
+    keep_checkpoints: bool = Field(False, description="keep a training run's checkpoints after its record is "
+                                                      "written (--keep-checkpoints)")
 
 
 class _CarriesBlocks:
@@ -183,8 +185,10 @@ class RunSpec(_CarriesBlocks, Strict):
         return self.task if isinstance(self.task, str) else self.task.name
 
     def identity(self) -> dict:
-        """What the run id hashes: the spec, its blocks as top-level keys (``{"cd": {...}}``), ``None`` left out."""
-        blocks = {name: block.model_dump(mode="json", exclude_none=True) for name, block in self.blocks.items()}
+        """What the run id hashes: the spec, its blocks as top-level keys (``{"cd": {...}}``), ``None`` left out, and
+    so are fields that change how a run executes, not its result (``train.checkpoint_every``)."""
+        blocks = {name: block.model_dump(mode="json", exclude_none=True, exclude=_not_identity(block))
+                  for name, block in self.blocks.items()}
         return {"spec_version": SPEC_VERSION, **self.model_dump(mode="json", exclude_none=True, exclude={"blocks"}),
                 **blocks}
 
@@ -192,6 +196,12 @@ class RunSpec(_CarriesBlocks, Strict):
     def run_id(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _not_identity(block) -> set[str]:
+    """A block's fields marked ``json_schema_extra={"identity": False}``."""
+    return {name for name, f in type(block).model_fields.items()
+            if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("identity") is False}
 
 
 def _listify(v: Any) -> Any:

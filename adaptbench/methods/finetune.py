@@ -8,6 +8,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from .. import __version__
 from .._util import distributed
 from ..errors import ConfigError, RunSkipped
 from ..models.cartridge import initialize_from_ids
@@ -17,6 +18,7 @@ from ..training.packing import packing_unsupported
 from ..training.precision import ObservedDtype, check_master_weights
 from ..scoring.core import batched_logits
 from ..training.policies import apply_policy
+from ..training.checkpoint import DEFAULT_MINUTES, Checkpointing, items_hash
 from ..training.loop import TrainItem, train
 from ..scoring.scores import Scores
 from .base import Method, MethodInfo, RunContext
@@ -47,6 +49,14 @@ class FineTuneInfo(MethodInfo):
     distributed_type: str | None = Field(None, description="accelerate's: NO, MULTI_GPU, MULTI_CPU, FSDP, DEEPSPEED")
     processes: int | None = Field(None, description="processes of the launch")
     saved: dict | None = Field(None, description="train.save: where the adapted weights are")
+    resumed_from_step: int | None = Field(None, description="a killed run resumed: the step of the checkpoint it "
+                                          "went on from")
+    resumes: int | None = Field(None, description="how many times the run resumed")
+    train_seconds_before_resume: float | None = Field(
+        None, description="training seconds the earlier attempts spent up to that checkpoint (costs.train is this "
+                          "attempt's)")
+    checkpoints: dict | None = Field(None, description="every, minutes, written, bytes (the last one's size), "
+                                     "seconds spent writing, rejected (checkpoints not used, with why), off (why none)")
 
 
 #: What a cartridge student does not do: it reads after its own KV prefix, never after another cached context.
@@ -93,11 +103,22 @@ class FineTuneMethod(Method):
         packed = ctx.info["packed_batches"] = why_not is None
         ctx.info["capabilities_off"] = {**ctx.loaded.capabilities.off(), **({"packing": why_not} if why_not else {}),
                                         **(CARTRIDGE_OFF if spec.trainable == "cartridge" else {})}
+        checkpoints = checkpointing(ctx, items)
         with ctx.costs.phase("train") as phase:
             log = train(model, items, settings, loss_fn=self.loss, pad_id=ctx.loaded.tokenizer.pad_token_id,
                         seed=spec.train_seed, device=ctx.loaded.device, evaluate=evaluator, progress=ctx.progress,
-                        packed=packed, on_step=ctx.on_step)
+                        packed=packed, on_step=ctx.on_step, checkpoints=checkpoints)
             phase.tokens, phase.padded_tokens = log.tokens, log.padded_tokens
+            if log.resumed:
+                phase.extra["seconds_before_resume"] = log.resumed["seconds_before"]
+                ctx.info.update(resumed_from_step=log.resumed["from_step"], resumes=log.resumed["times"],
+                                train_seconds_before_resume=log.resumed["seconds_before"])
+        if checkpoints is not None:
+            ctx.info["checkpoints"] = {"every": checkpoints.every, "minutes": checkpoints.minutes,
+                                       "written": checkpoints.written, "bytes": checkpoints.bytes,
+                                       "seconds": round(checkpoints.seconds, 3), "rejected": checkpoints.rejected}
+            if log.processes > 1:
+                ctx.info["checkpoints"]["off"] = "a multi-process launch: not checkpointed yet"
             phase.extra.update(steps=log.steps, epochs=log.epochs)  # evaluation points: costs["eval_points"]
             if log.compute_dtype:
                 phase.extra["observed_compute_dtype"] = log.compute_dtype
@@ -176,6 +197,19 @@ class Evaluator:
                 metrics[name] = eval_set_metrics(eval_set, examples, Scores(logits[name]).labels)["all"]
         self.points.append(logits)
         return metrics
+
+
+def checkpointing(ctx: RunContext, items: list[TrainItem]) -> Checkpointing | None:
+    """Where and when this run writes checkpoints (its folder; train.checkpoint_every / _minutes, default every
+    10 minutes), keyed to this run: its id, its training inputs, adaptbench's version."""
+    settings = ctx.spec.train
+    if not ctx.out_dir:
+        return None
+    every, minutes = settings.checkpoint_every, settings.checkpoint_minutes
+    if minutes is None:
+        minutes = None if every else DEFAULT_MINUTES
+    return Checkpointing(ctx.out_dir, {"run_id": ctx.spec.run_id, "items": items_hash(items), "version": __version__},
+                         every=every, minutes=minutes or None)
 
 
 def select(history: list[dict], mode: str, in_domain: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from contextlib import contextmanager
 
 from .._util import owners
@@ -87,8 +88,9 @@ def rebuild_index(sweep_dir: str) -> int:
 
 
 def remove_stale_temp_files(sweep_dir: str) -> int:
-    """Delete temp files left by writers that were killed mid-write: their owner ran on this host and is
-    gone.  Temp files of other hosts' writers (a shared filesystem) and of live ones are left alone."""
+    """Delete temp files (and checkpoint folders) left by writers that were killed mid-write: their owner ran
+    on this host and is gone.  Temp files of other hosts' writers (a shared filesystem) and of live ones are
+    left alone."""
     removed = 0
     runs = os.path.join(sweep_dir, "runs")
     folders = [sweep_dir] + ([os.path.join(runs, d) for d in os.listdir(runs)] if os.path.isdir(runs) else [])
@@ -98,8 +100,12 @@ def remove_stale_temp_files(sweep_dir: str) -> int:
         for name in os.listdir(folder):
             owner = owners.parse_token(name[len(TMP_PREFIX):]) if name.startswith(TMP_PREFIX) else None
             if owner is not None and owners.gone(owner):
+                path = os.path.join(folder, name)
                 try:
-                    os.unlink(os.path.join(folder, name))
+                    if os.path.isdir(path):  # a checkpoint folder being written (training/checkpoint.py)
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
                     removed += 1
                 except FileNotFoundError:  # another sweep starting at the same time removed it
                     pass

@@ -71,7 +71,7 @@ def check_served(run: str, base_url: str, model: str, results_dir: str = "result
                                                                          zip(replies, rows)), "checks": {}}
     for label, rate in served.items():
         recorded = judged.checks[label]["student"]
-        out["checks"][label] = {"recorded": recorded.model_dump(), "served": rate,
-                                "within": _inside(rate["value"], recorded.ci95) or _inside(recorded.value, rate["ci95"])}
+        agree = _inside(rate["value"], recorded.ci95) or _inside(recorded.value, rate["ci95"])
+        out["checks"][label] = {"recorded": recorded.model_dump(), "served": rate, "within": agree}
     out["replies"] = [{"input": r["input"], "recorded": r.get("student"), "served": s} for r, s in zip(rows, replies)]
     return out

@@ -36,6 +36,7 @@ from ..models.pool import ModelPool
 from ..scoring.scores import log_softmax
 from ..store import records
 from ..store.record import SCHEMA_VERSION
+from ..training.checkpoint import remove_checkpoints
 from ..training.precision import annotate_phases, training_model_spec, with_resolved_precision
 from . import claims
 from .inputs import RunInputs, load_inputs
@@ -251,7 +252,8 @@ def _claimed(plan: Plan, run_id: str):
 
 def save(plan: Plan, outcome: RunOutcome) -> None:
     """Write the run's files (rank 0 only: under a launch the other ranks hold the same record).  The
-    record names the predictions file's rows and SHA-256, so a reader can tell they belong together."""
+    record names the predictions file's rows and SHA-256, so a reader can tell they belong together.  A
+    finished run's training checkpoints go then (``--keep-checkpoints`` keeps them)."""
     if not distributed.is_main():
         return
     folder = records.run_dir(plan.sweep_dir, outcome.record["run_id"])
@@ -261,3 +263,5 @@ def save(plan: Plan, outcome: RunOutcome) -> None:
     records.atomic_write(os.path.join(folder, records.PREDICTIONS), text)
     records.atomic_write(os.path.join(folder, records.RESULT), records.dumps(outcome.record) + "\n")
     records.add_to_index(plan.sweep_dir, outcome.record)
+    if outcome.record.get("status") == "ok" and not plan.runtime.keep_checkpoints:
+        remove_checkpoints(folder)  # the record is written: a rerun has nothing to resume

@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader
 
 from .._util import distributed
 from ..errors import AdaptbenchError
+from .checkpoint import Checkpointing, fault
+from .loop_state import Loop as _Loop
 from .packing import mask_dtype_for, pack
 from .precision import ObservedDtype, resolved_mixed_precision
 from ..scoring.core import pad_right
@@ -64,6 +66,7 @@ class TrainLog:
     processes: int = 1
     history: list[dict] = field(default_factory=list)  # evaluation points
     compute_dtype: str | None = None  # what the first forward's matmuls ran in (precision.ObservedDtype)
+    resumed: dict | None = None  # from_step, times, seconds_before: a killed run that went on from a checkpoint
 
 
 def make_accelerator(settings: TrainSettings, device: torch.device):
@@ -93,24 +96,31 @@ def total_steps(settings: TrainSettings, n_items: int) -> int:
 
 def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, loss_fn: Callable, pad_id: int,
           seed: int, device: torch.device, evaluate: Callable[[], dict] | None = None,
-          progress=None, packed: bool = False, on_step: Callable[[int, dict], None] | None = None) -> TrainLog:
+          progress=None, packed: bool = False, on_step: Callable[[int, dict], None] | None = None,
+          checkpoints: Checkpointing | None = None) -> TrainLog:
     """Train ``model`` in place.  ``evaluate()`` is called at the evaluation points (model in eval mode,
     no gradients) and returns the metrics to log there.  ``on_step(step, values)`` gets the loss and
-    learning rate of every optimizer step and the metrics of every evaluation point (experiment trackers)."""
+    learning rate of every optimizer step and the metrics of every evaluation point (experiment trackers).
+    ``checkpoints``: resume from this run's last checkpoint, and write them as due (:mod:`.checkpoint`)."""
     on_step = on_step or (lambda step, values: None)
-    acc, model, opt, loader, sched, params, steps = _setup(model, items, settings, pad_id, seed, device, packed)
+    acc, model, opt, loader, sched, params, steps, order = _setup(model, items, settings, pad_id, seed, device, packed)
     log = TrainLog(distributed_type=str(acc.distributed_type).rsplit(".", 1)[-1], processes=acc.num_processes)
     _warn_if_not_the_engine_asked_for(log.distributed_type)
     every = settings.eval_every if isinstance(settings.eval_every, int) else None
-    last_eval = -1
+    loop = _Loop(acc, model, opt, sched, order, log, evaluate, checkpoints if acc.num_processes == 1 else None)
+    loop.resume()
     step_loss = [0.0, 0]  # this rank's sum of example losses and examples over the step's micro-batches
     model.train()
     observed = ObservedDtype(model)
     with progress("train", steps) as advance:
-        epoch = 0
+        advance(log.steps)
+        epoch, skip = loop.epoch, loop.batches
         while log.steps < steps:
             epoch += 1
+            epoch_order = order.get_state()  # the data order's generator as this epoch draws its permutation
             for i, batch in enumerate(loader):
+                if i < skip:  # consumed before the checkpoint this run resumed from
+                    continue
                 with acc.accumulate(model):
                     loss = _micro_step(acc, model, opt, sched, params, batch, loss_fn, settings, log, observed, epoch)
                 step_loss[0] += float(loss.detach()) * len(batch["target"])
@@ -127,13 +137,17 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
                 on_step(log.steps, {"train": {"loss": log.losses[-1], "lr": sched.get_last_lr()[0],
                                               "epoch": log.epochs}})
                 if evaluate is not None and every and log.steps % every == 0:
-                    last_eval = _evaluate(model, evaluate, log, sched, on_step)
+                    loop.last_eval = _evaluate(model, evaluate, log, sched, on_step)
                 if log.steps >= steps:
                     break
+                loop.checkpoint_if_due(epoch, i + 1, epoch_order)
+                fault("step", log.steps)
+            skip = 0
             if evaluate is not None and settings.eval_every == "epoch":
-                last_eval = _evaluate(model, evaluate, log, sched, on_step)
-    if evaluate is not None and every and last_eval != log.steps:  # the final model is always a point
+                loop.last_eval = _evaluate(model, evaluate, log, sched, on_step)
+    if evaluate is not None and every and loop.last_eval != log.steps:  # the final model is always a point
         _evaluate(model, evaluate, log, sched, on_step)
+    log.resumed = loop.resumed
     model = acc.unwrap_model(model)
     model.eval()
     acc.free_memory()
@@ -144,7 +158,7 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
 def _setup(model: nn.Module, items: list[TrainItem], settings: TrainSettings, pad_id: int, seed: int,
            device: torch.device, packed: bool):
     """The accelerator, and the model, optimizer, loader and scheduler prepared by it; the trained
-    parameters; the number of optimizer steps."""
+    parameters; the number of optimizer steps; the data order's generator."""
     from transformers import get_scheduler
 
     acc = make_accelerator(settings, device)
@@ -159,11 +173,11 @@ def _setup(model: nn.Module, items: list[TrainItem], settings: TrainSettings, pa
     sched = get_scheduler("linear" if settings.schedule == "linear" else "constant_with_warmup", opt,
                           num_warmup_steps=math.ceil(settings.warmup_ratio * steps), num_training_steps=steps)
     mask_dtype = mask_dtype_for(getattr(model, "lm", model)) if packed else None
+    order = torch.Generator().manual_seed(seed)  # the data order: one permutation drawn per epoch
     loader = DataLoader(items, batch_size=settings.batch_size, shuffle=True,
-                        collate_fn=lambda b: collate(b, pad_id, packed, mask_dtype),
-                        generator=torch.Generator().manual_seed(seed))
+                        collate_fn=lambda b: collate(b, pad_id, packed, mask_dtype), generator=order)
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
-    return acc, model, opt, loader, sched, params, steps
+    return acc, model, opt, loader, sched, params, steps, order
 
 
 def _warn_if_not_the_engine_asked_for(distributed_type: str) -> None:

@@ -46,6 +46,13 @@ class TrainSettings(Strict):
                             "in-domain accuracy, or best mean OOD accuracy (an oracle, reported as such)")
     freeze_embeddings: bool = Field(False, description="keep token/position embeddings (and a tied LM head) fixed")
     save: bool = Field(False, description="save the adapted weights in the run folder")
+    checkpoint_every: PositiveInt | None = Field(
+        None, description="write a checkpoint every N optimizer steps (a killed run resumes from its last one); "
+                          "not part of the run's identity", json_schema_extra={"identity": False})
+    checkpoint_minutes: NonNegativeFloat | None = Field(
+        None, description="write a checkpoint when this many minutes passed since the last (default 10: runs that "
+                          "train for less never write one; 0: only checkpoint_every); not part of the run's identity",
+        json_schema_extra={"identity": False})
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,160 @@
+"""Long runs survive (issue 28): a training run killed (SIGKILL) at a seeded step, or while it writes a checkpoint,
+and run again goes on from its last complete checkpoint and ends as the uninterrupted run: the same per-step
+losses, the same weights (max |dw| <= 1e-6, CPU float32), metrics and predictions; nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from adaptbench.training.checkpoint import FAULT_ENV
+
+from .conftest import write_config
+from .test_run import _config
+
+STEPS, EVERY = 8, 2
+TRAIN = f"train: {{max_steps: {STEPS}, batch_size: 4, lr: 1.0e-3, save: true, checkpoint_every: {EVERY}}}"
+_RNG = random.Random(20261206)
+# (trainable, where the kill lands): after a seeded step, or while the n-th checkpoint is written (n = 1: before
+# any is complete, so the run starts over).  "cd": a context-distillation student (LoRA), its teacher rerun.
+KILLS = [(t, f"step:{_RNG.randint(1, STEPS - 1)}") for t in ("lora", "bitfit", "full", "cartridge", "cd")
+         for _ in range(2)]
+KILLS += [(t, f"checkpoint-write:{_RNG.randint(1, STEPS // EVERY - 1)}") for t in ("lora", "bitfit", "cd", "full")]
+KILLS += [("lora", "checkpoint-write:1")]
+FAST = {KILLS[0], KILLS[-1]}
+
+
+def _run(folder: Path, data_dir: str, config: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    if fault:
+        env[FAULT_ENV] = fault
+    cmd = [sys.executable, "-m", "adaptbench", "run", config, "--output-dir", str(folder / "results"),
+           "--data-dir", data_dir]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _finished(folder: Path) -> tuple[dict, dict, dict]:
+    [line] = (folder / "results" / "t" / "results.jsonl").read_text().splitlines()
+    rec = json.loads(line)
+    run = folder / "results" / "t" / "runs" / rec["run_id"]
+    preds = (run / "predictions.jsonl").read_text()
+    weights = {}
+    for path in (run / "weights").rglob("*.safetensors"):
+        weights.update({f"{path.name}:{k}": v for k, v in load_file(str(path)).items()})
+    return rec, {"predictions": preds, "files": sorted(p.name for p in run.iterdir())}, weights
+
+
+def _params(kill):
+    trainable, where = kill
+    marks = () if kill in FAST else (pytest.mark.slow,)
+    return pytest.param(trainable, where, marks=marks, id=f"{trainable}-{where.replace(':', '')}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir, tiny_models):
+    """One uninterrupted run per trainable, computed when first asked for."""
+    done: dict[str, tuple] = {}
+
+    def get(trainable: str):
+        if trainable not in done:
+            folder = tmp_path_factory.mktemp(f"whole-{trainable}")
+            config = write_config(folder, _text(tiny_models["llama"], trainable))
+            result = _run(folder, data_dir, config)
+            assert result.returncode == 0, result.stderr[-3000:]
+            done[trainable] = _finished(folder)
+        return done[trainable]
+    return get
+
+
+def _text(model: str, trainable: str) -> str:
+    extra = "\nbitfit: {add_biases: true}" if trainable == "bitfit" else ""
+    method = "method: cd\ntrainable: lora" if trainable == "cd" else f"method: pbft\ntrainable: {trainable}"
+    return _config(model, f"{method}\n{TRAIN}{extra}", seeds=1, max_examples=8)
+
+
+@pytest.mark.parametrize("trainable,where", [_params(k) for k in KILLS])
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_if_never_killed(tmp_path, data_dir, tiny_models,
+                                                                              uninterrupted, trainable, where):
+    config = write_config(tmp_path, _text(tiny_models["llama"], trainable))
+    killed = _run(tmp_path, data_dir, config, where)
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-3000:])
+    assert not (tmp_path / "results" / "t" / "results.jsonl").exists() or not \
+        (tmp_path / "results" / "t" / "results.jsonl").read_text().strip()
+    again = _run(tmp_path, data_dir, config)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert ("resumed from step" in again.stderr) == (where not in ("step:1", "checkpoint-write:1")), again.stderr
+    rec, files, weights = _finished(tmp_path)
+    whole_rec, whole_files, whole_weights = uninterrupted(trainable)
+    info = rec["method_info"]
+    n = int(where.split(":")[1])
+    last = n // EVERY * EVERY if where.startswith("step") else (n - 1) * EVERY  # the last complete checkpoint
+    assert info.get("resumed_from_step") == (last or None) and info.get("resumes") == (1 if last else None)
+    assert info["train_losses"] == whole_rec["method_info"]["train_losses"]  # identical, not close
+    assert weights.keys() == whole_weights.keys() and weights
+    assert max(float((weights[k] - whole_weights[k]).abs().max()) for k in weights) <= 1e-6
+    assert rec["metrics"] == whole_rec["metrics"] and files["predictions"] == whole_files["predictions"]
+    assert files["files"] == whole_files["files"]  # no checkpoint, no half-written one left
+    assert not [n for n in files["files"] if n.startswith(("checkpoint-", ".tmp-"))]
+
+
+def _checkpointing(folder: Path, **key):
+    import torch
+
+    from adaptbench.training.checkpoint import Checkpointing
+
+    ckpt = Checkpointing(str(folder), {"run_id": "r1", "items": "abc", "version": "1", **key}, every=1)
+    return ckpt, {"w": torch.arange(4.0)}, {"step": 3, "numbers": [1, 2], "t": torch.ones(2)}
+
+
+@pytest.mark.parametrize("damage,why", [
+    ("another run", "another run_id"), ("another version", "another version"),
+    ("corrupted", "state.pt does not match its SHA-256"), ("half written", "no complete meta.json")])
+def test_a_checkpoint_not_of_this_run_or_damaged_is_reported_and_never_used(tmp_path, damage, why):
+    ckpt, tensors, state = _checkpointing(tmp_path)
+    ckpt.save(3, tensors, state)
+    assert ckpt.bytes > 0 and [p.name for p in tmp_path.iterdir()] == ["checkpoint-3"]
+    found = _checkpointing(tmp_path)[0].load()
+    assert found.step == 3 and found.state["numbers"] == [1, 2] and found.tensors["w"].tolist() == [0, 1, 2, 3]
+    folder = tmp_path / "checkpoint-3"
+    if damage == "corrupted":
+        data = bytearray((folder / "state.pt").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (folder / "state.pt").write_bytes(bytes(data))
+    elif damage == "half written":
+        (folder / "meta.json").unlink()
+    key = {"run_id": "r2"} if damage == "another run" else {"version": "2"} if damage == "another version" else {}
+    other = _checkpointing(tmp_path, **key)[0]
+    assert other.load() is None
+    assert len(other.rejected) == 1 and other.rejected[0].startswith("checkpoint-3: " + why), other.rejected
+    assert not folder.exists()  # not tried again
+
+
+def test_a_newer_checkpoint_replaces_the_older_and_the_older_is_used_when_the_newer_is_damaged(tmp_path):
+    ckpt, tensors, state = _checkpointing(tmp_path)
+    ckpt.save(2, tensors, state)
+    ckpt.save(4, tensors, {**state, "step": 4})
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-4"]
+    import shutil
+
+    shutil.copytree(tmp_path / "checkpoint-4", tmp_path / "checkpoint-6")
+    (tmp_path / "checkpoint-6" / "trained.safetensors").write_bytes(b"not a tensor file")
+    again = _checkpointing(tmp_path)[0]
+    assert again.load().step == 4 and "checkpoint-6: trained.safetensors does not match" in again.rejected[0]
+
+
+def test_checkpoint_settings_are_not_part_of_the_run_id(tmp_path, tiny_models):
+    from adaptbench.sweep.plan import make_plan
+
+    config = write_config(tmp_path, _text(tiny_models["llama"], "lora"))
+    [run] = make_plan(config).runs
+    assert run.train.checkpoint_every == EVERY
+    for overrides in (["train.checkpoint_every=5"], ["train.checkpoint_minutes=0.5"], ["train.save=false"]):
+        [other] = make_plan(config, overrides).runs
+        assert (other.run_id == run.run_id) == (overrides != ["train.save=false"]), overrides
