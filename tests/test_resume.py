@@ -158,3 +158,63 @@ def test_checkpoint_settings_are_not_part_of_the_run_id(tmp_path, tiny_models):
     for overrides in (["train.checkpoint_every=5"], ["train.checkpoint_minutes=0.5"], ["train.save=false"]):
         [other] = make_plan(config, overrides).runs
         assert (other.run_id == run.run_id) == (overrides != ["train.save=false"]), overrides
+
+
+def test_scoring_backs_off_after_an_out_of_memory_error_under_batch_size_auto(tmp_path, data_dir, tiny_models,
+                                                                              monkeypatch):
+    """An injected CUDA out-of-memory error for batches above 2: batch_size auto halves until it fits and records
+    where it settled, with the predictions of a run given that size; a batch size the user set is kept (the run
+    fails with the error)."""
+    import torch
+
+    from adaptbench.scoring import context
+
+    from .test_run import _records, _run as run_in_process
+
+    def predictions(folder: Path, rec: dict) -> str:
+        return (folder / "results" / "t" / "runs" / rec["run_id"] / "predictions.jsonl").read_text()
+
+    text = _config(tiny_models["llama"], seeds=1, max_examples=8)
+    (tmp_path / "a").mkdir()
+    assert run_in_process(tmp_path / "a", data_dir, text.replace("{progress: false}", "{progress: false, batch_size: 2}")).exit_code == 0
+    [plain] = _records(tmp_path / "a")
+    real = context.score
+
+    def small_memory(*args, batch_size, **kw):
+        if batch_size > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(*args, batch_size=batch_size, **kw)
+
+    monkeypatch.setattr(context, "score", small_memory)
+    (tmp_path / "b").mkdir()
+    assert run_in_process(tmp_path / "b", data_dir, text).exit_code == 0
+    [backed] = _records(tmp_path / "b")
+    backoff = backed["method_info"]["batch_size_backoff"]
+    assert backoff["settled"] == 2 and backoff["out_of_memory_at"][-1] == 4
+    assert predictions(tmp_path / "b", backed) == predictions(tmp_path / "a", plain)
+    (tmp_path / "c").mkdir()
+    assert run_in_process(tmp_path / "c", data_dir, text.replace("{progress: false}", "{progress: false, batch_size: 4}")).exit_code
+    [failed] = _records(tmp_path / "c")
+    assert failed["status"] == "failed" and "out of memory" in failed["reason"]
+
+
+def test_fine_tuned_predictions_back_off_too(tmp_path, data_dir, tiny_models, monkeypatch):
+    import torch
+
+    from adaptbench.methods import finetune
+
+    from .test_run import _records, _run as run_in_process
+
+    real = finetune.batched_logits
+
+    def small_memory(model, seqs, pad, device, batch_size, on_batch=None):
+        if batch_size > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(model, seqs, pad, device, batch_size, on_batch)
+
+    monkeypatch.setattr(finetune, "batched_logits", small_memory)
+    text = _config(tiny_models["llama"], "method: pbft\ntrainable: lora\ntrain: {max_steps: 1, batch_size: 4}",
+                   seeds=1, max_examples=8)
+    assert run_in_process(tmp_path, data_dir, text).exit_code == 0
+    [rec] = _records(tmp_path)
+    assert rec["method_info"]["batch_size_backoff"] == {"out_of_memory_at": [16, 8], "settled": 4}

@@ -7,7 +7,7 @@ is adapted and how it scores an example.  A new method is a small module with on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -73,6 +73,9 @@ class MethodInfo(RecordPart):
 
     capabilities_off: dict[str, str] = Field(default_factory=dict, description="what was off for this model, and "
                                              "why (prefix_cache, shared_prefix, packing, ...)")
+    batch_size_backoff: dict[str, Any] | None = Field(
+        None, description="runtime.batch_size auto on a GPU: the batch sizes that ran out of memory "
+                          "(out_of_memory_at) and the size scoring settled on")
 
 
 class Method:

@@ -16,7 +16,7 @@ from ..measure.metrics import eval_set_metrics
 from ..training.saving import save_adapted
 from ..training.packing import packing_unsupported
 from ..training.precision import ObservedDtype, check_master_weights
-from ..scoring.core import batched_logits
+from ..scoring.core import backing_off, batched_logits
 from ..training.policies import apply_policy
 from ..training.checkpoint import DEFAULT_MINUTES, Checkpointing, items_hash
 from ..training.loop import TrainItem, train
@@ -234,8 +234,9 @@ def score_examples(ctx: RunContext, model: nn.Module, examples, on_batch=None):
     tokens = padded = 0
     if fits:
         bs = ctx.runtime.batch_size if ctx.runtime.batch_size != "auto" else 16
-        logits[fits], tokens, padded = batched_logits(model, [seqs[j] for j in fits], ctx.loaded.tokenizer.pad_token_id,
-                                                      ctx.loaded.device, bs, on_batch)
+        logits[fits], tokens, padded = backing_off(
+            lambda b: batched_logits(model, [seqs[j] for j in fits], ctx.loaded.tokenizer.pad_token_id,
+                                     ctx.loaded.device, b, on_batch), bs, ctx.runtime.batch_size == "auto", ctx.info)
     return (distributed.gather_rows(mine, logits, len(examples)), *distributed.sum_over_ranks(tokens, padded))
 
 

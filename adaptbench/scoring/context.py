@@ -19,7 +19,7 @@ from .._util import distributed
 from ..models.interface import lm_parts
 from ..models.loading import LoadedModel, free_memory_bytes
 from ..prompts.prompt import PromptEncoder, common_prefix_length
-from .core import PrefixCache, auto_batch_size, prefix_attention, score
+from .core import PrefixCache, auto_batch_size, backing_off, prefix_attention, score
 from .scores import Scores
 
 
@@ -120,8 +120,10 @@ class LocalContextScorer:
             bs = self._batch_size(cache, len(prefix), max(map(len, todo))) if todo else 1
             with (self.progress(f"{self.label} {name}".strip(), len(todo)) if on_batch is None
                   else _given(on_batch)) as advance:
-                s = score(self.parts, todo, self.encoder.label_token_ids, pad, prefix_ids=prefix, prefix_cache=cache,
-                          batch_size=bs, on_batch=advance, full_vocab=full_vocab)
+                s = backing_off(lambda b: score(self.parts, todo, self.encoder.label_token_ids, pad, prefix_ids=prefix,
+                                                prefix_cache=cache, batch_size=b, on_batch=advance,
+                                                full_vocab=full_vocab), bs, self.requested_batch_size == "auto",
+                                self.info)
             targets = [(out.logits, s.logits), (out.log_norm, s.log_norm)] + (
                 [(out.vocab, s.vocab)] if full_vocab else [])
             for whole, part in targets:

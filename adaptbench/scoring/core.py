@@ -14,10 +14,12 @@ kept as the reference the cached path is tested against.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +30,8 @@ from ..models.parts import LMParts, verbalizer_logits, vocab_logits
 from . import shared_prefix
 from .scores import Scores
 from .shared_prefix import SharedPrefixCache, SharedPrefixLayer
+
+T = TypeVar("T")
 
 
 class _PrefixLayer(DynamicLayer):
@@ -206,6 +210,27 @@ def batched_logits(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id
             if on_batch is not None:
                 on_batch(len(batch))
     return out, tokens, padded
+
+
+def backing_off(run: Callable[[int], T], batch_size: int, auto: bool, info: dict) -> T:
+    """``run(batch_size)``; where the batch size is ``auto`` a CUDA out-of-memory error halves it and runs again
+    (the idea of accelerate's ``find_executable_batch_size``), down to 1, and ``info["batch_size_backoff"]``
+    records the sizes that ran out and the one it settled on (later calls start there).  A batch size the user
+    set is never changed."""
+    settled = (info.get("batch_size_backoff") or {}).get("settled")
+    batch_size = min(batch_size, settled) if auto and settled else batch_size
+    while True:
+        try:
+            return run(batch_size)
+        except torch.cuda.OutOfMemoryError:
+            if not auto or batch_size == 1:
+                raise
+            gc.collect()
+            torch.cuda.empty_cache()
+            backoff = info.setdefault("batch_size_backoff", {"out_of_memory_at": [], "settled": None})
+            backoff["out_of_memory_at"].append(batch_size)
+            batch_size //= 2
+            backoff["settled"] = batch_size
 
 
 @contextmanager
