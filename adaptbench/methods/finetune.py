@@ -117,8 +117,8 @@ class FineTuneMethod(Method):
             ctx.info["checkpoints"] = {"every": checkpoints.every, "minutes": checkpoints.minutes,
                                        "written": checkpoints.written, "bytes": checkpoints.bytes,
                                        "seconds": round(checkpoints.seconds, 3), "rejected": checkpoints.rejected}
-            if log.processes > 1:
-                ctx.info["checkpoints"]["off"] = "a multi-process launch: not checkpointed yet"
+            if log.distributed_type in ("FSDP", "DEEPSPEED"):
+                ctx.info["checkpoints"]["off"] = f"{log.distributed_type} shards the state: not checkpointed yet"
             phase.extra.update(steps=log.steps, epochs=log.epochs)  # evaluation points: costs["eval_points"]
             if log.compute_dtype:
                 phase.extra["observed_compute_dtype"] = log.compute_dtype
@@ -201,15 +201,16 @@ class Evaluator:
 
 def checkpointing(ctx: RunContext, items: list[TrainItem]) -> Checkpointing | None:
     """Where and when this run writes checkpoints (its folder; train.checkpoint_every / _minutes, default every
-    10 minutes), keyed to this run: its id, its training inputs, adaptbench's version."""
+    10 minutes), keyed to this run: its id, its training inputs, adaptbench's version, the launch's processes."""
     settings = ctx.spec.train
     if not ctx.out_dir:
         return None
     every, minutes = settings.checkpoint_every, settings.checkpoint_minutes
     if minutes is None:
         minutes = None if every else DEFAULT_MINUTES
-    return Checkpointing(ctx.out_dir, {"run_id": ctx.spec.run_id, "items": items_hash(items), "version": __version__},
-                         every=every, minutes=minutes or None)
+    key = {"run_id": ctx.spec.run_id, "items": items_hash(items), "version": __version__,
+           "processes": distributed.world_size()}
+    return Checkpointing(ctx.out_dir, key, every=every, minutes=minutes or None)
 
 
 def select(history: list[dict], mode: str, in_domain: str) -> int:

@@ -8,11 +8,13 @@ loop replays the epoch's order, skips what was consumed and goes on: CPU float32
 weights as an uninterrupted run.
 
 A checkpoint is a folder ``checkpoint-<step>`` in the run folder, written as ``.tmp-<owner>-checkpoint-<step>``
-(host + PID + start time, as every temp file: a sweep's start removes those of dead writers), fsynced,
-renamed into place, its ``meta.json`` last and holding
-the SHA-256 of its files; the previous one is removed after.  A checkpoint of another run (its key: the run id,
-the trained inputs' hash, the adaptbench version), a corrupted one (a hash that does not match) or a half-written
-one is never used: it is reported and the run starts over (or from an older complete one).
+(host + PID + start time, as every temp file: a sweep's start removes those of dead writers), fsynced, renamed
+into place, its ``meta.json`` last and holding the SHA-256 of its files; the previous one is removed after.
+Under a data-parallel launch (DDP: every rank holds the same weights and optimizer) rank 0 writes it, with every
+rank's random generators; rank 0 picks the checkpoint to resume from and every rank reads it.  A checkpoint of
+another run (its key: the run id, the trained inputs' hash, the adaptbench version, the number of processes), a
+corrupted one (a hash that does not match) or a half-written one is never used: it is reported and the run
+starts over (or from an older complete one).
 """
 
 from __future__ import annotations
@@ -143,13 +145,21 @@ class Checkpointing:
         for folder in reversed(self._found()):
             why = self._why_not(folder)
             if why is None:
-                meta = json.load(open(os.path.join(folder, "meta.json"), encoding="utf-8"))
-                state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
-                tensors = load_file(os.path.join(folder, "trained.safetensors"))
-                return Resumed(meta["step"], state, tensors, meta)
+                return self._read(folder)
             self.rejected.append(f"{os.path.basename(folder)}: {why}")
             shutil.rmtree(folder, ignore_errors=True)
         return None
+
+    def read(self, step: int) -> Resumed:
+        """``checkpoint-<step>``, as rank 0 found it complete (the other ranks of a launch read it too)."""
+        return self._read(os.path.join(self.run_folder, f"{PREFIX}{step}"))
+
+    @staticmethod
+    def _read(folder: str) -> Resumed:
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
+        return Resumed(meta["step"], state, load_file(os.path.join(folder, "trained.safetensors")), meta)
 
     def _why_not(self, folder: str) -> str | None:
         try:

@@ -107,7 +107,8 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
     log = TrainLog(distributed_type=str(acc.distributed_type).rsplit(".", 1)[-1], processes=acc.num_processes)
     _warn_if_not_the_engine_asked_for(log.distributed_type)
     every = settings.eval_every if isinstance(settings.eval_every, int) else None
-    loop = _Loop(acc, model, opt, sched, order, log, evaluate, checkpoints if acc.num_processes == 1 else None)
+    sharded = log.distributed_type in ("FSDP", "DEEPSPEED")  # their state is sharded: not checkpointed yet
+    loop = _Loop(acc, model, opt, sched, order, log, evaluate, None if sharded else checkpoints)
     loop.resume()
     step_loss = [0.0, 0]  # this rank's sum of example losses and examples over the step's micro-batches
     model.train()

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 
+from .._util import distributed
 from ..errors import AdaptbenchError
 from .checkpoint import Checkpointing, rng_state, set_rng_state
 
@@ -30,11 +31,15 @@ class Loop:
 
     def checkpoint_if_due(self, epoch: int, batches: int, epoch_order: torch.Tensor) -> None:
         """After an optimizer step: ``batches`` micro-batches of this epoch are consumed."""
-        if self.checkpoints is None or not self.checkpoints.due(self.log.steps):
+        # every rank takes part: rank 0's clock decides, each rank's random generators go in
+        if self.checkpoints is None or not distributed.broadcast(self.checkpoints.due(self.log.steps)):
+            return
+        rngs = distributed.gather(rng_state())
+        if not distributed.is_main():  # the rest is the same on every rank of a data-parallel launch
             return
         log = dataclasses.asdict(self.log)
         state = {"epoch": epoch, "batches": batches, "order": epoch_order, "acc_step": self.acc.step,
-                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng_state(),
+                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rngs,
                  "log": log, "last_eval": self.last_eval,
                  "points": [{k: torch.from_numpy(v) for k, v in p.items()} for p in self.points or []],
                  "seconds": self._before + time.perf_counter() - self._started,
@@ -44,9 +49,13 @@ class Loop:
     def resume(self) -> None:
         """Put back the run's newest complete checkpoint, if there is one."""
         checkpoints = self.checkpoints
-        found = checkpoints.load() if checkpoints is not None else None
-        if found is None:
+        if checkpoints is None:
             return
+        found = checkpoints.load() if distributed.is_main() else None  # rank 0 judges, every rank reads that one
+        step = distributed.broadcast(found.step if found is not None else None)
+        if step is None:
+            return
+        found = found or checkpoints.read(step)
         trained, state = self._trained(), found.state
         if set(found.tensors) != set(trained):
             checkpoints.rejected.append(f"checkpoint-{found.step}: it trained other parameters")
@@ -56,7 +65,7 @@ class Loop:
                 p.copy_(found.tensors[name].to(p.device, p.dtype))
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"][distributed.rank()])
         self.order.set_state(state["order"])
         self.acc.step = state["acc_step"]
         for key, value in state["log"].items():
