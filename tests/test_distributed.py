@@ -29,7 +29,8 @@ include:
 """
 
 
-def _launch(tmp: Path, data_dir: str, config: str, out: Path, *launch_args: str) -> subprocess.CompletedProcess:
+def _launch(tmp: Path, data_dir: str, config: str, out: Path, *launch_args: str,
+            run_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`accelerate launch ... -m adaptbench run` with 2 processes.  On a machine without GPUs accelerate's
     --cpu launcher starts one process, so --multi_gpu does the spawning (torchrun) and adaptbench
     joins a gloo process group on the CPU."""
@@ -37,7 +38,7 @@ def _launch(tmp: Path, data_dir: str, config: str, out: Path, *launch_args: str)
     args = list(launch_args) or ["--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                                  "--mixed_precision", "no", "--dynamo_backend", "no"]
     env = {**os.environ, "ADAPTBENCH_DATA_DIR": data_dir, "OMP_NUM_THREADS": "1"}
-    cmd = launcher + args + ["-m", "adaptbench", "run", config, "--output-dir", str(out)]
+    cmd = launcher + args + ["-m", "adaptbench", "run", config, "--output-dir", str(out), *run_args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 

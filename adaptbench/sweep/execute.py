@@ -253,7 +253,8 @@ def _claimed(plan: Plan, run_id: str):
 def save(plan: Plan, outcome: RunOutcome) -> None:
     """Write the run's files (rank 0 only: under a launch the other ranks hold the same record).  The
     record names the predictions file's rows and SHA-256, so a reader can tell they belong together.  A
-    finished run's training checkpoints go then (``--keep-checkpoints`` keeps them)."""
+    finished run's training checkpoints go then (``--keep-checkpoints`` keeps them), and the failure notes of a
+    launch that failed before."""
     if not distributed.is_main():
         return
     folder = records.run_dir(plan.sweep_dir, outcome.record["run_id"])
@@ -263,5 +264,9 @@ def save(plan: Plan, outcome: RunOutcome) -> None:
     records.atomic_write(os.path.join(folder, records.PREDICTIONS), text)
     records.atomic_write(os.path.join(folder, records.RESULT), records.dumps(outcome.record) + "\n")
     records.add_to_index(plan.sweep_dir, outcome.record)
-    if outcome.record.get("status") == "ok" and not plan.runtime.keep_checkpoints:
-        remove_checkpoints(folder)  # the record is written: a rerun has nothing to resume
+    if outcome.record.get("status") == "ok":  # an earlier attempt's leftovers: its failure notes, checkpoints
+        for name in [n for n in os.listdir(folder) if n.startswith("rank") and n.endswith("-failure.json")]:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+        if not plan.runtime.keep_checkpoints:
+            remove_checkpoints(folder)  # the record is written: a rerun has nothing to resume

@@ -38,13 +38,25 @@ from .._util.files import TMP_PREFIX, _fsync_folder, atomic_write
 
 PREFIX = "checkpoint-"
 DEFAULT_MINUTES = 10.0  # without train.checkpoint_*: runs shorter than this never write one
-FAULT_ENV = "ADAPTBENCH_FAULT_KILL"  # tests: "step:N" or "checkpoint-write:N" (SIGKILL there, once)
+FAULT_ENV = "ADAPTBENCH_FAULT_KILL"  # tests: "step:N", "checkpoint-write:N" or "teacher:N" (its N-th batch)
 
 
 def fault(point: str, n: int) -> None:
     """SIGKILL this process at a named point (the fault suite's seeded kills); nothing unless asked for."""
     if os.environ.get(FAULT_ENV) == f"{point}:{n}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def faulting(point: str, advance=None):
+    """A progress callback that also SIGKILLs at the n-th batch of ``point`` when the fault suite asks for it."""
+    count = [0]
+
+    def on_batch(n: int) -> None:
+        if advance is not None:
+            advance(n)
+        count[0] += 1
+        fault(point, count[0])
+    return on_batch
 
 
 def _sha256(path: str) -> str:

@@ -19,6 +19,7 @@ from ...data.contexts import parse_context_setting
 from ...errors import ConfigError, RunSkipped
 from ...measure.metrics import eval_set_metrics
 from ...scoring.scores import log_softmax
+from ...training.checkpoint import faulting
 from ..base import RunContext
 from ..icl import ICLPredictor
 from .context import context_text
@@ -63,7 +64,7 @@ class Teacher:
         """The teacher's distributions of the inputs ``indices``; ``tokens`` then holds the tokens it read
         (with a cache: each context once, and each input's own tokens)."""
         s = self.scorer.score(self.reading, indices, cached=cached, full_vocab=self.vocab,
-                              on_batch=progress or (lambda n: None))
+                              on_batch=faulting("teacher", progress))
         self.tokens = s.tokens + (sum(self.scorer.context_tokens(k) or 0 for k in self.texts) if cached else 0)
         return np.exp(log_softmax((s.vocab if self.vocab else s.logits) / self.temperature))
 

@@ -25,6 +25,7 @@ from ...measure.breakeven import DISTILLED, ICL, ICL_CACHED
 from ...data.contexts import parse_context_setting, split_inputs
 from .targets import CompactTargets, full_bytes_per_position
 from ...errors import ConfigError, RunSkipped
+from ...training.checkpoint import faulting
 from ...training.precision import observed_compute
 from ...data.sampling import unlabeled_sample
 from ...models.parts import LMParts
@@ -169,7 +170,7 @@ class SequenceDistillation:
             items += self._continued(ctx, loaded, cache, items)
         with ctx.progress("teacher", len(items)) as advance:
             hidden = predicted_hidden(parts, self.prefix, [x for x, _, _ in items], [b - first for _, b, _ in items],
-                                      pad, cache, on_batch=advance)
+                                      pad, cache, on_batch=faulting("teacher", advance))
         targets = teacher_targets(parts, hidden, settings.temperature, settings.store, settings.top_k)
         bounds = torch.tensor([0] + [len(h) for h in hidden]).cumsum(0).tolist()
         self.targets = [targets.rows(a, b) for a, b in zip(bounds, bounds[1:])]
