@@ -132,7 +132,8 @@ def test_a_checkpoint_not_of_this_run_or_damaged_is_reported_and_never_used(tmp_
         (folder / "meta.json").unlink()
     key = {"run_id": "r2"} if damage == "another run" else {"version": "2"} if damage == "another version" else {}
     other = _checkpointing(tmp_path, **key)[0]
-    assert other.load() is None
+    with pytest.warns(UserWarning, match="not used to resume"):
+        assert other.load() is None
     assert len(other.rejected) == 1 and other.rejected[0].startswith("checkpoint-3: " + why), other.rejected
     assert not folder.exists()  # not tried again
 
@@ -147,7 +148,8 @@ def test_a_newer_checkpoint_replaces_the_older_and_the_older_is_used_when_the_ne
     shutil.copytree(tmp_path / "checkpoint-4", tmp_path / "checkpoint-6")
     (tmp_path / "checkpoint-6" / "trained.safetensors").write_bytes(b"not a tensor file")
     again = _checkpointing(tmp_path)[0]
-    assert again.load().step == 4 and "checkpoint-6: trained.safetensors does not match" in again.rejected[0]
+    with pytest.warns(UserWarning, match="checkpoint-6: not used to resume"):
+        assert again.load().step == 4 and "checkpoint-6: trained.safetensors does not match" in again.rejected[0]
 
 
 def test_checkpoint_settings_are_not_part_of_the_run_id(tmp_path, tiny_models):

@@ -113,15 +113,15 @@ class FineTuneMethod(Method):
                 phase.extra["seconds_before_resume"] = log.resumed["seconds_before"]
                 ctx.info.update(resumed_from_step=log.resumed["from_step"], resumes=log.resumed["times"],
                                 train_seconds_before_resume=log.resumed["seconds_before"])
+            phase.extra.update(steps=log.steps, epochs=log.epochs)  # evaluation points: costs["eval_points"]
+            if log.compute_dtype:
+                phase.extra["observed_compute_dtype"] = log.compute_dtype
         if checkpoints is not None:
             ctx.info["checkpoints"] = {"every": checkpoints.every, "minutes": checkpoints.minutes,
                                        "written": checkpoints.written, "bytes": checkpoints.bytes,
                                        "seconds": round(checkpoints.seconds, 3), "rejected": checkpoints.rejected}
             if log.distributed_type in ("FSDP", "DEEPSPEED"):
                 ctx.info["checkpoints"]["off"] = f"{log.distributed_type} shards the state: not checkpointed yet"
-            phase.extra.update(steps=log.steps, epochs=log.epochs)  # evaluation points: costs["eval_points"]
-            if log.compute_dtype:
-                phase.extra["observed_compute_dtype"] = log.compute_dtype
         ctx.info.update(train_examples=len(items), steps=log.steps, train_losses=[round(x, 5) for x in log.losses],
                         history=log.history, distributed_type=log.distributed_type, processes=log.processes)
         chosen = None

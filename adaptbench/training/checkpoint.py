@@ -27,6 +27,7 @@ import random
 import shutil
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,6 +160,7 @@ class Checkpointing:
             if why is None:
                 return self._read(folder)
             self.rejected.append(f"{os.path.basename(folder)}: {why}")
+            warnings.warn(f"{folder}: not used to resume ({why}); removed")
             shutil.rmtree(folder, ignore_errors=True)
         return None
 

@@ -20,7 +20,7 @@ class Loop:
     def __init__(self, acc, model, opt, sched, order: torch.Generator, log, evaluate,
                  checkpoints: Checkpointing | None):
         self.acc, self.model, self.opt, self.sched, self.order, self.log = acc, model, opt, sched, order, log
-        self.checkpoints = checkpoints  # None: none written or resumed from (a multi-process launch: not yet)
+        self.checkpoints = checkpoints  # None: none written or resumed from (FSDP, DeepSpeed: not yet)
         self.points = getattr(evaluate, "points", None)  # the evaluation points' scores (fine-tuning's Evaluator)
         self.last_eval, self.epoch, self.batches = -1, 0, 0
         self.resumed: dict | None = None
