@@ -38,7 +38,7 @@ def atomic_write(path: str, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-        _fsync_folder(folder)
+        fsync_folder(folder)
     except OSError as e:
         raise ResultsWriteError(f"cannot write {path}: {e.strerror or e}; nothing was half-written -- run the "
                                 f"same command again once this is fixed, it resumes where it stopped") from None
@@ -47,7 +47,16 @@ def atomic_write(path: str, text: str) -> None:
             os.unlink(tmp)
 
 
-def _fsync_folder(folder: str) -> None:
+def fsync_file(path: str) -> None:
+    """Flush a file written by another library (safetensors, torch.save) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # some filesystems do not open folders; the rename itself is done

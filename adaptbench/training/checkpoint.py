@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._util import owners
-from .._util.files import TMP_PREFIX, _fsync_folder, atomic_write
+from .._util.files import TMP_PREFIX, atomic_write, fsync_file, fsync_folder
 
 PREFIX = "checkpoint-"
 DEFAULT_MINUTES = 10.0  # without train.checkpoint_*: runs shorter than this never write one
@@ -109,7 +109,7 @@ class Checkpointing:
     """Where and when a run's checkpoints are written, and which of them belong to it."""
 
     run_folder: str
-    key: dict  # run_id, items, version: what a checkpoint must match
+    key: dict  # run_id, items, version, processes: what a checkpoint must match
     every: int | None = None  # steps
     minutes: float | None = DEFAULT_MINUTES
     written: int = 0
@@ -134,14 +134,16 @@ class Checkpointing:
         torch.save(state, os.path.join(tmp, "state.pt"))
         self.written += 1
         fault("checkpoint-write", self.written)  # tests: killed while writing (no meta.json yet)
+        for name in ("trained.safetensors", "state.pt"):
+            fsync_file(os.path.join(tmp, name))
         files = {name: _sha256(os.path.join(tmp, name)) for name in ("trained.safetensors", "state.pt")}
         meta = {**self.key, "step": step, "files": files, "owner": owners.me(), "time": time.time()}
         atomic_write(os.path.join(tmp, "meta.json"), json.dumps(meta))
-        _fsync_folder(tmp)
+        fsync_folder(tmp)
         final = os.path.join(self.run_folder, f"{PREFIX}{step}")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        _fsync_folder(self.run_folder)
+        fsync_folder(self.run_folder)
         self.bytes = sum(os.path.getsize(os.path.join(final, f)) for f in os.listdir(final))
         for old in self._found():
             if old != final:
