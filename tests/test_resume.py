@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from adaptbench.training.checkpoint import FAULT_ENV
 
 from .conftest import write_config
-from .test_run import _config
+from .test_run import _config, _run as _in_process
 
 STEPS, EVERY = 8, 2
 TRAIN = f"train: {{max_steps: {STEPS}, batch_size: 4, lr: 1.0e-3, save: true, checkpoint_every: {EVERY}}}"
@@ -65,9 +65,8 @@ def uninterrupted(tmp_path_factory, data_dir, tiny_models):
     def get(trainable: str):
         if trainable not in done:
             folder = tmp_path_factory.mktemp(f"whole-{trainable}")
-            config = write_config(folder, _text(tiny_models["llama"], trainable))
-            result = _run(folder, data_dir, config)
-            assert result.returncode == 0, result.stderr[-3000:]
+            result = _in_process(folder, data_dir, _text(tiny_models["llama"], trainable))  # no process start-up
+            assert result.exit_code == 0, result.output[-3000:]
             done[trainable] = _finished(folder)
         return done[trainable]
     return get
@@ -87,15 +86,15 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_if_never_killed(tm
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-3000:])
     assert not (tmp_path / "results" / "t" / "results.jsonl").exists() or not \
         (tmp_path / "results" / "t" / "results.jsonl").read_text().strip()
-    again = _run(tmp_path, data_dir, config)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = _in_process(tmp_path, data_dir, _text(tiny_models["llama"], trainable))  # the same config, rerun
+    assert again.exit_code == 0, again.output[-3000:]
     rec, files, weights = _finished(tmp_path)
     whole_rec, whole_files, whole_weights = uninterrupted(trainable)
     info = rec["method_info"]
     n = int(where.split(":")[1])
     # the last complete checkpoint (none before training: a kill in the teacher pass starts the run over)
     last = n // EVERY * EVERY if where.startswith("step") else (n - 1) * EVERY if where.startswith("checkpoint") else 0
-    assert ("resumed from step" in again.stderr) == bool(last), again.stderr
+    assert ("resumed from step" in again.output) == bool(last), again.output
     assert info.get("resumed_from_step") == (last or None) and info.get("resumes") == (1 if last else None)
     assert info["train_losses"] == whole_rec["method_info"]["train_losses"]  # identical, not close
     assert weights.keys() == whole_weights.keys() and weights
@@ -163,6 +162,7 @@ def test_checkpoint_settings_are_not_part_of_the_run_id(tmp_path, tiny_models):
         assert (other.run_id == run.run_id) == (overrides != ["train.save=false"]), overrides
 
 
+@pytest.mark.slow  # the fine-tuned predictions' back-off below is in the default suite
 def test_scoring_backs_off_after_an_out_of_memory_error_under_batch_size_auto(tmp_path, data_dir, tiny_models,
                                                                               monkeypatch):
     """An injected CUDA out-of-memory error for batches above 2: batch_size auto halves until it fits and records
@@ -172,14 +172,15 @@ def test_scoring_backs_off_after_an_out_of_memory_error_under_batch_size_auto(tm
 
     from adaptbench.scoring import context
 
-    from .test_run import _records, _run as run_in_process
+    from .test_run import _records
 
     def predictions(folder: Path, rec: dict) -> str:
         return (folder / "results" / "t" / "runs" / rec["run_id"] / "predictions.jsonl").read_text()
 
     text = _config(tiny_models["llama"], seeds=1, max_examples=8)
     (tmp_path / "a").mkdir()
-    assert run_in_process(tmp_path / "a", data_dir, text.replace("{progress: false}", "{progress: false, batch_size: 2}")).exit_code == 0
+    with_size = text.replace("{progress: false}", "{progress: false, batch_size: 2}")
+    assert _in_process(tmp_path / "a", data_dir, with_size).exit_code == 0
     [plain] = _records(tmp_path / "a")
     real = context.score
 
@@ -190,13 +191,13 @@ def test_scoring_backs_off_after_an_out_of_memory_error_under_batch_size_auto(tm
 
     monkeypatch.setattr(context, "score", small_memory)
     (tmp_path / "b").mkdir()
-    assert run_in_process(tmp_path / "b", data_dir, text).exit_code == 0
+    assert _in_process(tmp_path / "b", data_dir, text).exit_code == 0
     [backed] = _records(tmp_path / "b")
     backoff = backed["method_info"]["batch_size_backoff"]
     assert backoff["settled"] == 2 and backoff["out_of_memory_at"][-1] == 4
     assert predictions(tmp_path / "b", backed) == predictions(tmp_path / "a", plain)
     (tmp_path / "c").mkdir()
-    assert run_in_process(tmp_path / "c", data_dir, text.replace("{progress: false}", "{progress: false, batch_size: 4}")).exit_code
+    assert _in_process(tmp_path / "c", data_dir, with_size.replace("batch_size: 2", "batch_size: 4")).exit_code
     [failed] = _records(tmp_path / "c")
     assert failed["status"] == "failed" and "out of memory" in failed["reason"]
 
@@ -206,7 +207,7 @@ def test_fine_tuned_predictions_back_off_too(tmp_path, data_dir, tiny_models, mo
 
     from adaptbench.methods import finetune
 
-    from .test_run import _records, _run as run_in_process
+    from .test_run import _records
 
     real = finetune.batched_logits
 
@@ -218,7 +219,7 @@ def test_fine_tuned_predictions_back_off_too(tmp_path, data_dir, tiny_models, mo
     monkeypatch.setattr(finetune, "batched_logits", small_memory)
     text = _config(tiny_models["llama"], "method: pbft\ntrainable: lora\ntrain: {max_steps: 1, batch_size: 4}",
                    seeds=1, max_examples=8)
-    assert run_in_process(tmp_path, data_dir, text).exit_code == 0
+    assert _in_process(tmp_path, data_dir, text).exit_code == 0
     [rec] = _records(tmp_path)
     assert rec["method_info"]["batch_size_backoff"] == {"out_of_memory_at": [16, 8], "settled": 4}
 
@@ -248,11 +249,13 @@ def test_a_killed_two_process_launch_resumes_as_the_uninterrupted_launch(tmp_pat
     killed, config = launched(tmp_path / "killed", where)
     assert killed.returncode != 0
     # rank 0 alone killed (mid-write): rank 1 records the run as failed (its peer gone), so it is retried
-    again = _launch(tmp_path / "killed", data_dir, config, tmp_path / "killed" / "results", run_args=("--retry-failed",))
+    again = _launch(tmp_path / "killed", data_dir, config, tmp_path / "killed" / "results",
+                    run_args=("--retry-failed",))
     assert again.returncode == 0, again.stderr[-3000:]
     rec, files, weights = _finished(tmp_path / "killed")
     whole_rec, whole_files, whole_weights = _finished(tmp_path / "whole")
-    assert rec["method_info"]["processes"] == 2 and rec["method_info"]["resumed_from_step"] == (4 if where == "step:5" else 2)
+    info = rec["method_info"]
+    assert info["processes"] == 2 and info["resumed_from_step"] == (4 if where == "step:5" else 2)
     assert rec["method_info"]["train_losses"] == whole_rec["method_info"]["train_losses"]
     assert max(float((weights[k] - whole_weights[k]).abs().max()) for k in weights) <= 1e-6
     assert files == whole_files and rec["metrics"] == whole_rec["metrics"]
