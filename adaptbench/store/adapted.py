@@ -81,11 +81,17 @@ def load_adapted(run: str, results_dir: str = "results", device: str = "cpu") ->
     return model, loaded.tokenizer
 
 
+def head_description(record: RunRecord) -> dict:
+    """What a vanilla run's head needs besides its weights: its shape, what it reads, the labels in its order."""
+    info = record.method_info
+    return {"kind": getattr(info, "head", None) or "linear", "pooling": getattr(info, "pooling", None) or "last_token",
+            "labels": list(record.task["labels"]), "prompt": record.prompt}
+
+
 def _with_head(record: RunRecord, lm, path: str):
     from ..methods.vanilla import HeadModel
 
-    info = record.method_info
-    head = HeadModel(lm, len(record.task["labels"]), kind=getattr(info, "head", None) or "linear",
-                     pooling=getattr(info, "pooling", None) or "last_token")
+    about = head_description(record)
+    head = HeadModel(lm, len(about["labels"]), kind=about["kind"], pooling=about["pooling"])
     head.head.load_state_dict(load_file(path, device=str(next(lm.parameters()).device)))
     return head.eval()

@@ -5,7 +5,8 @@
 - ``merged``: a whole transformers model folder with its tokenizer (``AutoModelForCausalLM.from_pretrained(DIR)``,
   and so the serving engines that read such folders): a LoRA adapter merged into the base weights, BitFit's
   biases in place, a fully trained model as it is; a vanilla run's classification head beside it
-  (``classifier_head.safetensors``, and ``classifier_head.json``: its kind, pooling, labels and prompt).  A cartridge is a KV prefix, not weights: it cannot be merged.
+  (``classifier_head.safetensors``, and ``classifier_head.json``: its kind, pooling, labels and prompt).  A
+  cartridge is a KV prefix, not weights: it cannot be merged.
 - ``gguf``: the merged model as one float32 GGUF file (``model.gguf``) for llama.cpp, through llama.cpp's own
   converter (:mod:`.gguf`; ``make setup-gguf``); an architecture the converter lacks is named in the error.
 
@@ -22,7 +23,7 @@ import shutil
 from ..errors import AdaptbenchError
 from ..measure.shares import wilson_interval
 from . import gguf
-from .adapted import adapted_run, load_adapted
+from .adapted import adapted_run, head_description, load_adapted
 from .record import RunRecord
 
 FORMATS = ("peft", "merged", "gguf")
@@ -103,13 +104,6 @@ def _head_beside(record: RunRecord, folder: str, to: str) -> None:
         shutil.copy(head, os.path.join(to, HEAD_FILE))
         with open(os.path.join(to, "classifier_head.json"), "w", encoding="utf-8") as f:
             json.dump(head_description(record), f, indent=1)
-
-
-def head_description(record: RunRecord) -> dict:
-    """What a vanilla run's head needs besides its weights: its shape, what it reads, the labels in its order."""
-    info = record.method_info
-    return {"kind": getattr(info, "head", None) or "linear", "pooling": getattr(info, "pooling", None) or "last_token",
-            "labels": list(record.task["labels"]), "prompt": record.prompt}
 
 
 def _config_with_biases(lm, record: RunRecord) -> None:

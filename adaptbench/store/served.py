@@ -5,8 +5,8 @@ replied to (``method_info.judged.replies[i].prompt``, special tokens kept) and i
 intervals.  After ``adaptbench export`` and a serving engine (llama.cpp's server, vLLM, ...) the same prompts go
 to the endpoint's completions API -- greedy, the record's reply length and stop texts -- and its replies are
 judged by the same checks.  A served rate that the recorded interval excludes (and whose own interval excludes
-the recorded rate) says the deployment is not the model
-that was measured (another quantisation, a template applied twice, a wrong adapter).
+the recorded rate) says the deployment is not the model that was measured (another quantisation, a template
+applied twice, a wrong adapter).
 """
 
 from __future__ import annotations

@@ -90,6 +90,13 @@ def execute(run: RunSpec, plan: Plan, models: ModelPool, inputs: RunInputs | Non
     return out
 
 
+FAILURE_NOTE = "-failure.json"  # rank<N>-failure.json: why rank N of a launch stopped
+
+
+def _failure_notes(folder: str) -> list[str]:
+    return [os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("rank") and n.endswith(FAILURE_NOTE)]
+
+
 def stop_launch(plan: Plan, record: dict, costs: CostTracker) -> None:
     """A run failed on this rank of a multi-process launch: write the record here and end the process.
 
@@ -98,14 +105,13 @@ def stop_launch(plan: Plan, record: dict, costs: CostTracker) -> None:
     accelerate) stop them at once.  Each failing rank leaves a note; the record names every rank's reason,
     the first to fail first (a rank that fails because its peer vanished comes after the cause)."""
     rank, folder = distributed.rank(), records.run_dir(plan.sweep_dir, record["run_id"])
-    records.atomic_write(os.path.join(folder, f"rank{rank}-failure.json"),
+    records.atomic_write(os.path.join(folder, f"rank{rank}{FAILURE_NOTE}"),
                          records.dumps({"rank": rank, "reason": record["reason"], "at": time.time()}) + "\n")
     started = dt.datetime.fromisoformat(record["started_at"]).timestamp() - 1
     notes = []
-    for name in os.listdir(folder):
-        if name.startswith("rank") and name.endswith("-failure.json"):
-            with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, name), encoding="utf-8") as f:
-                notes.append(json.load(f))
+    for path in _failure_notes(folder):
+        with contextlib.suppress(OSError, ValueError), open(path, encoding="utf-8") as f:
+            notes.append(json.load(f))
     notes = sorted((n for n in notes if n.get("at", 0) >= started), key=lambda n: n["at"])  # this execution's
     record.update(reason="; ".join(f"rank {n['rank']}: {n['reason']}" for n in notes)
                   + f" (multi-process launch of {distributed.world_size()} ranks: the launch was stopped)",
@@ -265,8 +271,8 @@ def save(plan: Plan, outcome: RunOutcome) -> None:
     records.atomic_write(os.path.join(folder, records.RESULT), records.dumps(outcome.record) + "\n")
     records.add_to_index(plan.sweep_dir, outcome.record)
     if outcome.record.get("status") == "ok":  # an earlier attempt's leftovers: its failure notes, checkpoints
-        for name in [n for n in os.listdir(folder) if n.startswith("rank") and n.endswith("-failure.json")]:
+        for path in _failure_notes(folder):
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(folder, name))
+                os.unlink(path)
         if not plan.runtime.keep_checkpoints:
             remove_checkpoints(folder)  # the record is written: a rerun has nothing to resume

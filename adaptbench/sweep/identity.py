@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 
-from .._util.files import user_cache
+from .._util.files import sha256_file, user_cache
 from ..errors import AdaptbenchError, ResultsWriteError
 from ..methods import METHODS
 from ..models.loading import auto_dtype, resolve
@@ -66,13 +66,10 @@ def file_sha256(path: str) -> str:
     hit = _cache().get(path)
     if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
         return hit["sha256"]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    _cache()[path] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+    digest = sha256_file(path)
+    _cache()[path] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     _DIRTY = True
-    return digest.hexdigest()
+    return digest
 
 
 def content_sha256(path: str) -> str:

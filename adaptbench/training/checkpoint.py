@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._util import owners
-from .._util.files import TMP_PREFIX, atomic_write, fsync_file, fsync_folder
+from .._util.files import TMP_PREFIX, atomic_write, fsync_file, fsync_folder, sha256_file
 
 PREFIX = "checkpoint-"
 DEFAULT_MINUTES = 10.0  # without train.checkpoint_*: runs shorter than this never write one
@@ -58,14 +58,6 @@ def faulting(point: str, advance=None):
         count[0] += 1
         fault(point, count[0])
     return on_batch
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def items_hash(items) -> str:
@@ -136,7 +128,7 @@ class Checkpointing:
         fault("checkpoint-write", self.written)  # tests: killed while writing (no meta.json yet)
         for name in ("trained.safetensors", "state.pt"):
             fsync_file(os.path.join(tmp, name))
-        files = {name: _sha256(os.path.join(tmp, name)) for name in ("trained.safetensors", "state.pt")}
+        files = {name: sha256_file(os.path.join(tmp, name)) for name in ("trained.safetensors", "state.pt")}
         meta = {**self.key, "step": step, "files": files, "owner": owners.me(), "time": time.time()}
         atomic_write(os.path.join(tmp, "meta.json"), json.dumps(meta))
         fsync_folder(tmp)
@@ -188,7 +180,7 @@ class Checkpointing:
                 return f"another {k} ({str(meta.get(k))[:16]}, this run's {str(v)[:16]})"
         for name, digest in (meta.get("files") or {}).items():
             path = os.path.join(folder, name)
-            if not os.path.isfile(path) or _sha256(path) != digest:
+            if not os.path.isfile(path) or sha256_file(path) != digest:
                 return f"{name} does not match its SHA-256 (corrupted)"
         return None
 
