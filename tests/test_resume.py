@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from adaptbench._util.files import sha256_file
 from adaptbench.training.checkpoint import FAULT_ENV
 
 from .conftest import write_config
@@ -28,7 +29,9 @@ KILLS = [(t, f"step:{_RNG.randint(1, STEPS - 1)}") for t in ("lora", "bitfit", "
          for _ in range(2)]
 KILLS += [(t, f"checkpoint-write:{_RNG.randint(1, STEPS // EVERY - 1)}") for t in ("lora", "bitfit", "cd", "full")]
 KILLS += [("lora", "checkpoint-write:1"), ("cd", "teacher:1")]  # killed in the teacher pass: it runs again
-FAST = {KILLS[0]}
+# "seq": long-context (sequence) distillation with teacher-sampled continuations, its targets reused on the rerun
+KILLS += [("seq", f"step:{_RNG.randint(1, STEPS - 1)}"), ("seq", "teacher:1")]
+FAST = {KILLS[-2]}
 
 
 def _run(folder: Path, data_dir: str, config: str, fault: str | None = None) -> subprocess.CompletedProcess:
@@ -74,7 +77,9 @@ def uninterrupted(tmp_path_factory, data_dir, tiny_models):
 
 def _text(model: str, trainable: str) -> str:
     extra = "\nbitfit: {add_biases: true}" if trainable == "bitfit" else ""
-    method = "method: cd\ntrainable: lora" if trainable == "cd" else f"method: pbft\ntrainable: {trainable}"
+    method = ("method: cd\ntrainable: lora" if trainable == "cd" else
+              "method: cd\ntrainable: lora\ncd: {target: sequence, unlabeled: 6, generate: {n: 1, max_new_tokens: 4}}"
+              if trainable == "seq" else f"method: pbft\ntrainable: {trainable}")
     return _config(model, f"{method}\n{TRAIN}{extra}", seeds=1, max_examples=8)
 
 
@@ -92,10 +97,24 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_if_never_killed(tm
     whole_rec, whole_files, whole_weights = uninterrupted(trainable)
     info = rec["method_info"]
     n = int(where.split(":")[1])
-    # the last complete checkpoint (none before training: a kill in the teacher pass starts the run over)
-    last = n // EVERY * EVERY if where.startswith("step") else (n - 1) * EVERY if where.startswith("checkpoint") else 0
-    assert ("resumed from step" in again.output) == bool(last), again.output
-    assert info.get("resumed_from_step") == (last or None) and info.get("resumes") == (1 if last else None)
+    # the last complete checkpoint (0: none, the training starts over) and the last step the killed attempt did;
+    # a kill in the teacher pass comes before any training: nothing resumed, the teacher runs again
+    last = n // EVERY * EVERY if where.startswith("step") else (n - 1) * EVERY
+    done = n if where.startswith("step") else n * EVERY
+    trained = not where.startswith("teacher")
+    assert ("resumed from step" in again.output) == trained, again.output
+    assert info.get("resumed_from_step") == (last if trained else None)
+    assert info.get("resumes") == (1 if trained else None)
+    assert info.get("lost_steps") == (done - last if trained else None) and (info.get("lost_seconds") or 0) >= 0
+    # the teacher's targets of the killed attempt are reused where it finished them, and the record says so
+    reused = trainable in ("cd", "seq") and trained
+    assert bool(info.get("teacher_reused")) == reused and ("teacher targets reused" in again.output) == reused
+    if reused:  # the file the record names, its hash, the same targets as the uninterrupted run's
+        path, whole_path = info["teacher_targets"], whole_rec["method_info"]["teacher_targets"]
+        assert sha256_file(path) == info["teacher_targets_sha256"]
+        assert load_file(path).keys() == load_file(whole_path).keys()
+        assert all(bool((v == load_file(whole_path)[k]).all()) for k, v in load_file(path).items())
+        assert bool(rec["costs"]["teacher"].get("extra", {}).get("seconds_before_resume")) == reused
     assert info["train_losses"] == whole_rec["method_info"]["train_losses"]  # identical, not close
     assert weights.keys() == whole_weights.keys() and weights
     assert max(float((weights[k] - whole_weights[k]).abs().max()) for k in weights) <= 1e-6
@@ -259,3 +278,28 @@ def test_a_killed_two_process_launch_resumes_as_the_uninterrupted_launch(tmp_pat
     assert rec["method_info"]["train_losses"] == whole_rec["method_info"]["train_losses"]
     assert max(float((weights[k] - whole_weights[k]).abs().max()) for k in weights) <= 1e-6
     assert files == whole_files and rec["metrics"] == whole_rec["metrics"]
+
+
+@pytest.mark.parametrize("damage,why", [("none", ""), ("another run", "another run_id"),
+                                        ("other readings", "another readings"), ("corrupted", "does not match"),
+                                        ("no marker", "")])
+def test_teacher_targets_are_reused_only_whole_and_of_this_run(tmp_path, damage, why):
+    from adaptbench.methods.cd.reuse import mark_complete, marker_path, readings_key, verified
+
+    path = tmp_path / "teacher_targets.safetensors"
+    path.write_bytes(b"targets" * 100)
+    key = readings_key("r1", [1, 2, 3], [([4, 5], 0), ([6], 1)])
+    digest = mark_complete(str(path), key, 12.5, 300)
+    asked = dict(key)
+    if damage == "another run":
+        asked = readings_key("r2", [1, 2, 3], [([4, 5], 0), ([6], 1)])
+    elif damage == "other readings":  # one token of one input differs
+        asked = readings_key("r1", [1, 2, 3], [([4, 5], 0), ([7], 1)])
+    elif damage == "corrupted":
+        path.write_bytes(b"targetz" * 100)
+    elif damage == "no marker":  # the file of a finished run (its marker goes with the record), or half a pass
+        os.unlink(marker_path(str(path)))
+    meta, reason = verified(str(path), asked)
+    assert (meta is not None) == (damage == "none") and why in reason and bool(reason) == bool(why)
+    if meta:
+        assert meta["sha256"] == digest and meta["seconds"] == 12.5 and meta["tokens"] == 300

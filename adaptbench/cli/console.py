@@ -49,11 +49,23 @@ def run_line(rec: dict | RunRecord, i: int, n: int) -> str:
         parts.append(f"recovered {_recovered(rec)}")
     parts += _judged(rec)
     parts += [f"{seconds:.1f} s", f"{_gib(peak)} GiB"]
-    resumed = getattr(rec.method_info, "resumed_from_step", None)
-    if resumed:  # a killed run that went on from its checkpoint
-        parts.append(f"[yellow]resumed from step {resumed}[/] (+{rec.method_info.train_seconds_before_resume:.1f} s "
-                     f"trained before)")
+    parts += _resumed(rec.method_info)
     return f"{head}  " + "  ".join(parts)
+
+
+def _resumed(info) -> list[str]:
+    """A killed run that went on: from which step, what it had trained before, what the kills lost, and
+    whether the teacher's targets were reused."""
+    out = []
+    resumed = getattr(info, "resumed_from_step", None)
+    if resumed is not None:
+        lost = getattr(info, "lost_steps", None)
+        out.append(f"[yellow]resumed from step {resumed}[/] (+{info.train_seconds_before_resume:.1f} s trained before"
+                   + (f"; {lost} steps, {info.lost_seconds:.1f} s lost" if lost is not None else "") + ")")
+    reused = getattr(info, "teacher_reused", None)
+    if reused:
+        out.append(f"[yellow]teacher targets reused[/] (+{reused['seconds']:.1f} s before)")
+    return out
 
 
 def _unscored_text(record: RunRecord) -> str:

@@ -147,6 +147,11 @@ class CostTracker:
             self._open.remove(op)
             self._close(op)
 
+    def elapsed(self) -> float:
+        """Seconds of the innermost open phase so far, its intervals left out (as it will be recorded)."""
+        op = self._open[-1]
+        return time.perf_counter() - op.start - sum(i.seconds for i in op.intervals.values())
+
     def _close(self, op: _Open) -> None:
         rss, cuda = self._peaks(op.cuda)
         p = op.phase

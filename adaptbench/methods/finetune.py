@@ -55,6 +55,10 @@ class FineTuneInfo(MethodInfo):
     train_seconds_before_resume: float | None = Field(
         None, description="training seconds the earlier attempts spent up to that checkpoint (costs.train is this "
                           "attempt's)")
+    lost_steps: int | None = Field(None, description="steps the kills threw away (done after the last checkpoint "
+                                   "and done again), all attempts'")
+    lost_seconds: float | None = Field(None, description="their training seconds (from each killed attempt's last "
+                                       "checkpoint or start to its last step)")
     checkpoints: dict | None = Field(None, description="every, minutes, written, bytes (the last one's size), "
                                      "seconds spent writing, rejected (checkpoints not used, with why), off (why none)")
 
@@ -112,7 +116,8 @@ class FineTuneMethod(Method):
             if log.resumed:
                 phase.extra["seconds_before_resume"] = log.resumed["seconds_before"]
                 ctx.info.update(resumed_from_step=log.resumed["from_step"], resumes=log.resumed["times"],
-                                train_seconds_before_resume=log.resumed["seconds_before"])
+                                train_seconds_before_resume=log.resumed["seconds_before"],
+                                lost_steps=log.resumed.get("lost_steps"), lost_seconds=log.resumed.get("lost_seconds"))
             phase.extra.update(steps=log.steps, epochs=log.epochs)  # evaluation points: costs["eval_points"]
             if log.compute_dtype:
                 phase.extra["observed_compute_dtype"] = log.compute_dtype

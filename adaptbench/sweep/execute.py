@@ -36,7 +36,7 @@ from ..models.pool import ModelPool
 from ..scoring.scores import log_softmax
 from ..store import records
 from ..store.record import SCHEMA_VERSION
-from ..training.checkpoint import remove_checkpoints
+from ..training.checkpoint import remove_checkpoints, remove_resume_state
 from ..training.precision import annotate_phases, training_model_spec, with_resolved_precision
 from . import claims
 from .inputs import RunInputs, load_inputs
@@ -274,5 +274,6 @@ def save(plan: Plan, outcome: RunOutcome) -> None:
         for path in _failure_notes(folder):
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        remove_resume_state(folder)
         if not plan.runtime.keep_checkpoints:
             remove_checkpoints(folder)  # the record is written: a rerun has nothing to resume

@@ -19,6 +19,7 @@ starts over (or from an older complete one).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -38,6 +39,8 @@ from .._util import owners
 from .._util.files import TMP_PREFIX, atomic_write, fsync_file, fsync_folder, sha256_file
 
 PREFIX = "checkpoint-"
+RESUME_SUFFIX = ".resume.json"  # notes a rerun reads (removed with the record): progress, the teacher's targets
+PROGRESS_NOTE = f"training{RESUME_SUFFIX}"
 DEFAULT_MINUTES = 10.0  # without train.checkpoint_*: runs shorter than this never write one
 FAULT_ENV = "ADAPTBENCH_FAULT_KILL"  # tests: "step:N", "checkpoint-write:N" or "teacher:N" (its N-th batch)
 
@@ -189,3 +192,32 @@ def remove_checkpoints(run_folder: str) -> None:
     """A finished run's checkpoints (its record is written)."""
     for folder in glob.glob(os.path.join(run_folder, f"{PREFIX}*")):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_resume_state(run_folder: str) -> None:
+    """A finished run's notes for a rerun (the training progress note, the teacher targets' marker): once its
+    record is written, a forced rerun measures everything again."""
+    for path in glob.glob(os.path.join(run_folder, f"*{RESUME_SUFFIX}")):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def note_progress(run_folder: str, key: dict, step: int, about: dict) -> None:
+    """After every optimizer step: how far this attempt got (no fsync: a hint for the next attempt's
+    "steps and seconds lost", never a thing a result depends on)."""
+    os.makedirs(run_folder, exist_ok=True)
+    path = os.path.join(run_folder, PROGRESS_NOTE)
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({**key, **about, "step": step, "time": time.time()}, f)
+    os.replace(tmp, path)
+
+
+def read_progress(run_folder: str, key: dict) -> dict | None:
+    """The last progress note of an earlier attempt of this run, or None."""
+    try:
+        with open(os.path.join(run_folder, PROGRESS_NOTE), encoding="utf-8") as f:
+            note = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return note if all(note.get(k) == v for k, v in key.items()) else None

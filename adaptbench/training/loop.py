@@ -124,8 +124,7 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
                     continue
                 with acc.accumulate(model):
                     loss = _micro_step(acc, model, opt, sched, params, batch, loss_fn, settings, log, observed, epoch)
-                step_loss[0] += float(loss.detach()) * len(batch["target"])
-                step_loss[1] += len(batch["target"])
+                step_loss = [step_loss[0] + float(loss.detach()) * len(batch["target"]), step_loss[1] + len(batch["target"])]
                 log.tokens += int(batch["n_tokens"])
                 log.padded_tokens += batch["inputs"]["input_ids"].numel()
                 if not acc.sync_gradients:
@@ -135,6 +134,7 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
                 log.losses.append(_step_loss(acc, *step_loss))
                 step_loss = [0.0, 0]
                 advance(1)
+                loop.note()
                 on_step(log.steps, {"train": {"loss": log.losses[-1], "lr": sched.get_last_lr()[0],
                                               "epoch": log.epochs}})
                 if evaluate is not None and every and log.steps % every == 0:

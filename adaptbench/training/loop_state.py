@@ -10,7 +10,7 @@ import torch
 
 from .._util import distributed
 from ..errors import AdaptbenchError
-from .checkpoint import Checkpointing, rng_state, set_rng_state
+from .checkpoint import Checkpointing, note_progress, read_progress, rng_state, set_rng_state
 
 
 class Loop:
@@ -25,6 +25,15 @@ class Loop:
         self.last_eval, self.epoch, self.batches = -1, 0, 0
         self.resumed: dict | None = None
         self._started, self._before = time.perf_counter(), 0.0
+        self._began = time.time()  # this attempt's start (wall clock): what a kill before any checkpoint loses
+
+    def note(self) -> None:
+        """After every optimizer step, rank 0 notes how far this attempt got: a rerun says what the kill lost."""
+        if self.checkpoints is not None and distributed.is_main():
+            resumed = self.resumed or {}
+            note_progress(self.checkpoints.run_folder, self.checkpoints.key, self.log.steps,
+                          {"began": self._began, "resumes": resumed.get("times", 0),
+                           "lost_steps": resumed.get("lost_steps", 0), "lost_seconds": resumed.get("lost_seconds", 0.0)})
 
     def _trained(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.acc.unwrap_model(self.model).named_parameters() if p.requires_grad}
@@ -53,7 +62,11 @@ class Loop:
             return
         found = checkpoints.load() if distributed.is_main() else None  # rank 0 judges, every rank reads that one
         step = distributed.broadcast(found.step if found is not None else None)
+        note = read_progress(checkpoints.run_folder, checkpoints.key) if distributed.is_main() else None
         if step is None:
+            if note is not None:  # killed before any checkpoint: it starts over, and says what that lost
+                self.resumed = {"from_step": 0, "times": note["resumes"] + 1, "seconds_before": 0.0,
+                                **lost(note, 0, None)}
             return
         found = found or checkpoints.read(step)
         trained, state = self._trained(), found.state
@@ -76,5 +89,16 @@ class Loop:
             raise AdaptbenchError("a checkpoint with evaluation points, resumed by a loop without them")
         self.last_eval, self.epoch, self.batches = state["last_eval"], state["epoch"] - 1, state["batches"]
         self._before = state["seconds"]
-        self.resumed = {"from_step": found.step, "times": state["resumes"] + 1,
-                        "seconds_before": round(state["seconds"], 3)}
+        times = max(state["resumes"], note["resumes"] if note else 0) + 1  # a killed attempt may have resumed too
+        self.resumed = {"from_step": found.step, "times": times,
+                        "seconds_before": round(state["seconds"], 3), **lost(note, found.step, found.meta["time"])}
+
+
+def lost(note: dict | None, from_step: int, checkpoint_time: float | None) -> dict:
+    """Steps and seconds of training the kills threw away, all attempts': the last attempt's from its last
+    checkpoint (or its start) to its last noted step, added to what earlier ones lost."""
+    if note is None:
+        return {}
+    since = max(note["began"], checkpoint_time or 0.0)
+    return {"lost_steps": note["lost_steps"] + max(0, note["step"] - from_step),
+            "lost_seconds": round(note["lost_seconds"] + max(0.0, note["time"] - since), 3)}

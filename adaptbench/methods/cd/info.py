@@ -116,6 +116,9 @@ class CDInfo(FineTuneInfo):
     distill_unlabelled: int | None = Field(None, description="unlabelled inputs distilled")
     distill_dropped: int | None = Field(None, description="inputs left out: too long for the teacher's window")
     teacher_targets: str | None = Field(None, description="the file of the teacher's targets (and the ids it read)")
+    teacher_targets_sha256: str | None = Field(None, description="that file's SHA-256")
+    teacher_reused: dict | None = Field(None, description="a killed attempt's targets reused instead of running the "
+                                        "teacher again: the seconds and tokens of the pass that made them")
     teacher_metrics: dict[str, dict] | None = Field(None, description="cd.teacher_eval: the teacher's ICL metrics")
     agreement: dict[str, dict] | None = Field(None, description="cd.teacher_eval: student-teacher agreement")
     api_usage: dict[str, Any] | None = Field(None, description="an api teacher: requests, tokens, cost")

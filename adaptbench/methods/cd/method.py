@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..._util import distributed
 from ...config.schema import RunSpec
 from ...data.sampling import unlabeled_sample
 from ...data.contexts import parse_context_setting
@@ -38,10 +39,11 @@ from ...training.precision import dtype_name, observed_compute
 from ..base import RunContext, register
 from ..finetune import FineTunedPredictor, FineTuneMethod
 from ..pbft import VerbalizerModel
+from .reuse import mark_complete, readings_key, report_rejected, verified
 from .context import CODE_PREFIX, check_inputs
 from .info import CDInfo
 from .labels import FULL, Teacher, check_same_tokenizer, teacher_texts
-from .sequence_run import SequenceDistillation, check_causal
+from .sequence_run import TARGETS_FILE, SequenceDistillation, check_causal
 from .settings import SELF_STUDY, CDSettings
 
 
@@ -122,15 +124,16 @@ class ContextDistillation(FineTuneMethod):
         extra = unlabeled_sample(ctx.pool, ctx.spec.cd.unlabeled, ctx.spec.data_seed, ctx.sample)
         inputs = list(ctx.sample) + extra
         gold = [ex.label for ex in ctx.sample] + [-1] * len(extra)
-        targets, keep = self._teacher(ctx, inputs, gold, n_unlabelled=len(extra))
         queries = [ctx.encoder.query_ids(ex) for ex in inputs]
+        targets, keep = self._teacher(ctx, inputs, gold, len(extra), queries)
         if targets is None:  # online: the loss asks the teacher for these inputs when it sees them
             return [TrainItem(queries[i], torch.tensor([float(i), float(gold[i])])) for i in keep]
         return [TrainItem(queries[i], torch.cat([torch.from_numpy(t), torch.tensor([float(gold[i])])]))
                 for t, i in zip(targets, keep)]
 
-    def _teacher(self, ctx: RunContext, inputs: list, gold: list[int], n_unlabelled: int):
-        """Score the inputs with the teacher once (returns the targets) or keep it for online scoring."""
+    def _teacher(self, ctx: RunContext, inputs: list, gold: list[int], n_unlabelled: int, queries: list):
+        """Score the inputs with the teacher once (returns the targets) or keep it for online scoring; a rerun
+        of a killed attempt that finished that pass reuses its targets (:mod:`.reuse`)."""
         settings = ctx.spec.cd
         loaded = self._load_teacher(ctx)
         with ctx.costs.phase("teacher") as phase, ctx.compute(loaded), observed_compute(phase, loaded.model):
@@ -148,10 +151,13 @@ class ContextDistillation(FineTuneMethod):
             if not settings.teacher_cache:
                 self.online = teacher
                 return None, keep
-            with ctx.progress("teacher", len(keep)) as advance:
-                targets = teacher.targets(keep, cached=True, progress=advance)
-            phase.tokens = teacher.tokens
-            self._save_targets(ctx, targets, keep, gold)
+            key = readings_key(ctx.spec.run_id, [], [(queries[i], 0) for i in keep])
+            targets = self._reused(ctx, key, keep, phase)
+            if targets is None:
+                with ctx.progress("teacher", len(keep)) as advance:
+                    targets = teacher.targets(keep, cached=True, progress=advance)
+                phase.tokens = teacher.tokens
+                self._save_targets(ctx, targets, keep, gold, key, teacher.tokens)
         del teacher, loaded  # a separate teacher is freed before the student trains
         gc.collect()
         return targets, keep
@@ -206,16 +212,41 @@ class ContextDistillation(FineTuneMethod):
     def predictor(self, ctx: RunContext, model: nn.Module, stored) -> FineTunedPredictor:
         return StudentPredictor(ctx, model, stored, self.teacher_preds)
 
-    def _save_targets(self, ctx: RunContext, targets: np.ndarray, keep: list[int], gold: list[int]) -> None:
-        if not ctx.out_dir:
+    def _save_targets(self, ctx: RunContext, targets: np.ndarray, keep: list[int], gold: list[int], key: dict,
+                      tokens: int) -> None:
+        """The targets file, written whole (temp + rename), and its marker for a rerun (:mod:`.reuse`)."""
+        if not ctx.out_dir or not distributed.is_main():
             return
         from safetensors.numpy import save_file
 
         os.makedirs(ctx.out_dir, exist_ok=True)
-        path = os.path.join(ctx.out_dir, "teacher_targets.safetensors")
-        save_file({"targets": targets, "input": np.array(keep), "gold": np.array([gold[i] for i in keep])}, path,
+        path = os.path.join(ctx.out_dir, TARGETS_FILE)
+        tmp = f"{path}.tmp{os.getpid()}"
+        save_file({"targets": targets, "input": np.array(keep), "gold": np.array([gold[i] for i in keep])}, tmp,
                   metadata={"target": ctx.spec.cd.target, "temperature": str(ctx.spec.cd.temperature)})
-        ctx.info["teacher_targets"] = path
+        os.replace(tmp, path)
+        ctx.info.update(teacher_targets=path,
+                        teacher_targets_sha256=mark_complete(path, key, ctx.costs.elapsed(), tokens))
+
+    def _reused(self, ctx: RunContext, key: dict, keep: list[int], phase) -> np.ndarray | None:
+        """A killed attempt's targets of these inputs, verified, or None (the teacher runs)."""
+        path = os.path.join(ctx.out_dir, TARGETS_FILE) if ctx.out_dir else None
+        meta, why = verified(path, key) if path and distributed.is_main() else (None, "")
+        report_rejected(why)
+        meta = distributed.broadcast(meta)
+        if not meta:
+            return None
+        from safetensors.numpy import load_file
+
+        stored = load_file(path)
+        if stored["input"].tolist() != keep:
+            report_rejected(f"{path}: targets of other inputs")
+            return None
+        phase.tokens = 0
+        phase.extra.update(seconds_before_resume=meta["seconds"], reused_targets=True)
+        ctx.info.update(teacher_targets=path, teacher_targets_sha256=meta["sha256"],
+                        teacher_reused={"seconds": meta["seconds"], "tokens": meta["tokens"]})
+        return stored["targets"]
 
 
 class StudentPredictor(FineTunedPredictor):

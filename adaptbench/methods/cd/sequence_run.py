@@ -21,6 +21,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from ..._util import distributed
 from ...measure.breakeven import DISTILLED, ICL, ICL_CACHED
 from ...data.contexts import parse_context_setting, split_inputs
 from .targets import CompactTargets, full_bytes_per_position
@@ -39,12 +40,14 @@ from .context import context_text, input_set, niah_inputs, user_turn_texts
 from . import serving
 from .arms import arm_costs, build_arms, measure_arm
 from .heldout import HeldOut, compare, greedy, recovered
+from .reuse import Reused, mark_complete, readings_key, report_rejected, sequence_targets, verified
 from .judge import ReplyJudging
 from .labels import check_same_tokenizer
 from .query_costs import DISTILL_PHASES, Query, QueryCosts, QueryPath, answer, cut_context
 from .generate import continuations, eos_ids
 from .sequence import HiddenTargets, SequenceStudent, answer_logits, frozen_head, predicted_hidden, read_ids, sequence_loss, teacher_targets
 
+TARGETS_FILE = "teacher_targets.safetensors"
 HELD_OUT_FROM_EVAL_SET = 16  # task inputs: held-out inputs are the first queries of the in-domain eval set
 
 
@@ -71,6 +74,7 @@ class SequenceDistillation:
         self.arms: list = []  # cd.arms: other ways to answer the held-out queries (:mod:`.arms`)
         self.texts: list[str] = []  # the distilled inputs, then the held-out ones, as the teacher read them
         self.start_ids: list[int] = []  # the tokens a reading starts with (the student's too)
+        self.reused: Reused | None = None  # a killed attempt's teacher targets, reused (:mod:`.reuse`)
 
     def build(self, ctx: RunContext) -> nn.Module:
         self.student = SequenceStudent(ctx.loaded.model, ctx.encoder.label_token_ids)
@@ -141,6 +145,9 @@ class SequenceDistillation:
         with ctx.costs.phase("teacher") as phase, ctx.compute(loaded), observed_compute(phase, loaded.model):
             check_same_tokenizer(ctx, loaded.tokenizer)
             origin, phase.tokens = self._teacher(ctx, loaded, texts, held_texts)
+            if self.reused is not None:  # this attempt read the context; an earlier one made the targets
+                phase.extra["seconds_before_resume"] = self.reused.seconds
+                phase.extra["reused_targets"] = True
         del loaded
         gc.collect()
         return [TrainItem(self.student_ids[j], torch.tensor([float(j), float(gold[i] if i >= 0 else -1)]))
@@ -164,15 +171,15 @@ class SequenceDistillation:
         fits = [i for i in range(len(reads.suffixes))
                 if reads.own(i) and len(reads.prefix) + len(reads.suffixes[i]) <= loaded.window]
         keep, held = [i for i in fits if i < len(texts)], [i for i in fits if i >= len(texts)]
+        if not keep:
+            hint = (" (with the task's demonstrations as the context only unlabeled inputs are distilled: set "
+                    "cd.unlabeled, or give cd.inputs)" if not texts and source.kind == "demonstrations" else "")
+            raise ConfigError(f"cd: nothing to distil: {len(texts)} inputs, none fits the teacher's window after the "
+                              f"{len(reads.prefix)}-token context{hint}")
         cache = self._cache_and_icl_costs(ctx, loaded, parts, pad, reads, keep, held)
-        items = [(reads.suffixes[i], reads.starts[i], i) for i in keep]
-        if self.generate(source) is not None:  # input + teacher-sampled continuation, as extra inputs
-            items += self._continued(ctx, loaded, cache, items)
-        with ctx.progress("teacher", len(items)) as advance:
-            hidden = predicted_hidden(parts, self.prefix, [x for x, _, _ in items], [b - first for _, b, _ in items],
-                                      pad, cache, on_batch=faulting("teacher", advance))
-        targets = teacher_targets(parts, hidden, settings.temperature, settings.store, settings.top_k)
-        bounds = torch.tensor([0] + [len(h) for h in hidden]).cumsum(0).tolist()
+        key = readings_key(ctx.spec.run_id, self.prefix, [(reads.suffixes[i], reads.starts[i]) for i in keep])
+        items, targets = self._targets(ctx, loaded, parts, reads, keep, cache, key)
+        bounds = torch.tensor([0] + [len(x) - b + first for x, b, _ in items]).cumsum(0).tolist()
         self.targets = [targets.rows(a, b) for a, b in zip(bounds, bounds[1:])]
         self.student_ids = [enc.start_ids + x[b:] for x, b, _ in items]
         with ctx.costs.interval("heldout_teacher"):  # evaluation, not part of what distilling costs
@@ -183,8 +190,33 @@ class SequenceDistillation:
                 self.judging.groups = self.held_groups and [self.held_groups[i - len(texts)] for i in held]
             self._held_out(ctx, loaded, parts, reads, held, cache, head)
         ctx.info["inputs_read_otherwise"] = reads.changed  # own tokens not those of the input read alone
-        self._save(ctx, targets, about, reads, items, len(texts) - len(keep))
-        return [i for _, _, i in items], len(self.prefix) + sum(len(x) for x, _, _ in items)
+        read = len(self.prefix) + sum(len(x) for x, _, _ in items)
+        self._save(ctx, targets, about, reads, items, len(texts) - len(keep), key, read)
+        return [i for _, _, i in items], len(self.prefix) if self.reused else read
+
+    def _targets(self, ctx: RunContext, loaded, parts, reads, keep: list[int], cache, key: dict) -> tuple[list, object]:
+        """The teacher's pass over the distilled inputs (and the continuations it samples): (items, targets);
+        or, rerunning a killed attempt that finished it, that attempt's targets (:mod:`.reuse`)."""
+        settings, pad, first = self.settings, loaded.tokenizer.pad_token_id, bool(ctx.encoder.start_ids)
+        path = os.path.join(ctx.out_dir, TARGETS_FILE) if ctx.out_dir else None
+        meta, why = verified(path, key) if path and distributed.is_main() else (None, "")
+        report_rejected(why)
+        meta = distributed.broadcast(meta)  # rank 0 found it whole: every rank reads it
+        found = sequence_targets(path, meta, settings.store, parts, settings.temperature) if meta else None
+        if found is not None:
+            self.reused = found
+            generated = sum(i < 0 for _, _, i in found.items)
+            if generated:
+                ctx.info.update(generated_inputs=generated, generate=self.generate(
+                    parse_context_setting(settings.context, ctx.config_dir)).model_dump())
+            return found.items, found.targets
+        items = [(reads.suffixes[i], reads.starts[i], i) for i in keep]
+        if self.generate(parse_context_setting(settings.context, ctx.config_dir)) is not None:
+            items += self._continued(ctx, loaded, cache, items)  # input + teacher-sampled continuation
+        with ctx.progress("teacher", len(items)) as advance:
+            hidden = predicted_hidden(parts, self.prefix, [x for x, _, _ in items], [b - first for _, b, _ in items],
+                                      pad, cache, on_batch=faulting("teacher", advance))
+        return items, teacher_targets(parts, hidden, settings.temperature, settings.store, settings.top_k)
 
     def generate(self, source) -> GenerateSettings | None:
         """``cd.generate`` as it applies: by default a conversation's inputs are continued by the teacher
@@ -337,7 +369,8 @@ class SequenceDistillation:
         ctx.info["heldout_replies"] = [tok.decode(r, skip_special_tokens=True) for r in replies]
         return replies
 
-    def _save(self, ctx: RunContext, targets, about: dict, reads, items: list, dropped: int) -> None:
+    def _save(self, ctx: RunContext, targets, about: dict, reads, items: list, dropped: int, key: dict,
+              read: int) -> None:
         full = full_bytes_per_position(targets.vocab_size)
         ctx.info.update(about, target="sequence", store=self.settings.store, context_tokens=len(reads.context_ids),
                         shared_prefix_tokens=len(self.prefix), distill_inputs=len(self.targets),
@@ -349,12 +382,20 @@ class SequenceDistillation:
             if targets.clamped:
                 ctx.info["top_k_note"] = (f"cd.top_k {targets.requested_k} is larger than the vocabulary "
                                           f"({targets.vocab_size} tokens): all tokens kept")
-        if ctx.out_dir:
-            os.makedirs(ctx.out_dir, exist_ok=True)
-            path = os.path.join(ctx.out_dir, "teacher_targets.safetensors")
-            targets.save(path, {"temperature": self.settings.temperature, "inputs": len(self.targets)},
-                         read_ids(self.prefix, [(x[:b], x[b:]) for x, b, _ in items]))
-            ctx.info["teacher_targets"] = path
+        if not ctx.out_dir:
+            return
+        path = os.path.join(ctx.out_dir, TARGETS_FILE)
+        ctx.info["teacher_targets"] = path
+        if self.reused is not None:
+            ctx.info["teacher_targets_sha256"] = self.reused.sha256
+            ctx.info["teacher_reused"] = {"seconds": self.reused.seconds, "tokens": self.reused.tokens}
+            return
+        os.makedirs(ctx.out_dir, exist_ok=True)
+        if distributed.is_main():  # every rank has the same targets: one writes them
+            ids = {**read_ids(self.prefix, [(x[:b], x[b:]) for x, b, _ in items]),
+                   "origin": torch.tensor([i for _, _, i in items], dtype=torch.int64)}
+            targets.save(path, {"temperature": self.settings.temperature, "inputs": len(self.targets)}, ids)
+            ctx.info["teacher_targets_sha256"] = mark_complete(path, key, ctx.costs.elapsed(), read)
 
     def loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """alpha * T^2 * mean per-position KL + (1 - alpha) * CE(gold) at the answer position (task inputs)."""
@@ -393,7 +434,8 @@ class SequenceDistillation:
             self.held = None
         if self.meter is not None:  # the held-out states are freed: memory as when the ICL paths were timed
             student, start = lm_parts(model.lm), ctx.encoder.start_ids
-            setup = sum(p.seconds for p in ctx.costs.phases if p.name in DISTILL_PHASES)
+            setup = sum(p.seconds + p.extra.get("seconds_before_resume", 0.0) for p in ctx.costs.phases
+                        if p.name in DISTILL_PHASES)  # a resumed run's: what an uninterrupted one would cost
             paths = [QueryPath(DISTILLED, lambda q, _: answer(student, start + q.own, q.n, pad), setup_seconds=setup,
                                tokens=lambda q: len(start) + len(q.own))]
             if self.together:  # the teacher is this model with its adapters off
