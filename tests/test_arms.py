@@ -141,6 +141,37 @@ def test_greedy_after_a_cache_is_generate_greedy(tiny_models, tokenizer):
     assert greedy_after(parts, None, ids, 8, {stop}) == expected[:expected.index(stop) + 1]
 
 
+
+def test_greedy_batch_gives_each_row_what_it_gives_alone(tiny_models, monkeypatch):
+    """Left-padded rows of different lengths, after no cache, a cache and a compressed one (positions beyond its
+    length), with per-row limits and a stop token: each row's reply is its batch-1 reply, token for token."""
+    from transformers import AutoModelForCausalLM
+
+    from adaptbench.methods.cd.generate import greedy_batch, left_padded
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    parts = lm_parts(model)
+    seqs = [list(range(40, 40 + n)) for n in (3, 11, 6, 1, 9)]
+    limits = [8, 5, 0, 8, 8]
+    full = PrefixCache.encode(parts, list(range(100, 140)), shared=False)
+    for cache in (None, full, compress(full, 0.5, "knorm")):
+        alone = [greedy_after(parts, cache, s, n, set()) if n else [] for s, n in zip(seqs, limits)]
+        assert greedy_batch(parts, cache, seqs, limits, set(), batch_size=4) == alone
+        with monkeypatch.context() as m:  # a cache too large to copy for many rows: one row at a time
+            m.setattr("adaptbench.methods.cd.generate.COPIES_BYTES", 1)
+            assert greedy_batch(parts, cache, seqs, limits, set()) == alone
+        stop = {alone[0][1]}  # a stop token ends only the rows that write it, kept
+        assert greedy_batch(parts, cache, seqs, limits, stop) == [
+            greedy_after(parts, cache, s, n, stop) if n else [] for s, n in zip(seqs, limits)]
+        # the step that decides: each row's last state in the padded batch is its state alone (a tiny random
+        # model copies its last token, so the replies alone would not show a wrong position or mask)
+        past, step = left_padded(parts, cache, seqs)
+        with torch.inference_mode():
+            batch = parts.backbone(**step, use_cache=True, **{parts.cache_kwarg: past}).last_hidden_state[:, -1]
+            for row, s in zip(batch, seqs):
+                assert torch.allclose(row, sequence_hidden(parts, [s], 0, cache)[0][-1], atol=1e-5)
+
+
 TEXT = ("The harbour closed at dusk. Boats waited in rows beside the pier.\\n" * 3
         + "The lighthouse keeper counted 47 gulls on the roof that morning.\\n"
         + "Nets dried on the wall while the tide went out.\\n" * 3)

@@ -18,7 +18,7 @@ from ..training.packing import packing_unsupported
 from ..training.precision import ObservedDtype, check_master_weights
 from ..scoring.core import backing_off, batched_logits
 from ..training.policies import apply_policy
-from ..training.checkpoint import DEFAULT_MINUTES, Checkpointing, items_hash
+from ..training.checkpoint import DEFAULT_MINUTES, Checkpointing, items_hash, rng_state, set_rng_state
 from ..training.loop import TrainItem, train
 from ..scoring.scores import Scores
 from .base import Method, MethodInfo, RunContext
@@ -88,7 +88,9 @@ class FineTuneMethod(Method):
 
     def fit(self, ctx: RunContext) -> FineTunedPredictor:
         spec, settings = ctx.spec, ctx.spec.train
+        drawn = rng_state()  # what the trained parts' initialisation draws must not depend on the work
         items = self.items(ctx)  # before the model is touched (context distillation scores with it)
+        set_rng_state(drawn)  # items() did: a teacher pass, its sampling, or a killed attempt's targets reused
         items = self._fitting(ctx, items)
         with ctx.costs.phase("setup"):
             model = self.build(ctx)

@@ -24,10 +24,11 @@ from ...data.retrieval import Bm25Chunks, chunk_spans
 from ...errors import ConfigError
 from ...scoring.core import PrefixCache, sequence_hidden
 from ...scoring.kv_press import PRESSES, compress, quantize
-from .generate import greedy_after
+from .generate import greedy_batch
 from .query_costs import QueryPath, answer
 
 NO_CONTEXT = "no_context"  # the model reading the query alone (the base model): the floor of every arm
+BATCH = 8  # held-out readings an arm measures at once
 
 
 class TruncateArm(Strict):
@@ -173,12 +174,13 @@ def measure_arm(arm, parts, pad: int, held, texts: list[str], suffixes: list[lis
     own = [x[b:] for x, b in zip(suffixes, starts)]
     rows = []
     with torch.inference_mode():
-        for i in range(len(own)):
-            h = sequence_hidden(parts, [before[i] + own[i] + held.replies[i]], pad, cache)[0]
-            a = len(before[i]) - first  # >= 0: a reading has start tokens or a seam before the input
-            rows.append(h[a:a + held.rows(i)])
-    replies = None if rooms is None else [greedy_after(parts, cache, b + o, n, stop) if n > 0 else []
-                                          for b, o, n in zip(before, own, rooms)]
+        for start in range(0, len(own), BATCH):  # right-padded: each row's tokens where they are alone
+            batch = range(start, min(start + BATCH, len(own)))
+            hidden = sequence_hidden(parts, [before[i] + own[i] + held.replies[i] for i in batch], pad, cache)
+            for i, h in zip(batch, hidden):
+                a = len(before[i]) - first  # >= 0: a reading has start tokens or a seam before the input
+                rows.append(h[a:a + held.rows(i)])
+    replies = None if rooms is None else greedy_batch(parts, cache, [b + o for b, o in zip(before, own)], rooms, stop)
     tokens = sum(len(b) + len(o) for b, o in zip(before, own)) / max(len(own), 1)
     return rows, replies, tokens + (cache.length if cache is not None else 0)
 

@@ -27,6 +27,7 @@ from ...models.cartridge import generate as cartridge_generate, is_cartridge
 from ...models.interface import lm_parts
 from ...models.parts import LMParts, vocab_logits
 from ...scoring.core import sequence_hidden
+from .generate import eos_ids, greedy_batch
 from .sequence import CHUNK
 
 BATCH = 8  # held-out readings per forward pass
@@ -106,6 +107,15 @@ def recovered(base: dict[str, dict], student: dict[str, dict], reply_about: dict
     if "reply" in student:
         out["reply"] = {**_summary(base["reply"], student["reply"]), **(reply_about or {})}
     return out
+
+
+def greedy_many(model, tokenizer, prompts: list[list[int]], limits: list[int]) -> list[str]:
+    """:func:`greedy` of each prompt (0 tokens: ""), decoded; a causal LM's (a LoRA student's) in batches
+    (:func:`.generate.greedy_batch`, ending at the model's end-of-sequence tokens as ``generate`` does)."""
+    if is_cartridge(model):
+        return [greedy(model, tokenizer, ids, n) if n > 0 else "" for ids, n in zip(prompts, limits)]
+    replies = greedy_batch(lm_parts(model), None, prompts, limits, eos_ids(model, tokenizer))
+    return [tokenizer.decode(r, skip_special_tokens=True) for r in replies]
 
 
 def greedy(model, tokenizer, ids: list[int], max_new_tokens: int) -> str:

@@ -39,12 +39,12 @@ from ..base import RunContext
 from .context import context_text, input_set, niah_inputs, user_turn_texts
 from . import serving
 from .arms import arm_costs, build_arms, measure_arm
-from .heldout import HeldOut, compare, greedy, recovered
+from .heldout import HeldOut, compare, greedy, greedy_many, recovered
 from .reuse import Reused, mark_complete, readings_key, report_rejected, sequence_targets, verified
 from .judge import ReplyJudging
 from .labels import check_same_tokenizer
 from .query_costs import DISTILL_PHASES, Query, QueryCosts, QueryPath, answer, cut_context
-from .generate import continuations, eos_ids
+from .generate import continuations, eos_ids, greedy_batch
 from .sequence import HiddenTargets, SequenceStudent, answer_logits, frozen_head, predicted_hidden, read_ids, sequence_loss, teacher_targets
 
 TARGETS_FILE = "teacher_targets.safetensors"
@@ -329,7 +329,7 @@ class SequenceDistillation:
         """A model without the context (the base, the student) writes its greedy reply to every held-out input."""
         held, room = self.held, self.judging.room
         prompts = [ids[:len(ids) - len(r)] for ids, r in zip(held.student_ids, held.replies)]
-        self.judging.add(name, [greedy(model, tokenizer, ids, n) if n > 0 else "" for ids, n in zip(prompts, room)])
+        self.judging.add(name, greedy_many(model, tokenizer, prompts, room))
         if name == "student":  # what it replied to, special tokens kept: a served student can be asked the same
             self.judging.prompts = [tokenizer.decode(ids, skip_special_tokens=False) for ids in prompts]
 
@@ -352,6 +352,9 @@ class SequenceDistillation:
         tok = loaded.tokenizer
 
         def written(limits, sample=False, temperature=1.0, seed=0):
+            if not sample:  # greedy: in batches, after the prefix's cache
+                seqs = suffixes if cache is not None else [self.prefix + x for x in suffixes]
+                return greedy_batch(lm_parts(loaded.model), cache, seqs, limits, eos_ids(loaded.model, tok))
             return continuations(loaded.model, tok, self.prefix, suffixes, cache, 1, limits, temperature, seed,
                                  sample=sample)
 
