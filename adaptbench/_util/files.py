@@ -48,6 +48,13 @@ def atomic_write(path: str, text: str) -> None:
             os.unlink(tmp)
 
 
+def owned_temp(path: str) -> str:
+    """A temp name beside ``path`` that names its writer, so a later start removes it if the writer died
+    mid-write (``store.records.remove_stale_temp_files``); rename it over ``path`` once written."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f"{TMP_PREFIX}{owners.token()}-{name}")
+
+
 def sha256_file(path: str) -> str:
     """SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._util import owners
-from .._util.files import TMP_PREFIX, atomic_write, fsync_file, fsync_folder, sha256_file
+from .._util.files import TMP_PREFIX, atomic_write, fsync_file, fsync_folder, owned_temp, sha256_file
 
 PREFIX = "checkpoint-"
 RESUME_SUFFIX = ".resume.json"  # notes a rerun reads (removed with the record): progress, the teacher's targets
@@ -207,7 +207,7 @@ def note_progress(run_folder: str, key: dict, step: int, about: dict) -> None:
     "steps and seconds lost", never a thing a result depends on)."""
     os.makedirs(run_folder, exist_ok=True)
     path = os.path.join(run_folder, PROGRESS_NOTE)
-    tmp = f"{path}.{os.getpid()}"
+    tmp = owned_temp(path)
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump({**key, **about, "step": step, "time": time.time()}, f)
     os.replace(tmp, path)

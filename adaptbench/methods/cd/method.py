@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..._util import distributed
+from ..._util.files import owned_temp
 from ...config.schema import RunSpec
 from ...data.sampling import unlabeled_sample
 from ...data.contexts import parse_context_setting
@@ -221,7 +222,7 @@ class ContextDistillation(FineTuneMethod):
 
         os.makedirs(ctx.out_dir, exist_ok=True)
         path = os.path.join(ctx.out_dir, TARGETS_FILE)
-        tmp = f"{path}.tmp{os.getpid()}"
+        tmp = owned_temp(path)
         save_file({"targets": targets, "input": np.array(keep), "gold": np.array([gold[i] for i in keep])}, tmp,
                   metadata={"target": ctx.spec.cd.target, "temperature": str(ctx.spec.cd.temperature)})
         os.replace(tmp, path)

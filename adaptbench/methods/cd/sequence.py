@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..._util.files import owned_temp
 from .targets import CompactTargets, compact_kl, compress_topk, full_kl
 from ...models.parts import LMParts, verbalizer_logits, vocab_logits
 from ...models.interface import lm_parts
@@ -128,7 +129,7 @@ class HiddenTargets:
         """``tensors``: more tensors to store beside the targets (the token ids the teacher read)."""
         from safetensors.torch import save_file
 
-        tmp = f"{path}.tmp{os.getpid()}"
+        tmp = owned_temp(path)
         save_file({"hidden": self.hidden.contiguous(), **(tensors or {})}, tmp,
                   metadata={k: str(v) for k, v in (metadata or {}).items()})
         os.replace(tmp, path)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..._util.files import owned_temp
 from ...errors import ConfigError, DataError
 
 #: Tokens kept per position.  128 ids (int32) + 128 log-probs (float32) + the rest bucket (float32) =
@@ -119,7 +120,7 @@ class CompactTargets:
         from safetensors.torch import save_file
 
         stored = {name: getattr(self, name).contiguous().cpu() for name in _TENSORS}
-        tmp = f"{path}.tmp{os.getpid()}"
+        tmp = owned_temp(path)
         save_file({**stored, **(tensors or {})}, tmp, metadata=header)
         os.replace(tmp, path)
 
