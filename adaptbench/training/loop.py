@@ -124,7 +124,7 @@ def train(model: nn.Module, items: list[TrainItem], settings: TrainSettings, *, 
                     continue
                 with acc.accumulate(model):
                     loss = _micro_step(acc, model, opt, sched, params, batch, loss_fn, settings, log, observed, epoch)
-                step_loss = [step_loss[0] + float(loss.detach()) * len(batch["target"]), step_loss[1] + len(batch["target"])]
+                step_loss = [step_loss[0] + float(loss.detach()) * (n := len(batch["target"])), step_loss[1] + n]
                 log.tokens += int(batch["n_tokens"])
                 log.padded_tokens += batch["inputs"]["input_ids"].numel()
                 if not acc.sync_gradients:

@@ -33,7 +33,8 @@ class Loop:
             resumed = self.resumed or {}
             note_progress(self.checkpoints.run_folder, self.checkpoints.key, self.log.steps,
                           {"began": self._began, "resumes": resumed.get("times", 0),
-                           "lost_steps": resumed.get("lost_steps", 0), "lost_seconds": resumed.get("lost_seconds", 0.0)})
+                           "lost_steps": resumed.get("lost_steps", 0),
+                           "lost_seconds": resumed.get("lost_seconds", 0.0)})
 
     def _trained(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.acc.unwrap_model(self.model).named_parameters() if p.requires_grad}

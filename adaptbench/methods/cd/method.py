@@ -40,11 +40,11 @@ from ...training.precision import dtype_name, observed_compute
 from ..base import RunContext, register
 from ..finetune import FineTunedPredictor, FineTuneMethod
 from ..pbft import VerbalizerModel
-from .reuse import mark_complete, readings_key, report_rejected, verified
+from .reuse import TARGETS_FILE, lookup, mark_complete, note_reused, readings_key, report_rejected
 from .context import CODE_PREFIX, check_inputs
 from .info import CDInfo
 from .labels import FULL, Teacher, check_same_tokenizer, teacher_texts
-from .sequence_run import TARGETS_FILE, SequenceDistillation, check_causal
+from .sequence_run import SequenceDistillation, check_causal
 from .settings import SELF_STUDY, CDSettings
 
 
@@ -231,10 +231,7 @@ class ContextDistillation(FineTuneMethod):
 
     def _reused(self, ctx: RunContext, key: dict, keep: list[int], phase) -> np.ndarray | None:
         """A killed attempt's targets of these inputs, verified, or None (the teacher runs)."""
-        path = os.path.join(ctx.out_dir, TARGETS_FILE) if ctx.out_dir else None
-        meta, why = verified(path, key) if path and distributed.is_main() else (None, "")
-        report_rejected(why)
-        meta = distributed.broadcast(meta)
+        path, meta = lookup(ctx.out_dir, key)
         if not meta:
             return None
         from safetensors.numpy import load_file
@@ -244,9 +241,8 @@ class ContextDistillation(FineTuneMethod):
             report_rejected(f"{path}: targets of other inputs")
             return None
         phase.tokens = 0
-        phase.extra.update(seconds_before_resume=meta["seconds"], reused_targets=True)
-        ctx.info.update(teacher_targets=path, teacher_targets_sha256=meta["sha256"],
-                        teacher_reused={"seconds": meta["seconds"], "tokens": meta["tokens"]})
+        ctx.info["teacher_targets"] = path
+        note_reused(ctx, phase, meta["sha256"], meta["seconds"], meta["tokens"])
         return stored["targets"]
 
 

@@ -24,10 +24,14 @@ import numpy as np
 import torch
 
 from ... import __version__
+from ..._util import distributed
 from ..._util.files import atomic_write, fsync_file, sha256_file
 from ...training.checkpoint import RESUME_SUFFIX
 from .sequence import HiddenTargets, frozen_head
 from .targets import CompactTargets
+
+TARGETS_FILE = "teacher_targets.safetensors"  # in the run folder, beside its marker
+
 
 def marker_path(targets_path: str) -> str:
     """Beside the targets file: written once it is whole, removed with the record."""
@@ -81,6 +85,22 @@ def verified(targets_path: str, key: dict) -> tuple[dict | None, str]:
     if not os.path.isfile(targets_path) or sha256_file(targets_path) != meta.get("sha256"):
         return None, f"{targets_path}: does not match the SHA-256 its marker holds (corrupted or replaced)"
     return meta, ""
+
+
+def lookup(out_dir: str | None, key: dict) -> tuple[str | None, dict | None]:
+    """The run folder's targets file, and its marker where a killed attempt of this run finished it (else
+    None; a marker that does not fit is reported).  Rank 0 checks, every rank of a launch gets its answer."""
+    path = os.path.join(out_dir, TARGETS_FILE) if out_dir else None
+    meta, why = verified(path, key) if path and distributed.is_main() else (None, "")
+    report_rejected(why)
+    return path, distributed.broadcast(meta)
+
+
+def note_reused(ctx, phase, sha256: str, seconds: float, tokens: int) -> None:
+    """What the record says of reused targets: their hash, the pass that made them (``method_info``), and that
+    pass's seconds beside this attempt's teacher phase (``costs.teacher``)."""
+    phase.extra.update(seconds_before_resume=seconds, reused_targets=True)
+    ctx.info.update(teacher_targets_sha256=sha256, teacher_reused={"seconds": seconds, "tokens": tokens})
 
 
 def sequence_targets(targets_path: str, meta: dict, store: str, head_parts, temperature: float) -> Reused:

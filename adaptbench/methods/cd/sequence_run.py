@@ -40,14 +40,13 @@ from .context import context_text, input_set, niah_inputs, user_turn_texts
 from . import serving
 from .arms import arm_costs, build_arms, measure_arm
 from .heldout import HeldOut, compare, greedy, greedy_many, recovered
-from .reuse import Reused, mark_complete, readings_key, report_rejected, sequence_targets, verified
+from .reuse import TARGETS_FILE, Reused, lookup, mark_complete, note_reused, readings_key, sequence_targets
 from .judge import ReplyJudging
 from .labels import check_same_tokenizer
 from .query_costs import DISTILL_PHASES, Query, QueryCosts, QueryPath, answer, cut_context
 from .generate import continuations, eos_ids, greedy_batch
 from .sequence import HiddenTargets, SequenceStudent, answer_logits, frozen_head, predicted_hidden, read_ids, sequence_loss, teacher_targets
 
-TARGETS_FILE = "teacher_targets.safetensors"
 HELD_OUT_FROM_EVAL_SET = 16  # task inputs: held-out inputs are the first queries of the in-domain eval set
 
 
@@ -146,8 +145,7 @@ class SequenceDistillation:
             check_same_tokenizer(ctx, loaded.tokenizer)
             origin, phase.tokens = self._teacher(ctx, loaded, texts, held_texts)
             if self.reused is not None:  # this attempt read the context; an earlier one made the targets
-                phase.extra["seconds_before_resume"] = self.reused.seconds
-                phase.extra["reused_targets"] = True
+                note_reused(ctx, phase, self.reused.sha256, self.reused.seconds, self.reused.tokens)
         del loaded
         gc.collect()
         return [TrainItem(self.student_ids[j], torch.tensor([float(j), float(gold[i] if i >= 0 else -1)]))
@@ -178,7 +176,7 @@ class SequenceDistillation:
                               f"{len(reads.prefix)}-token context{hint}")
         cache = self._cache_and_icl_costs(ctx, loaded, parts, pad, reads, keep, held)
         key = readings_key(ctx.spec.run_id, self.prefix, [(reads.suffixes[i], reads.starts[i]) for i in keep])
-        items, targets = self._targets(ctx, loaded, parts, reads, keep, cache, key)
+        items, targets = self._targets(ctx, loaded, parts, reads, keep, cache, key, source)
         bounds = torch.tensor([0] + [len(x) - b + first for x, b, _ in items]).cumsum(0).tolist()
         self.targets = [targets.rows(a, b) for a, b in zip(bounds, bounds[1:])]
         self.student_ids = [enc.start_ids + x[b:] for x, b, _ in items]
@@ -194,24 +192,20 @@ class SequenceDistillation:
         self._save(ctx, targets, about, reads, items, len(texts) - len(keep), key, read)
         return [i for _, _, i in items], len(self.prefix) if self.reused else read
 
-    def _targets(self, ctx: RunContext, loaded, parts, reads, keep: list[int], cache, key: dict) -> tuple[list, object]:
+    def _targets(self, ctx: RunContext, loaded, parts, reads, keep: list[int], cache, key: dict,
+                 source) -> tuple[list, object]:
         """The teacher's pass over the distilled inputs (and the continuations it samples): (items, targets);
         or, rerunning a killed attempt that finished it, that attempt's targets (:mod:`.reuse`)."""
         settings, pad, first = self.settings, loaded.tokenizer.pad_token_id, bool(ctx.encoder.start_ids)
-        path = os.path.join(ctx.out_dir, TARGETS_FILE) if ctx.out_dir else None
-        meta, why = verified(path, key) if path and distributed.is_main() else (None, "")
-        report_rejected(why)
-        meta = distributed.broadcast(meta)  # rank 0 found it whole: every rank reads it
-        found = sequence_targets(path, meta, settings.store, parts, settings.temperature) if meta else None
-        if found is not None:
-            self.reused = found
+        path, meta = lookup(ctx.out_dir, key)
+        if meta:  # rank 0 found it whole: every rank reads it
+            self.reused = found = sequence_targets(path, meta, settings.store, parts, settings.temperature)
             generated = sum(i < 0 for _, _, i in found.items)
             if generated:
-                ctx.info.update(generated_inputs=generated, generate=self.generate(
-                    parse_context_setting(settings.context, ctx.config_dir)).model_dump())
+                ctx.info.update(generated_inputs=generated, generate=self.generate(source).model_dump())
             return found.items, found.targets
         items = [(reads.suffixes[i], reads.starts[i], i) for i in keep]
-        if self.generate(parse_context_setting(settings.context, ctx.config_dir)) is not None:
+        if self.generate(source) is not None:
             items += self._continued(ctx, loaded, cache, items)  # input + teacher-sampled continuation
         with ctx.progress("teacher", len(items)) as advance:
             hidden = predicted_hidden(parts, self.prefix, [x for x, _, _ in items], [b - first for _, b, _ in items],
@@ -389,9 +383,7 @@ class SequenceDistillation:
             return
         path = os.path.join(ctx.out_dir, TARGETS_FILE)
         ctx.info["teacher_targets"] = path
-        if self.reused is not None:
-            ctx.info["teacher_targets_sha256"] = self.reused.sha256
-            ctx.info["teacher_reused"] = {"seconds": self.reused.seconds, "tokens": self.reused.tokens}
+        if self.reused is not None:  # its hash and cost: :func:`.reuse.note_reused`
             return
         os.makedirs(ctx.out_dir, exist_ok=True)
         if distributed.is_main():  # every rank has the same targets: one writes them
