@@ -72,3 +72,53 @@ def test_requests_after_a_text_context_are_rendered_with_the_chat_template(token
     assert user_turn_texts(ContextSource("file", "x.txt"), tok, ["What is it?"], template=True) == [
         "<|user|>What is it?<|end|><|assistant|>"]
     assert user_turn_texts(ContextSource("file", "x.txt"), tok, ["What is it?"]) == ["User: What is it?\n\nAssistant:"]
+
+
+def test_students_of_one_sweep_share_the_self_study_and_the_teacher_pass(tmp_path, data_dir, tiny_models):
+    """trainable: [lora, cartridge]: the second student reads the first's requests and targets (same teacher
+    key), counts their seconds, and gets what it would have computed alone; a changed shared file is not used."""
+    cd = ("context: 'file:context.txt', inputs: self_study, held_out: 2, generations: 0, max_new_tokens: 3, "
+          "self_study: {n: 4, chunk_tokens: [24, 48], max_request_tokens: 6, seed: 2}, "
+          "generate: {n: 1, max_new_tokens: 4}, checks: [{max_words: 50}]")
+    config = _config(tiny_models["llama"], cd).replace("max_steps: 40", "max_steps: 1")
+    both, alone, output = tmp_path / "both", tmp_path / "alone", {}
+    for folder, trainable in ((both, "[lora, cartridge]"), (alone, "cartridge")):
+        folder.mkdir()
+        (folder / "context.txt").write_text(CONTEXT)
+        text = config.replace("trainable: full", f"trainable: {trainable}\ncartridge: {{num_virtual_tokens: 4}}")
+        result = _run(folder, data_dir, text)
+        assert result.exit_code == 0, result.output
+        output[folder] = result.output
+    first, second = _records(both)
+    [single] = _records(alone)
+    assert second["spec"]["trainable"] == "cartridge" and {r["status"] for r in (first, second, single)} == {"ok"}
+    info, made = second["method_info"], first["method_info"]
+    assert info["teacher_shared"]["run_id"] == first["run_id"] == info["self_study"]["shared_from"]
+    assert "teacher_shared" not in made and "shared_from" not in made["self_study"]
+    assert second["costs"]["teacher"]["extra"]["seconds_shared"] == info["teacher_shared"]["seconds"] > 0
+    assert second["costs"]["self_study"]["extra"]["seconds_shared"] == round(first["costs"]["self_study"]["seconds"], 3)
+    assert f"teacher pass shared with {first['run_id']}" in output[both] and "shared" not in output[alone]
+    alone_info = single["method_info"]
+    assert info["teacher_targets_sha256"] == made["teacher_targets_sha256"]  # the same file
+    assert _tensors(info["teacher_targets"]) == _tensors(alone_info["teacher_targets"])  # what it would have made
+    assert open(info["self_study"]["file"]).read() == open(alone_info["self_study"]["file"]).read()
+    assert info["heldout"] == alone_info["heldout"] and info["judged"] == alone_info["judged"]
+    assert second["run_id"] == single["run_id"]
+    # a shared file that no longer matches its hash is reported and not used: the teacher runs again
+    [key] = list((both / "results" / "t" / "shared").iterdir())
+    changed = (key / "teacher_targets.safetensors").read_bytes() + b"x"
+    (key / "teacher_targets.safetensors").unlink()  # a hard link to the first run's file: not that one
+    (key / "teacher_targets.safetensors").write_bytes(changed)
+    with pytest.warns(UserWarning, match="does not match the SHA-256"):
+        result = _run(both, data_dir, config.replace("trainable: full", "trainable: cartridge\n"
+                                                     "cartridge: {num_virtual_tokens: 4}"), "--force")
+    assert result.exit_code == 0, result.output
+    again = _records(both)[-1]["method_info"]
+    assert "teacher_shared" not in again and _tensors(again["teacher_targets"]) == _tensors(made["teacher_targets"])
+
+
+def _tensors(path: str) -> dict:
+    """A safetensors file's tensors as lists (its header's key order is not stable, so neither is its hash)."""
+    from safetensors.torch import load_file
+
+    return {k: v.tolist() for k, v in load_file(path).items()}

@@ -65,6 +65,9 @@ def _resumed(info) -> list[str]:
     reused = getattr(info, "teacher_reused", None)
     if reused:
         out.append(f"[yellow]teacher targets reused[/] (+{reused['seconds']:.1f} s before)")
+    shared = getattr(info, "teacher_shared", None)
+    if shared:
+        out.append(f"teacher pass shared with {shared['run_id']} (+{shared['seconds']:.1f} s there)")
     return out
 
 

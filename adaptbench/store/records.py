@@ -92,8 +92,10 @@ def remove_stale_temp_files(sweep_dir: str) -> int:
     on this host and is gone.  Temp files of other hosts' writers (a shared filesystem) and of live ones are
     left alone."""
     removed = 0
-    runs = os.path.join(sweep_dir, "runs")
-    folders = [sweep_dir] + ([os.path.join(runs, d) for d in os.listdir(runs)] if os.path.isdir(runs) else [])
+    folders = [sweep_dir]
+    for sub in ("runs", "shared"):  # run folders; teacher-side work shared by a sweep's students
+        parent = os.path.join(sweep_dir, sub)
+        folders += [os.path.join(parent, d) for d in os.listdir(parent)] if os.path.isdir(parent) else []
     for folder in folders:
         if not os.path.isdir(folder):
             continue

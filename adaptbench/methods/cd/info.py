@@ -119,6 +119,8 @@ class CDInfo(FineTuneInfo):
     teacher_targets_sha256: str | None = Field(None, description="that file's SHA-256")
     teacher_reused: dict | None = Field(None, description="a killed attempt's targets reused instead of running the "
                                         "teacher again: the seconds and tokens of the pass that made them")
+    teacher_shared: dict | None = Field(None, description="targets another student's run of the sweep made "
+                                        "(same teacher key): its run id, the seconds and tokens of its pass")
     teacher_metrics: dict[str, dict] | None = Field(None, description="cd.teacher_eval: the teacher's ICL metrics")
     agreement: dict[str, dict] | None = Field(None, description="cd.teacher_eval: student-teacher agreement")
     api_usage: dict[str, Any] | None = Field(None, description="an api teacher: requests, tokens, cost")

@@ -69,9 +69,10 @@ class Reused:
     tokens: int
 
 
-def verified(targets_path: str, key: dict) -> tuple[dict | None, str]:
-    """The marker of a targets file a killed attempt of this run finished, or None and why not ("": none)."""
-    marker = marker_path(targets_path)
+def verified(targets_path: str, key: dict, marker: str | None = None) -> tuple[dict | None, str]:
+    """The marker of a targets file a killed attempt of this run finished (or ``marker``: another run shared
+    it, :mod:`.shared`), or None and why not ("": none)."""
+    marker = marker or marker_path(targets_path)
     if not os.path.exists(marker):
         return None, ""
     try:

@@ -37,7 +37,7 @@ from .settings import SELF_STUDY, CDSettings, GenerateSettings, ReplySettings
 from ...training.loop import TrainItem
 from ..base import RunContext
 from .context import context_text, input_set, niah_inputs, user_turn_texts
-from . import serving
+from . import serving, shared
 from .arms import arm_costs, build_arms, measure_arm
 from .heldout import HeldOut, compare, greedy, greedy_many, recovered
 from .reuse import TARGETS_FILE, Reused, lookup, mark_complete, note_reused, readings_key, sequence_targets
@@ -74,6 +74,7 @@ class SequenceDistillation:
         self.texts: list[str] = []  # the distilled inputs, then the held-out ones, as the teacher read them
         self.start_ids: list[int] = []  # the tokens a reading starts with (the student's too)
         self.reused: Reused | None = None  # a killed attempt's teacher targets, reused (:mod:`.reuse`)
+        self.shared_from: str | None = None  # or another student's run's, shared (:mod:`.shared`)
 
     def build(self, ctx: RunContext) -> nn.Module:
         self.student = SequenceStudent(ctx.loaded.model, ctx.encoder.label_token_ids)
@@ -113,17 +114,26 @@ class SequenceDistillation:
         how = settings.self_study or SelfStudySettings()
         text = cut_context(ctx.encoder, context_text(source, ctx, tok)[0], settings.context_tokens, source)
         ids = tok(text, add_special_tokens=False)["input_ids"]
+        where = shared.folder(ctx.out_dir, ctx.spec)
         with ctx.costs.phase("self_study") as phase, ctx.compute(loaded):
-            train = write_requests(loaded.model, tok, ids, how, how.n, how.seed, loaded.window)
-            held = [] if source.kind == "niah" else write_requests(
-                loaded.model, tok, ids, how, held_out_count(settings.held_out, how.n), HELD_OUT_SEED + how.seed,
-                loaded.window)
+            found = shared.self_study(where, ids)  # another student's run of this sweep wrote them
+            if found:
+                train, held = found["train"], found["held"]
+                phase.extra.update(seconds_shared=found["seconds"], shared_from=found["run_id"])
+            else:
+                train = write_requests(loaded.model, tok, ids, how, how.n, how.seed, loaded.window)
+                held = [] if source.kind == "niah" else write_requests(
+                    loaded.model, tok, ids, how, held_out_count(settings.held_out, how.n), HELD_OUT_SEED + how.seed,
+                    loaded.window)
             phase.tokens = len(ids)
         if not train or (source.kind != "niah" and not held):
             raise RunSkipped(f"self-study: the model wrote {len(train)} training and {len(held)} held-out requests "
                              f"(a request is the first non-empty line it writes); nothing to distil or measure")
+        if not found:
+            shared.publish_self_study(where, ids, train, held, phase.seconds, ctx.out_dir)
         ctx.info["self_study"] = {**how.model_dump(), "requests": len(train), "held_out_requests": len(held),
-                                  "file": save_requests(ctx.out_dir, train, held)}
+                                  "file": save_requests(ctx.out_dir, train, held),
+                                  **({"shared_from": found["run_id"]} if found else {})}
         held_texts, answers, groups = [r["text"] for r in held], None, None
         if source.kind == "niah":  # the needle questions, asked as the requests are
             found = niah_inputs(ctx.spec, as_turns=True)
@@ -144,7 +154,9 @@ class SequenceDistillation:
         with ctx.costs.phase("teacher") as phase, ctx.compute(loaded), observed_compute(phase, loaded.model):
             check_same_tokenizer(ctx, loaded.tokenizer)
             origin, phase.tokens = self._teacher(ctx, loaded, texts, held_texts)
-            if self.reused is not None:  # this attempt read the context; an earlier one made the targets
+            if self.shared_from is not None:  # another student's run made the targets
+                shared.note(ctx, phase, self.reused, self.shared_from)
+            elif self.reused is not None:  # this attempt read the context; an earlier one made the targets
                 note_reused(ctx, phase, self.reused.sha256, self.reused.seconds, self.reused.tokens)
         del loaded
         gc.collect()
@@ -198,6 +210,9 @@ class SequenceDistillation:
         or, rerunning a killed attempt that finished it, that attempt's targets (:mod:`.reuse`)."""
         settings, pad, first = self.settings, loaded.tokenizer.pad_token_id, bool(ctx.encoder.start_ids)
         path, meta = lookup(ctx.out_dir, key)
+        if path and not meta:  # not this run's: another student's of this sweep
+            meta = shared.targets(shared.folder(ctx.out_dir, ctx.spec), ctx.out_dir, key)
+            self.shared_from = meta and meta["run_id"]
         if meta:  # rank 0 found it whole: every rank reads it
             self.reused = found = sequence_targets(path, meta, settings.store, parts, settings.temperature)
             generated = sum(i < 0 for _, _, i in found.items)
@@ -390,7 +405,9 @@ class SequenceDistillation:
             ids = {**read_ids(self.prefix, [(x[:b], x[b:]) for x, b, _ in items]),
                    "origin": torch.tensor([i for _, _, i in items], dtype=torch.int64)}
             targets.save(path, {"temperature": self.settings.temperature, "inputs": len(self.targets)}, ids)
-            ctx.info["teacher_targets_sha256"] = mark_complete(path, key, ctx.costs.elapsed(), read)
+            seconds = ctx.costs.elapsed()
+            sha = ctx.info["teacher_targets_sha256"] = mark_complete(path, key, seconds, read)
+            shared.publish_targets(shared.folder(ctx.out_dir, ctx.spec), path, key, sha, seconds, read, ctx.out_dir)
 
     def loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """alpha * T^2 * mean per-position KL + (1 - alpha) * CE(gold) at the answer position (task inputs)."""
@@ -429,8 +446,8 @@ class SequenceDistillation:
             self.held = None
         if self.meter is not None:  # the held-out states are freed: memory as when the ICL paths were timed
             student, start = lm_parts(model.lm), ctx.encoder.start_ids
-            setup = sum(p.seconds + p.extra.get("seconds_before_resume", 0.0) for p in ctx.costs.phases
-                        if p.name in DISTILL_PHASES)  # a resumed run's: what an uninterrupted one would cost
+            setup = sum(p.seconds + p.extra.get("seconds_before_resume", 0.0) + p.extra.get("seconds_shared", 0.0)
+                        for p in ctx.costs.phases if p.name in DISTILL_PHASES)  # what one uninterrupted run would cost
             paths = [QueryPath(DISTILLED, lambda q, _: answer(student, start + q.own, q.n, pad), setup_seconds=setup,
                                tokens=lambda q: len(start) + len(q.own))]
             if self.together:  # the teacher is this model with its adapters off
