@@ -104,6 +104,13 @@ def test_students_of_one_sweep_share_the_self_study_and_the_teacher_pass(tmp_pat
     assert open(info["self_study"]["file"]).read() == open(alone_info["self_study"]["file"]).read()
     assert info["heldout"] == alone_info["heldout"] and info["judged"] == alone_info["judged"]
     assert second["run_id"] == single["run_id"]
+    # a forced rerun of the run that published them measures anew: a run never reads its own
+    result = _run(alone, data_dir, config.replace("trainable: full", "trainable: cartridge\n"
+                                                  "cartridge: {num_virtual_tokens: 4}"), "--force")
+    assert result.exit_code == 0 and "shared" not in result.output and "reused" not in result.output, result.output
+    rerun = _records(alone)[-1]
+    assert not {"teacher_shared", "teacher_reused"} & set(rerun["method_info"])
+    assert not rerun["costs"]["self_study"].get("extra") and "shared_from" not in rerun["method_info"]["self_study"]
     # a shared file that no longer matches its hash is reported and not used: the teacher runs again
     [key] = list((both / "results" / "t" / "shared").iterdir())
     changed = (key / "teacher_targets.safetensors").read_bytes() + b"x"

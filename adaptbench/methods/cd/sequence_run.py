@@ -116,7 +116,7 @@ class SequenceDistillation:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         where = shared.folder(ctx.out_dir, ctx.spec)
         with ctx.costs.phase("self_study") as phase, ctx.compute(loaded):
-            found = shared.self_study(where, ids)  # another student's run of this sweep wrote them
+            found = shared.self_study(where, ids, ctx.out_dir)  # another student's run of this sweep wrote them
             if found:
                 train, held = found["train"], found["held"]
                 phase.extra.update(seconds_shared=found["seconds"], shared_from=found["run_id"])

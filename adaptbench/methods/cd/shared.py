@@ -4,7 +4,8 @@ A sweep that distils one context into several students (``trainable: [lora, cart
 same self-study requests and run the same teacher pass once per student: the two differ only in what
 trains, and neither the requests (seeded) nor the teacher's targets depend on it.  The first student's run
 publishes both in the sweep folder, ``shared/<teacher key>/``; a later run whose teacher key matches reads
-them instead.  The teacher key hashes the run's identity without ``trainable`` and the trainable's own
+them instead (never the run that published them: its ``--force`` rerun measures anew, and a killed attempt's
+targets are :mod:`.reuse`'s).  The teacher key hashes the run's identity without ``trainable`` and the trainable's own
 settings block -- everything else (model, dtype, context, inputs, seeds, cd settings, train settings) must
 be equal -- and each file is checked as a killed attempt's targets are (:mod:`.reuse`): adaptbench's version,
 the readings' hash (the context's and every input's token ids, computed by this run), the file's SHA-256.
@@ -52,7 +53,7 @@ def _ids_hash(ids: list[int]) -> str:
     return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()
 
 
-def self_study(where: str | None, context_ids: list[int]) -> dict | None:
+def self_study(where: str | None, context_ids: list[int], out_dir: str) -> dict | None:
     """Requests another student's run wrote about this context: ``{train, held, seconds, run_id}`` or None."""
     path = where and os.path.join(where, SELF_STUDY_FILE)
     found = None
@@ -65,6 +66,7 @@ def self_study(where: str | None, context_ids: list[int]) -> dict | None:
         if found and (found.get("version") != __version__ or found.get("context") != _ids_hash(context_ids)):
             report_rejected(f"{path}: another version or context")
             found = None
+        found = None if found and _own(found, out_dir) else found
     return distributed.broadcast(found)
 
 
@@ -91,6 +93,7 @@ def targets(where: str | None, out_dir: str, readings: dict) -> dict | None:
         path = os.path.join(where, TARGETS_FILE)
         meta, why = verified(path, key(readings, where), os.path.join(where, MARKER))
         report_rejected(why)
+        meta = None if meta and _own(meta, out_dir) else meta
         if meta:
             _place(path, os.path.join(out_dir, TARGETS_FILE))
     return distributed.broadcast(meta)
@@ -106,6 +109,11 @@ def publish_targets(where: str | None, run_path: str, readings: dict, sha256: st
         atomic_write(os.path.join(where, MARKER), json.dumps(
             {**key(readings, where), "sha256": sha256, "seconds": round(seconds, 3), "tokens": tokens,
              "run_id": os.path.basename(out_dir)}))
+
+
+def _own(meta: dict, out_dir: str) -> bool:
+    """Published by this run: not read back (a forced rerun measures anew; a killed one has :mod:`.reuse`)."""
+    return meta.get("run_id") == os.path.basename(out_dir)
 
 
 def note(ctx, phase, found, run_id: str) -> None:
