@@ -9,6 +9,7 @@ import pytest
 
 from adaptbench.methods.cd.self_study import SEED_PROMPTS, SelfStudySettings, held_out_count, plan
 from adaptbench.methods.cd.settings import CDSettings
+from adaptbench.store.results import read_results
 
 from .test_cd_sequence import CONTEXT, _config
 from .test_run import _records, _run
@@ -104,6 +105,7 @@ def test_students_of_one_sweep_share_the_self_study_and_the_teacher_pass(tmp_pat
     assert open(info["self_study"]["file"]).read() == open(alone_info["self_study"]["file"]).read()
     assert info["heldout"] == alone_info["heldout"] and info["judged"] == alone_info["judged"]
     assert second["run_id"] == single["run_id"]
+    assert not read_results(str(both / "results")).problems  # shared/ is part of a sweep folder
     # a forced rerun of the run that published them measures anew: a run never reads its own
     result = _run(alone, data_dir, config.replace("trainable: full", "trainable: cartridge\n"
                                                   "cartridge: {num_virtual_tokens: 4}"), "--force")

@@ -19,8 +19,10 @@ METRIC = "contains"
 
 def _cells(records) -> dict[str, dict[str, dict[tuple[int, float], list[int]]]]:
     """model name -> panel (base, teacher, student (trainable), each arm of cd.arms) -> (L, depth) -> [k, n],
-    pooled over runs."""
+    pooled over runs.  The students of one context (``trainable: [lora, cartridge]``) each measure the base
+    model, the teacher and the arms on the same questions: a model's replies to the same questions count once."""
     out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: [0, 0])))
+    seen: set = set()
     for rec in records:
         info = rec.method_info
         judged = getattr(info, "judged", None)
@@ -30,6 +32,11 @@ def _cells(records) -> dict[str, dict[str, dict[tuple[int, float], list[int]]]]:
         panels = {"base": "base", "teacher": "teacher", "student": f"student ({rec.spec.get('trainable') or '-'})"}
         for depth, metrics in judged.groups["depth"].items():
             for role, est in metrics[METRIC].items():
+                asked = tuple((row.get("input"), row.get(role)) for row in judged.replies
+                              if str(row.get("depth")) == depth)
+                if role != "student" and (model, role, info.context_tokens, depth, asked) in seen:
+                    continue
+                seen.add((model, role, info.context_tokens, depth, asked))
                 cell = out[model][panels.get(role, role)][(info.context_tokens, float(depth))]
                 cell[0] += est.k or 0
                 cell[1] += est.n
@@ -57,9 +64,9 @@ def niah_heatmaps(records, out_dir: str) -> list[tuple[str, list[str]]]:
             ax.set_xlabel("needle depth", fontsize=8)
         axes[0][0].set_ylabel("context tokens", fontsize=8)
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="answered")
-        fig.suptitle(f"{model}: needle in a haystack")
+        fig.suptitle(f"{model}: needle in a haystack", y=1.0 + 0.25 / (0.6 + 0.5 * len(lengths)))  # above the titles
         caption = (f"{model}: share of held-out needle questions whose reply contains the gold answer, per context "
-                   f"length and needle depth (k/n pooled over runs), for the base model without the context, the "
+                   f"length and needle depth (k/n pooled over runs; replies to the same questions counted once), for the base model without the context, the "
                    f"teacher with it in the prompt, each distilled student and each other option of cd.arms.")
         figures.append((caption, _save(fig, out_dir, _slug("niah", model))))
     return figures

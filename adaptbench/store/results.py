@@ -16,7 +16,8 @@ from ..methods.cd.judge import ALL_CHECKS, MODELS
 from .record import RunRecord, load_record
 from .records import FINISHED, INDEX, PREDICTIONS, RESULT, index_order
 
-KNOWN = {INDEX, "sweep.json", ".lock", "runs", "report", "jobs", "trackers"}  # what a sweep folder may hold
+# what a sweep folder may hold ("shared": teacher-side work of a sweep's students, methods/cd/shared.py)
+KNOWN = {INDEX, "sweep.json", ".lock", "runs", "report", "jobs", "trackers", "shared"}
 
 
 @dataclass
