@@ -3,6 +3,9 @@ compressed KV cache (``cd.arms``) measured beside ICL, its cache and the distill
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,10 +27,12 @@ SERVING_BUDGET = 64 * 2**30
 
 
 @pytest.fixture(scope="module")
-def arms_run(tmp_path_factory, data_dir, tiny_models):
+def arms_run(tmp_path_factory, data_dir, tiny_models, embedder):
     folder = tmp_path_factory.mktemp("arms")
     _files(folder)
-    cd = (f"query_costs: 2, context_tokens: 48, arms: {ARMS}, checks: [{{max_words: 50}}], reply_tokens: 6, "
+    shutil.copytree(embedder, folder / "embedder")  # a folder beside the config: found there
+    arms = ARMS[:-1] + ", {kind: rag, name: rag_emb, chunk_tokens: 12, overlap: 2, k: 2, embedding_model: embedder}]"
+    cd = (f"query_costs: 2, context_tokens: 48, arms: {arms}, checks: [{{max_words: 50}}], reply_tokens: 6, "
           f"serving: {{batch_sizes: [1, 3], repeats: 1, memory_budget: {SERVING_BUDGET}}}")
     result = _run(folder, data_dir, _config(tiny_models["llama"], cd))
     assert result.exit_code == 0, result.output
@@ -39,8 +44,8 @@ def arms_run(tmp_path_factory, data_dir, tiny_models):
 def test_every_arm_is_measured_on_the_same_queries(arms_run):
     _, rec = arms_run
     info = rec["method_info"]
-    names = {"truncate", "rag", "kv_compressed", "rag_all", "kv_4bit"}
-    assert set(info["arms"]) == names
+    names = {"truncate", "rag", "kv_compressed", "rag_all", "kv_4bit", "rag_emb"}
+    assert set(info["arms"]) == names and info["arms"]["rag_emb"]["settings"]["embedding_model"].endswith("/embedder")
     for name in names:
         held = info["arms"][name]["heldout"]
         assert held["kl_student"] >= 0 and held["positions"] == info["heldout"]["positions"]
@@ -69,7 +74,7 @@ def test_the_report_has_the_decision_table_figures_and_a_recommendation(arms_run
     folder, rec = arms_run
     rep = make_report(str(folder / "results" / "t"), queries=10, tolerance=1.0)
     table = pd.read_csv(rep.out_dir + "/decision.csv")
-    options = {"icl", "icl_cached", "no_context", "truncate", "rag", "rag_all", "kv_compressed", "kv_4bit",
+    options = {"icl", "icl_cached", "no_context", "truncate", "rag", "rag_all", "rag_emb", "kv_compressed", "kv_4bit",
                "distilled:lora"}
     assert set(table["option"]) == options
     info = rec["method_info"]
@@ -192,6 +197,50 @@ def test_chunks_cover_the_text_and_bm25_finds_the_chunk_with_the_words(tokenizer
             chunk_spans(tokenizer, TEXT, *bad)
     with pytest.raises(ConfigError, match="k is the number of chunks"):
         Bm25Chunks(TEXT, spans, 0)
+
+
+@pytest.fixture(scope="module")
+def embedder(tokenizer, tmp_path_factory) -> str:
+    """A tiny random BERT with the test tokenizer and mean pooling, saved as a sentence-transformers model."""
+    import copy
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("embedder")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=256)).save_pretrained(folder / "bert")
+    tok = copy.deepcopy(tokenizer)
+    tok.pad_token = tok.eos_token
+    tok.save_pretrained(folder / "bert")
+    word = Transformer(str(folder / "bert"))
+    SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension(), "mean")]).save(str(folder / "st"))
+    return str(folder / "st")
+
+
+def test_embedding_retrieval_ranks_chunks_by_cosine_similarity(tokenizer, embedder):
+    """EmbeddingChunks against its definition: the k chunks whose normalised embeddings have the largest dot
+    product with the query's, each text embedded alone, in context order; every chunk gives the whole text."""
+    from sentence_transformers import SentenceTransformer
+
+    from adaptbench.data.retrieval import EmbeddingChunks
+
+    spans = chunk_spans(tokenizer, TEXT, 12, 3)
+    model = SentenceTransformer(embedder)
+    alone = [torch.nn.functional.normalize(torch.as_tensor(model.encode(TEXT[a:b])), dim=0) for a, b in spans]
+    for query in ("How many gulls did the keeper count?", "nets on the wall", "boats"):
+        q = torch.nn.functional.normalize(torch.as_tensor(model.encode(query)), dim=0)
+        scores = torch.stack([c @ q for c in alone])
+        for k in (1, 3):
+            assert EmbeddingChunks(TEXT, spans, k, model=embedder).retrieve(query) == sorted(
+                scores.topk(k).indices.tolist())
+    assert EmbeddingChunks(TEXT, spans, len(spans) + 5, model=embedder).context_for("gulls") == TEXT
+    with pytest.raises(ConfigError, match="rag.embedding_model .*could not be loaded"):
+        EmbeddingChunks(TEXT, spans, 2, model=str(Path(embedder).parent / "missing"))
+    with pytest.raises(ConfigError, match="k is the number of chunks"):
+        EmbeddingChunks(TEXT, spans, 0, model=embedder)
 
 
 def test_rag_with_every_chunk_reads_the_prompt_icl_reads(tokenizer):

@@ -1,6 +1,7 @@
 """Retrieval over a long context: the text cut into overlapping chunks of tokens, the chunks most like a
-query found by BM25 (Robertson & Zaragoza, 2009, through the ``bm25s`` package) and put back in context
-order.
+query found by BM25 (Robertson & Zaragoza, 2009, through the ``bm25s`` package) -- or by the cosine
+similarity of sentence embeddings (a local sentence-transformers model, as dense retrievers since
+Karpukhin et al., 2020 rank passages) -- and put back in context order.
 
 Chunks are character spans cut at token boundaries (the tokenizer's offsets), so that chunks that cover
 the whole context join back into exactly its text: retrieving every chunk gives ICL's own prompt.
@@ -45,19 +46,32 @@ def joined(text: str, spans: list[tuple[int, int]], separator: str) -> str:
 
 
 @dataclass
-class Bm25Chunks:
-    """A context's chunks and their BM25 index (English stop words removed, as bm25s does by default)."""
-
+class _Chunks:
     text: str
     spans: list[tuple[int, int]]
     k: int
     separator: str = "\n\n"
 
     def __post_init__(self):
-        import bm25s
-
         if self.k < 1:
             raise ConfigError(f"rag: k is the number of chunks put in the prompt, at least 1; got {self.k}")
+
+    def retrieve(self, query: str) -> list[int]:
+        raise NotImplementedError
+
+    def context_for(self, query: str) -> str:
+        """The prompt's context for ``query``: its top-k chunks in context order."""
+        return joined(self.text, [self.spans[i] for i in self.retrieve(query)], self.separator)
+
+
+@dataclass
+class Bm25Chunks(_Chunks):
+    """A context's chunks and their BM25 index (English stop words removed, as bm25s does by default)."""
+
+    def __post_init__(self):
+        import bm25s
+
+        super().__post_init__()
         self.index = bm25s.BM25()
         self.index.index(bm25s.tokenize([self.text[a:b] for a, b in self.spans], stopwords="en",
                                         show_progress=False), show_progress=False)
@@ -71,6 +85,34 @@ class Bm25Chunks:
         docs, _ = self.index.retrieve(words, k=k, show_progress=False, n_threads=1)
         return sorted(int(i) for i in docs[0])
 
-    def context_for(self, query: str) -> str:
-        """The prompt's context for ``query``: its top-k chunks in context order."""
-        return joined(self.text, [self.spans[i] for i in self.retrieve(query)], self.separator)
+
+@dataclass
+class EmbeddingChunks(_Chunks):
+    """A context's chunks ranked by the cosine similarity of their embeddings to the query's, from a
+    sentence-transformers model (``model``: a local folder or a hub id); the chunks are embedded once."""
+
+    model: str = ""
+
+    def __post_init__(self):
+        super().__post_init__()
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise ConfigError("rag.embedding_model needs the sentence-transformers package: pip install "
+                              "'adaptbench[rag]'") from None
+        try:
+            self.encoder = SentenceTransformer(self.model)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"rag.embedding_model {self.model!r} could not be loaded as a sentence-transformers "
+                              f"model: {e}") from None
+        self.embedded = self._embed([self.text[a:b] for a, b in self.spans])
+
+    def _embed(self, texts: list[str]):
+        return self.encoder.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+
+    def retrieve(self, query: str) -> list[int]:
+        """The indices of the ``k`` chunks (all, if there are fewer) whose embeddings are most like the query's."""
+        import torch
+
+        scores = self.embedded @ self._embed([query])[0]
+        return sorted(torch.topk(scores, min(self.k, len(self.spans))).indices.tolist())

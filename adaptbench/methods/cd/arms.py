@@ -14,13 +14,15 @@ are the same as the teacher's: the query's own tokens (the teacher's) and the te
 
 from __future__ import annotations
 
+import os
+
 from typing import Annotated, Literal, Union
 
 import torch
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from ...config.settings import Strict
-from ...data.retrieval import Bm25Chunks, chunk_spans
+from ...data.retrieval import Bm25Chunks, EmbeddingChunks, chunk_spans
 from ...errors import ConfigError
 from ...scoring.core import PrefixCache, sequence_hidden
 from ...scoring.kv_press import PRESSES, compress, quantize
@@ -43,7 +45,7 @@ class TruncateArm(Strict):
 
 
 class RagArm(Strict):
-    """Retrieval: the chunks most like each query by BM25, in context order."""
+    """Retrieval: the chunks most like each query by BM25 (or by embeddings), in context order."""
 
     kind: Literal["rag"]
     name: str | None = Field(None, description="the arm's name in tables (default: its kind)")
@@ -51,6 +53,9 @@ class RagArm(Strict):
     overlap: NonNegativeInt = Field(16, description="tokens a chunk shares with the one before")
     k: PositiveInt = Field(4, description="chunks put in the prompt for each query")
     separator: str = Field("\n\n", description="between chunks that do not touch in the context")
+    embedding_model: str | None = Field(None, description="rank chunks by the cosine similarity of this "
+                                        "sentence-transformers model's embeddings (a local folder or a hub id) "
+                                        "instead of BM25; needs adaptbench[rag]")
 
     @model_validator(mode="after")
     def _overlap_within_a_chunk(self):
@@ -99,8 +104,9 @@ class TextArm:
             if settings.chunk_tokens > window:
                 raise ConfigError(f"cd.arms {self.name}: chunk_tokens {settings.chunk_tokens} is larger than the "
                                   f"model's window ({window} tokens)")
-            self.index = Bm25Chunks(context, chunk_spans(encoder.tokenizer, context, settings.chunk_tokens,
-                                                         settings.overlap), settings.k, settings.separator)
+            spans = chunk_spans(encoder.tokenizer, context, settings.chunk_tokens, settings.overlap)
+            self.index = (EmbeddingChunks(context, spans, settings.k, settings.separator, settings.embedding_model)
+                          if settings.embedding_model else Bm25Chunks(context, spans, settings.k, settings.separator))
         else:
             self.kept = self._truncated(settings)
 
@@ -142,10 +148,14 @@ class CacheArm:
         return cache if s.bits is None else quantize(cache, s.bits, s.group_size)
 
 
-def build_arms(settings: list, encoder, context: str, prefix: list[int], window: int) -> list:
-    """The run's arms, ready to read queries (a kv_compressed arm needs a shared prefix of 2+ tokens)."""
+def build_arms(settings: list, encoder, context: str, prefix: list[int], window: int, config_dir: str = ".") -> list:
+    """The run's arms, ready to read queries (a kv_compressed arm needs a shared prefix of 2+ tokens; a rag
+    arm's embedding model is a folder beside the config where there is one, else a hub id)."""
     out = []
     for arm in settings:
+        local = isinstance(arm, RagArm) and arm.embedding_model and os.path.join(config_dir, arm.embedding_model)
+        if local and os.path.isdir(local):
+            arm = arm.model_copy(update={"embedding_model": local})
         if isinstance(arm, KvCompressedArm):
             if len(prefix) < 2:
                 raise ConfigError(f"cd.arms {arm_name(arm)}: the readings of the inputs share {len(prefix)} tokens "

@@ -176,7 +176,7 @@ class SequenceDistillation:
             raise RunSkipped(f"the context is {len(reads.context_ids)} tokens; the teacher's window is {loaded.window} "
                              f"tokens (no truncation is done)")
         self.prefix = reads.prefix
-        self.arms = build_arms(settings.arms or [], enc, text, self.prefix, loaded.window)
+        self.arms = build_arms(settings.arms or [], enc, text, self.prefix, loaded.window, ctx.config_dir)
         parts, pad, first = lm_parts(loaded.model), loaded.tokenizer.pad_token_id, bool(enc.start_ids)
         fits = [i for i in range(len(reads.suffixes))
                 if reads.own(i) and len(reads.prefix) + len(reads.suffixes[i]) <= loaded.window]
