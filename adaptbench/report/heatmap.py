@@ -32,11 +32,12 @@ def _cells(records) -> dict[str, dict[str, dict[tuple[int, float], list[int]]]]:
         panels = {"base": "base", "teacher": "teacher", "student": f"student ({rec.spec.get('trainable') or '-'})"}
         for depth, metrics in judged.groups["depth"].items():
             for role, est in metrics[METRIC].items():
-                asked = tuple((row.get("input"), row.get(role)) for row in judged.replies
-                              if str(row.get("depth")) == depth)
-                if role != "student" and (model, role, info.context_tokens, depth, asked) in seen:
-                    continue
-                seen.add((model, role, info.context_tokens, depth, asked))
+                if role != "student":
+                    asked = (model, role, info.context_tokens, depth, tuple(
+                        (row.get("input"), row.get(role)) for row in judged.replies if str(row.get("depth")) == depth))
+                    if asked in seen:
+                        continue
+                    seen.add(asked)
                 cell = out[model][panels.get(role, role)][(info.context_tokens, float(depth))]
                 cell[0] += est.k or 0
                 cell[1] += est.n
@@ -66,7 +67,8 @@ def niah_heatmaps(records, out_dir: str) -> list[tuple[str, list[str]]]:
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="answered")
         fig.suptitle(f"{model}: needle in a haystack", y=1.0 + 0.25 / (0.6 + 0.5 * len(lengths)))  # above the titles
         caption = (f"{model}: share of held-out needle questions whose reply contains the gold answer, per context "
-                   f"length and needle depth (k/n pooled over runs; replies to the same questions counted once), for the base model without the context, the "
-                   f"teacher with it in the prompt, each distilled student and each other option of cd.arms.")
+                   f"length and needle depth (k/n pooled over runs; replies to the same questions counted once), for "
+                   f"the base model without the context, the teacher with it in the prompt, each distilled student and "
+                   f"each other option of cd.arms.")
         figures.append((caption, _save(fig, out_dir, _slug("niah", model))))
     return figures

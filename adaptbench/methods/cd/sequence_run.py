@@ -75,6 +75,7 @@ class SequenceDistillation:
         self.start_ids: list[int] = []  # the tokens a reading starts with (the student's too)
         self.reused: Reused | None = None  # a killed attempt's teacher targets, reused (:mod:`.reuse`)
         self.shared_from: str | None = None  # or another student's run's, shared (:mod:`.shared`)
+        self.shared_dir: str | None = None  # where this sweep's students share them (set in :meth:`items`)
 
     def build(self, ctx: RunContext) -> nn.Module:
         self.student = SequenceStudent(ctx.loaded.model, ctx.encoder.label_token_ids)
@@ -114,9 +115,8 @@ class SequenceDistillation:
         how = settings.self_study or SelfStudySettings()
         text = cut_context(ctx.encoder, context_text(source, ctx, tok)[0], settings.context_tokens, source)
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        where = shared.folder(ctx.out_dir, ctx.spec)
         with ctx.costs.phase("self_study") as phase, ctx.compute(loaded):
-            found = shared.self_study(where, ids, ctx.out_dir)  # another student's run of this sweep wrote them
+            found = shared.self_study(self.shared_dir, ids, ctx.out_dir)  # another student's run wrote them
             if found:
                 train, held = found["train"], found["held"]
                 phase.extra.update(seconds_shared=found["seconds"], shared_from=found["run_id"])
@@ -130,7 +130,7 @@ class SequenceDistillation:
             raise RunSkipped(f"self-study: the model wrote {len(train)} training and {len(held)} held-out requests "
                              f"(a request is the first non-empty line it writes); nothing to distil or measure")
         if not found:
-            shared.publish_self_study(where, ids, train, held, phase.seconds, ctx.out_dir)
+            shared.publish_self_study(self.shared_dir, ids, train, held, phase.seconds, ctx.out_dir)
         ctx.info["self_study"] = {**how.model_dump(), "requests": len(train), "held_out_requests": len(held),
                                   "file": save_requests(ctx.out_dir, train, held),
                                   **({"shared_from": found["run_id"]} if found else {})}
@@ -150,6 +150,7 @@ class SequenceDistillation:
         check_causal(loaded, "teacher")
         if self.settings.serving is not None:  # before any work (self-study, the teacher pass)
             serving.check_budget(self.settings.serving.memory_budget, ctx.loaded.model)
+        self.shared_dir = shared.folder(ctx.out_dir, ctx.spec)
         texts, gold, held_texts = self.inputs(ctx, loaded)
         with ctx.costs.phase("teacher") as phase, ctx.compute(loaded), observed_compute(phase, loaded.model):
             check_same_tokenizer(ctx, loaded.tokenizer)
@@ -211,7 +212,7 @@ class SequenceDistillation:
         settings, pad, first = self.settings, loaded.tokenizer.pad_token_id, bool(ctx.encoder.start_ids)
         path, meta = lookup(ctx.out_dir, key)
         if path and not meta:  # not this run's: another student's of this sweep
-            meta = shared.targets(shared.folder(ctx.out_dir, ctx.spec), ctx.out_dir, key)
+            meta = shared.targets(self.shared_dir, ctx.out_dir, key)
             self.shared_from = meta and meta["run_id"]
         if meta:  # rank 0 found it whole: every rank reads it
             self.reused = found = sequence_targets(path, meta, settings.store, parts, settings.temperature)
@@ -407,7 +408,7 @@ class SequenceDistillation:
             targets.save(path, {"temperature": self.settings.temperature, "inputs": len(self.targets)}, ids)
             seconds = ctx.costs.elapsed()
             sha = ctx.info["teacher_targets_sha256"] = mark_complete(path, key, seconds, read)
-            shared.publish_targets(shared.folder(ctx.out_dir, ctx.spec), path, key, sha, seconds, read, ctx.out_dir)
+            shared.publish_targets(self.shared_dir, path, key, sha, seconds, read, ctx.out_dir)
 
     def loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """alpha * T^2 * mean per-position KL + (1 - alpha) * CE(gold) at the answer position (task inputs)."""
