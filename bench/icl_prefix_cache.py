@@ -34,7 +34,7 @@ from adaptbench.measure.costs import timed
 from adaptbench.models.loading import load_model
 from adaptbench.prompts.prompt import PromptEncoder
 from adaptbench.sweep.inputs import resolve_prompt
-from adaptbench.data.sampling import few_shot_sample
+from adaptbench.data.sampling import largest_fitting_sample
 from adaptbench.scoring.core import PrefixCache, score
 from adaptbench.models.interface import lm_parts
 from adaptbench.data import eval_examples, get_eval_set, get_task, resolve_data_dir, train_pool
@@ -42,16 +42,10 @@ from adaptbench.data import eval_examples, get_eval_set, get_task, resolve_data_
 
 def context_of(enc: PromptEncoder, pool, length: int, seed: int, n_labels: int) -> tuple[list, list[int]]:
     """The most demonstrations (balanced sample, growing k) whose context fits ``length`` tokens."""
-    best, k = None, 2
-    while True:
-        sample = few_shot_sample(pool, k, seed, n_labels)
-        ids = enc.encode(enc.context_text(sample))
-        if len(ids) > length or k > len(pool):
-            break
-        best, k = (sample, ids), k + 2
-    if best is None:
+    sample = largest_fitting_sample(pool, seed, n_labels, lambda s: len(enc.encode(enc.context_text(s))) <= length)
+    if not sample:
         raise SystemExit(f"not even 2 demonstrations fit {length} tokens")
-    return best
+    return sample, enc.encode(enc.context_text(sample))
 
 
 def peak(device: torch.device) -> float | None:

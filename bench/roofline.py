@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from adaptbench._util.cpu import bf16_instructions
 from adaptbench.config.schema import PromptSpec
 from adaptbench.data import eval_examples, get_eval_set, get_task, resolve_data_dir, train_pool
-from adaptbench.data.sampling import few_shot_sample
+from adaptbench.data.sampling import largest_fitting_sample
 from adaptbench.methods.cd.query_costs import answer
 from adaptbench.methods.cd.sequence import predicted_hidden
 from adaptbench.methods.pbft import VerbalizerModel
@@ -170,9 +170,7 @@ def main() -> None:
     roof = roofline(master.model, args.rows, args.repeats)
 
     enc = PromptEncoder(master.tokenizer, resolve_prompt(PromptSpec(), task), task.labels.names)
-    sample, k = [], 2
-    while k <= len(pool) and len(enc.encode(enc.context_text(few_shot_sample(pool, k, 0, 2)))) <= args.context:
-        sample, k = few_shot_sample(pool, k, 0, 2), k + 2
+    sample = largest_fitting_sample(pool, 0, 2, lambda s: len(enc.encode(enc.context_text(s))) <= args.context)
     if not sample:
         raise SystemExit(f"not even 2 demonstrations fit --context {args.context} tokens")
     print(f"context: {len(sample)} RTE demonstrations, {len(enc.encode(enc.context_text(sample)))} tokens; "

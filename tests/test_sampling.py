@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from adaptbench.errors import DataError
-from adaptbench.data.sampling import few_shot_sample, unlabeled_sample
+from adaptbench.data.sampling import few_shot_sample, largest_fitting_sample, unlabeled_sample
 from adaptbench.data import get_task, train_pool
 
 
@@ -59,3 +59,15 @@ def test_unlabeled_sample_excludes_context(rte_pool):
     ctx = few_shot_sample(rte_pool, 16, seed=0, n_labels=2)
     extra = unlabeled_sample(rte_pool, 64, seed=0, exclude=ctx)
     assert len(extra) == 64 and not {e.idx for e in extra} & {e.idx for e in ctx}
+
+
+def test_largest_fitting_sample_is_the_last_k_that_fits(rte_pool):
+    budget = 2000  # characters of the sample's premises: grows with k, not monotone in a fixed way per seed
+    fits = lambda s: sum(len(ex.text1) for ex in s) <= budget  # noqa: E731
+    sample = largest_fitting_sample(rte_pool, 3, 2, fits)
+    k = len(sample)
+    assert k >= 2 and k % 2 == 0 and fits(sample)
+    assert sample == few_shot_sample(rte_pool, k, 3, 2)  # the seeded balanced sample of that size
+    assert not fits(few_shot_sample(rte_pool, k + 2, 3, 2))  # and the next size does not fit
+    assert largest_fitting_sample(rte_pool, 3, 2, lambda s: False) == []
+    assert len(largest_fitting_sample(rte_pool, 0, 2, lambda s: len(s) <= 7)) == 6

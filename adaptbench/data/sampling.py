@@ -53,3 +53,15 @@ def unlabeled_sample(pool: list[Example], n: int, seed: int, exclude: list[Examp
         raise DataError(f"asked for {n} unlabelled inputs, the pool has {len(rest)} left")
     rng = np.random.default_rng([seed, 1])  # a stream of its own, independent of the labelled sample
     return [rest[i] for i in sorted(rng.choice(len(rest), size=n, replace=False).tolist())]
+
+
+def largest_fitting_sample(pool: list[Example], seed: int, n_labels: int, fits, step: int = 2) -> list[Example]:
+    """The largest balanced sample (k = step, 2 step, ...) of which ``fits(sample)`` holds -- e.g. the most
+    demonstrations whose context fits a token budget (the benches' contexts); [] where not even ``step`` fit."""
+    best, k = [], step
+    while k <= len(pool):
+        sample = few_shot_sample(pool, k, seed, n_labels)
+        if not fits(sample):
+            break
+        best, k = sample, k + step
+    return best
