@@ -14,10 +14,12 @@ def test_one_line_per_run_with_its_outcome(tmp_path, data_dir, tiny_models):
     recs = _records(tmp_path)
     lines = [line for line in result.output.splitlines() if re.match(r"\[\d/2\] ", line)]
     assert len(lines) == 2
-    for line, rec in zip(lines, recs):
+    by_id = {rec["run_id"][:8]: rec for rec in recs}  # results.jsonl orders by finish second, then run id
+    for i, line in enumerate(lines):
+        rec = by_id[line.split()[1]]
         acc = rec["metrics"]["rte"]["all"]["accuracy"]
         seconds = sum(p["seconds"] for p in rec["costs"].values())
-        assert line.startswith(f"[{recs.index(rec) + 1}/2] {rec['run_id'][:8]} icl k=4 seed={rec['spec']['data_seed']}"
+        assert line.startswith(f"[{i + 1}/2] {rec['run_id'][:8]} icl k=4 seed={rec['spec']['data_seed']}"
                                f" ok  rte {acc:.3f}")
         assert line.endswith(" GiB") and f"{seconds:.1f} s" in line
     assert "Loading weights" not in result.output and "de-quantizing" not in result.output
