@@ -62,7 +62,7 @@ def test_unlabeled_sample_excludes_context(rte_pool):
 
 
 def test_largest_fitting_sample_is_the_last_k_that_fits(rte_pool):
-    budget = 2000  # characters of the sample's premises: grows with k, not monotone in a fixed way per seed
+    budget = 2000  # characters of the sample's premises
     fits = lambda s: sum(len(ex.text1) for ex in s) <= budget  # noqa: E731
     sample = largest_fitting_sample(rte_pool, 3, 2, fits)
     k = len(sample)

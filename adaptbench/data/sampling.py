@@ -10,6 +10,7 @@ other.  The generator is seeded by the data seed alone: a different seed is a di
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -55,7 +56,8 @@ def unlabeled_sample(pool: list[Example], n: int, seed: int, exclude: list[Examp
     return [rest[i] for i in sorted(rng.choice(len(rest), size=n, replace=False).tolist())]
 
 
-def largest_fitting_sample(pool: list[Example], seed: int, n_labels: int, fits, step: int = 2) -> list[Example]:
+def largest_fitting_sample(pool: list[Example], seed: int, n_labels: int, fits: Callable[[list[Example]], bool],
+                           step: int = 2) -> list[Example]:
     """The largest balanced sample (k = step, 2 step, ...) of which ``fits(sample)`` holds -- e.g. the most
     demonstrations whose context fits a token budget (the benches' contexts); [] where not even ``step`` fit."""
     best, k = [], step
