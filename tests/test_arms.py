@@ -15,6 +15,7 @@ from adaptbench.methods.cd.generate import greedy_after
 from adaptbench.models.interface import lm_parts
 from adaptbench.scoring.core import PrefixCache, sequence_hidden
 from adaptbench.scoring.kv_press import compress, kept_count
+from adaptbench.sweep.identity import content_sha256
 
 from .test_cost_curve import _config, _files
 from .test_run import _records, _run
@@ -42,10 +43,12 @@ def arms_run(tmp_path_factory, data_dir, tiny_models, embedder):
 
 
 def test_every_arm_is_measured_on_the_same_queries(arms_run):
-    _, rec = arms_run
+    folder, rec = arms_run
     info = rec["method_info"]
     names = {"truncate", "rag", "kv_compressed", "rag_all", "kv_4bit", "rag_emb"}
     assert set(info["arms"]) == names and info["arms"]["rag_emb"]["settings"]["embedding_model"].endswith("/embedder")
+    # the embedding model's files are part of the run's identity, as the model's and the context's are
+    assert rec["spec"]["resolved"]["files"]["cd.arms.rag_emb.embedding_model"] == content_sha256(str(folder / "embedder"))
     for name in names:
         held = info["arms"][name]["heldout"]
         assert held["kl_student"] >= 0 and held["positions"] == info["heldout"]["positions"]

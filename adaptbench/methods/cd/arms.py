@@ -15,7 +15,6 @@ are the same as the teacher's: the query's own tokens (the teacher's) and the te
 from __future__ import annotations
 
 import os
-
 from typing import Annotated, Literal, Union
 
 import torch
@@ -148,13 +147,23 @@ class CacheArm:
         return cache if s.bits is None else quantize(cache, s.bits, s.group_size)
 
 
+def local_embedding_model(arm, config_dir: str) -> str | None:
+    """A rag arm's embedding model where it is a local folder -- beside the config first, else as given
+    (from the working folder) -- or None (a hub id, no embedding model, another kind of arm).  What the run
+    loads and what its identity hashes (:meth:`.method.ContextDistillation.files`)."""
+    if not isinstance(arm, RagArm) or not arm.embedding_model:
+        return None
+    return next((path for path in (os.path.join(config_dir, arm.embedding_model), arm.embedding_model)
+                 if os.path.isdir(path)), None)
+
+
 def build_arms(settings: list, encoder, context: str, prefix: list[int], window: int, config_dir: str = ".") -> list:
     """The run's arms, ready to read queries (a kv_compressed arm needs a shared prefix of 2+ tokens; a rag
-    arm's embedding model is a folder beside the config where there is one, else a hub id)."""
+    arm's embedding model is a folder beside the config where there is one, else a folder or a hub id)."""
     out = []
     for arm in settings:
-        local = isinstance(arm, RagArm) and arm.embedding_model and os.path.join(config_dir, arm.embedding_model)
-        if local and os.path.isdir(local):
+        local = local_embedding_model(arm, config_dir)
+        if local:
             arm = arm.model_copy(update={"embedding_model": local})
         if isinstance(arm, KvCompressedArm):
             if len(prefix) < 2:

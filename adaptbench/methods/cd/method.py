@@ -40,6 +40,7 @@ from ...training.precision import dtype_name, observed_compute
 from ..base import RunContext, register
 from ..finetune import FineTunedPredictor, FineTuneMethod
 from ..pbft import VerbalizerModel
+from .arms import arm_name, local_embedding_model
 from .reuse import TARGETS_FILE, lookup, mark_complete, note_reused, readings_key, report_rejected
 from .context import CODE_PREFIX, check_inputs
 from .info import CDInfo
@@ -86,6 +87,10 @@ class ContextDistillation(FineTuneMethod):
             found["cd.inputs"] = spec.cd.inputs.removeprefix(CODE_PREFIX)
         if spec.cd.niah is not None and spec.cd.niah.haystack:
             found["cd.niah.haystack"] = spec.cd.niah.haystack
+        for arm in spec.cd.arms or []:  # a local embedding model: other weights are another run
+            local = local_embedding_model(arm, config_dir)
+            if local:
+                found[f"cd.arms.{arm_name(arm)}.embedding_model"] = os.path.abspath(local)
         return found
 
     @classmethod
